@@ -1,0 +1,30 @@
+"""mtor-cds: a CDS Hooks 2.0 service that keeps patients on mTOR inhibitors safe."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from cds_service.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, **overrides) -> Flask:
+    """Wire the app: settings (CDS_* environment, read now), knowledge, services, auth, routes."""
+    from cds_service import api
+    from cds_service.app_state import AppState
+    from cds_service.observability import configure_logging
+
+    settings = settings or Settings.from_env(**overrides)
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["mtor_cds"] = AppState.build(settings)
+    app.register_blueprint(api.bp)
+    api.init_app(app)
+    if not settings.require_jwt:
+        logging.getLogger("mtor_cds").warning("CDS_REQUIRE_JWT=false: callers are NOT authenticated (local trials only)")
+    return app

@@ -1,0 +1,230 @@
+"""HTTP and the CDS Hooks wire format: discovery, service calls, errors as OperationOutcome, CORS, request logs.
+
+This module turns a request into a HookCall or a 4xx; it never looks at clinical content.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Blueprint, Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from cds_service.app_state import AppState
+from cds_service.errors import BadRequest, CdsError, UnknownService, UnsupportedMediaType
+from cds_service.hooks import answer_hook
+from cds_service.observability import Stopwatch, log_request
+from cds_service.services import HookCall, ServiceDefinition
+from cds_service.store import CardRecord, parse_feedback
+
+bp = Blueprint("cds", __name__)
+_LOG = logging.getLogger("mtor_cds.api")
+_JSON_TYPES = {"application/json", "application/fhir+json"}
+
+
+def state() -> AppState:
+    return current_app.extensions["mtor_cds"]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    return json_response({"services": [s.discovery_entry() for s in state().services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    app_state = state()
+    service = app_state.services.get(service_id)
+    if service is None:
+        raise UnknownService(f"no CDS service with id {service_id[:80]!r}")
+    g.log_fields["service"] = service.id
+    call = parse_hook_call(read_json_body(), service)
+    g.log_fields.update(hook=call.hook, hookInstance=call.hook_instance[:80], patient=app_state.hash_patient(call.patient_id))
+    now = app_state.clock()
+    answer = answer_hook(call, service, app_state.knowledge, app_state.settings, now)
+    g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in answer.fhir_timings]
+    g.log_fields["cards"] = [[c["source"]["topic"]["code"], c["indicator"]] for c in answer.cards]
+    app_state.store.record_cards(
+        [
+            CardRecord(
+                uuid=card["uuid"],
+                service_id=service.id,
+                hook=call.hook,
+                topic=card["source"]["topic"]["code"],
+                indicator=card["indicator"],
+                hook_instance=call.hook_instance[:200],
+                patient_hash=g.log_fields["patient"],
+                trigger_key=trigger_key,
+                issued_at=now,
+            )
+            for card, trigger_key in zip(answer.cards, answer.trigger_keys)
+        ]
+    )
+    return json_response({"cards": answer.cards})
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    app_state = state()
+    if service_id not in app_state.services:
+        raise UnknownService(f"no CDS service with id {service_id[:80]!r}")
+    g.log_fields["service"] = service_id
+    entries = parse_feedback(read_json_body())
+    app_state.store.record_feedback(service_id, entries)
+    g.log_fields["feedback"] = [[e.outcome, bool(e.reason_code)] for e in entries]
+    return Response(status=200)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    app_state = state()
+    checks = {"knowledge": bool(app_state.services), "settings": True, "database": app_state.store.is_healthy()}
+    ready = all(checks.values())
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
+
+
+def read_json_body() -> Any:
+    if request.mimetype not in _JSON_TYPES:
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+    try:
+        return orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON ({_json_error(exc)})") from None
+
+
+def _json_error(exc: orjson.JSONDecodeError) -> str:
+    return f"line {exc.lineno}, column {exc.colno}" if exc.lineno else "unreadable"
+
+
+def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
+    """Validate a CDS Hooks 2.0 request for this service; every problem is a BadRequest naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    hook = _string(body, "hook")
+    if hook != service.hook:
+        raise BadRequest(f"hook {hook[:60]!r} does not match service {service.id!r} (expects {service.hook!r})")
+    hook_instance = _string(body, "hookInstance")
+    context = body.get("context")
+    if not isinstance(context, dict):
+        raise BadRequest("context is required and must be an object")
+    _string(context, "patientId", where="context.")
+    _string(context, "userId", where="context.")
+    if "encounterId" in context and not isinstance(context["encounterId"], str):
+        raise BadRequest("context.encounterId must be a string")
+    if hook in ("order-select", "order-sign"):
+        draft_orders = context.get("draftOrders")
+        if not isinstance(draft_orders, dict) or draft_orders.get("resourceType") != "Bundle":
+            raise BadRequest("context.draftOrders is required and must be a FHIR Bundle")
+        if draft_orders.get("entry") is not None and not isinstance(draft_orders.get("entry"), list):
+            raise BadRequest("context.draftOrders.entry must be an array")
+    if hook == "order-select":
+        selections = context.get("selections")
+        if not isinstance(selections, list) or not selections or not all(isinstance(s, str) for s in selections):
+            raise BadRequest("context.selections is required and must be a non-empty array of strings")
+    fhir_server = body.get("fhirServer")
+    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server.startswith(("http://", "https://"))):
+        raise BadRequest("fhirServer must be an absolute http(s) URL")
+    authorization = body.get("fhirAuthorization")
+    access_token = None
+    if authorization is not None:
+        if not isinstance(authorization, dict) or not isinstance(authorization.get("access_token"), str):
+            raise BadRequest("fhirAuthorization must be an object with an access_token string")
+        if fhir_server is None:
+            raise BadRequest("fhirServer is required when fhirAuthorization is present")
+        access_token = authorization["access_token"]
+    prefetch = body.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, dict):
+        raise BadRequest("prefetch must be an object")
+    if "extension" in body and not isinstance(body["extension"], dict):
+        raise BadRequest("extension must be an object")
+    return HookCall(
+        hook=hook,
+        hook_instance=hook_instance,
+        context=context,
+        fhir_server=fhir_server,
+        access_token=access_token,
+        prefetch=prefetch or {},
+    )
+
+
+def _string(obj: dict, field: str, where: str = "") -> str:
+    value = obj.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{where}{field} is required and must be a non-empty string")
+    return value
+
+
+# --- cross-cutting: auth, CORS, errors, the request log ------------------------------------------
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.register_error_handler(CdsError, _cds_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+
+
+def _start_request() -> Response | None:
+    g.stopwatch = Stopwatch()
+    g.log_fields = {"method": request.method, "path": request.path[:120]}
+    if request.method == "OPTIONS":
+        return Response(status=204)  # CORS preflight: answered without credentials
+    app_state = state()
+    if app_state.verifier is not None and request.path.startswith("/cds-services"):
+        audience = (app_state.settings.public_base_url + request.path) if app_state.settings.public_base_url else request.base_url
+        app_state.verifier.verify(request.headers.get("Authorization"), audience)
+    return None
+
+
+def _finish_request(response: Response) -> Response:
+    origins = state().settings.cors_origins
+    origin = request.headers.get("Origin")
+    if origin and ("*" in origins or origin in origins):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Max-Age"] = "600"
+        if "*" not in origins:
+            response.headers["Vary"] = "Origin"
+    fields = getattr(g, "log_fields", None)
+    if fields is not None and request.path != "/healthz":
+        fields.update(status=response.status_code, duration_ms=g.stopwatch.ms())
+        log_request(fields)
+    return response
+
+
+def operation_outcome(status: int, code: str, message: str) -> Response:
+    severity = "error" if status < 500 else "fatal"
+    body = {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": message}]}
+    return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+
+
+def _cds_error(error: CdsError) -> Response:
+    if hasattr(g, "log_fields"):
+        g.log_fields["error"] = type(error).__name__
+    if error.status == 401:
+        return Response(status=401)  # bare, as the CDS Hooks best practices ask
+    return operation_outcome(error.status, error.code, error.message)
+
+
+def _http_error(error: HTTPException) -> Response:
+    codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+    return operation_outcome(error.code or 400, codes.get(error.code or 400, "invalid"), error.description or error.name)
+
+
+def _unexpected_error(error: Exception) -> Response:
+    # The type only: exception messages can carry patient data.
+    _LOG.error("unexpected error: %s", type(error).__name__)
+    return operation_outcome(500, "exception", "internal error; the request was logged")

@@ -1,0 +1,198 @@
+"""HTTP to the EHR's FHIR server: allowlist, one deadline, parallel queries, paging, size caps.
+
+Every `requests` or JSON failure is translated here into FhirUnavailable / FhirNotAllowed; nothing
+above this module sees a `requests` exception. Log lines carry resource types and timings only:
+never the URL's query (it holds the patient id) and never the token.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import orjson
+import requests
+
+import logging
+
+from cds_service.errors import FhirNotAllowed, FhirUnavailable
+from cds_service.settings import Settings, is_loopback_host
+
+_LOG = logging.getLogger(__name__)
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir")
+_LOCAL = threading.local()
+
+
+def _session() -> requests.Session:
+    """One pooled session per thread: connections are reused across hook calls."""
+    session = getattr(_LOCAL, "session", None)
+    if session is None:
+        session = requests.Session()
+        session.trust_env = False  # never route patient data through a proxy from the environment
+        _LOCAL.session = session
+    return session
+
+
+@dataclasses.dataclass
+class Deadline:
+    at: float  # time.monotonic() value
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryTiming:
+    """One FHIR request, as it may be logged: no URL query, no token."""
+
+    resource_type: str
+    outcome: str  # "ok", "http-503", "timeout", ...
+    ms: float
+
+
+def check_allowed(base_url: str, settings: Settings) -> None:
+    """Raise FhirNotAllowed unless base_url is https (or loopback) and on the allowlist."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FhirNotAllowed("fhirServer is not an http(s) URL")
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise FhirNotAllowed("fhirServer must use https")
+    allowed = settings.allowed_fhir_servers
+    if allowed and not any(_has_prefix(base_url, prefix) for prefix in allowed):
+        raise FhirNotAllowed("fhirServer is not on CDS_ALLOWED_FHIR_SERVERS")
+
+
+def _has_prefix(url: str, prefix: str) -> bool:
+    # Compare on path-segment boundaries so https://fhir.example.org.evil.com never matches.
+    url, prefix = url.rstrip("/") + "/", prefix.rstrip("/") + "/"
+    return url.lower().startswith(prefix.lower())
+
+
+class FhirClient:
+    """Reads from one FHIR server on behalf of one hook call."""
+
+    def __init__(self, base_url: str, access_token: str | None, settings: Settings, deadline: Deadline):
+        check_allowed(base_url, settings)
+        self.base_url = base_url.rstrip("/") + "/"
+        self._headers = {"Accept": "application/fhir+json, application/json"}
+        if access_token:
+            self._headers["Authorization"] = f"Bearer {access_token}"
+        self._settings = settings
+        self.deadline = deadline
+        self.timings: list[QueryTiming] = []
+        self._lock = threading.Lock()
+
+    def read(self, relative_url: str) -> dict[str, Any]:
+        resource = self._get(urljoin(self.base_url, relative_url))
+        if resource.get("resourceType") == "OperationOutcome":
+            raise FhirUnavailable("server answered an OperationOutcome")
+        return resource
+
+    def search(self, relative_url: str) -> list[dict[str, Any]]:
+        """All resources of a search, following `next` links up to the page limit."""
+        return self.continue_search(self._get(urljoin(self.base_url, relative_url)))
+
+    def continue_search(self, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The resources of a (possibly prefetched) Bundle plus those of its following pages."""
+        resources: list[dict[str, Any]] = []
+        pages = 0
+        while True:
+            if bundle.get("resourceType") != "Bundle":
+                raise FhirUnavailable(f"expected a Bundle, got {str(bundle.get('resourceType'))[:40]}")
+            resources += entry_resources(bundle)
+            next_url = next_link(bundle)
+            pages += 1
+            if not next_url or pages >= self._settings.fhir_max_pages:
+                return resources
+            absolute = urljoin(self.base_url, next_url)
+            if not _has_prefix(absolute, self.base_url):
+                raise FhirUnavailable("next link leaves the FHIR server")
+            bundle = self._get(absolute)
+
+    def _get(self, url: str) -> dict[str, Any]:
+        resource_type = urlsplit(url).path.rstrip("/").split("/")[-1] or "?"
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            return self._get_json(url)
+        except FhirUnavailable as exc:
+            outcome = str(exc)[:40]
+            raise
+        finally:
+            timing = QueryTiming(resource_type, outcome, round((time.monotonic() - started) * 1000, 1))
+            with self._lock:
+                self.timings.append(timing)
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        remaining = self.deadline.remaining()
+        if remaining <= 0.005:
+            raise FhirUnavailable("deadline passed")
+        limit = self._settings.fhir_max_response_bytes
+        try:
+            with _session().get(
+                url, headers=self._headers, timeout=remaining, allow_redirects=False, stream=True
+            ) as response:
+                if response.status_code != 200:
+                    raise FhirUnavailable(f"http-{response.status_code}")
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=65536):
+                    body += chunk
+                    if len(body) > limit:
+                        raise FhirUnavailable("response too large")
+                    if self.deadline.remaining() <= 0:
+                        raise FhirUnavailable("deadline passed")
+        except requests.Timeout as exc:
+            raise FhirUnavailable("timeout") from exc
+        except requests.RequestException as exc:
+            raise FhirUnavailable("connection failed") from exc
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise FhirUnavailable("invalid JSON") from exc
+        if not isinstance(parsed, dict):
+            raise FhirUnavailable("not a FHIR resource")
+        return parsed
+
+
+def entry_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return []
+    return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+
+
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def run_parallel(jobs: Mapping[str, Callable[[], Any]], deadline: Deadline) -> dict[str, Any]:
+    """Run the jobs at once; each result is its value or the FhirUnavailable it raised (or timed out with)."""
+    futures = {key: _EXECUTOR.submit(job) for key, job in jobs.items()}
+    results: dict[str, Any] = {}
+    for key, future in futures.items():
+        try:
+            results[key] = future.result(timeout=max(deadline.remaining(), 0) + 0.05)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            results[key] = FhirUnavailable("deadline passed")
+        except FhirUnavailable as exc:
+            results[key] = exc
+        except Exception as exc:  # a bug in one query must not fail the whole hook call
+            _LOG.error("FHIR job failed: %s", type(exc).__name__)
+            results[key] = FhirUnavailable("internal error")
+    return results

@@ -1,0 +1,13 @@
+"""Clinical knowledge as data: the JSON files beside this module, loaded and indexed once."""
+
+from cds_service.knowledge.loader import (
+    DrugConcept,
+    DrugRole,
+    Knowledge,
+    KnowledgeError,
+    Source,
+    load_knowledge,
+    normalize_text,
+)
+
+__all__ = ["DrugConcept", "DrugRole", "Knowledge", "KnowledgeError", "Source", "load_knowledge", "normalize_text"]

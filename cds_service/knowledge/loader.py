@@ -1,0 +1,277 @@
+"""Load the knowledge files, check every entry names a source, and index them for O(1) look-ups.
+
+Each file has `meta` (subject, version, reviewed, next_review), `sources` (key -> label, url) and lists
+of entries. Every `source` or `*_source` value must be a key of the file's `sources`; the loader
+replaces it with a `Source`. Problems are collected and reported together, never one at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+KNOWLEDGE_DIR = Path(__file__).parent
+FILES = (
+    "mtor_drugs.json",
+    "interactions.json",
+    "vaccines.json",
+    "ace_inhibitors.json",
+    "observations.json",
+    "conditions.json",
+    "procedures.json",
+)
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CVX = "http://hl7.org/fhir/sid/cvx"
+LOINC = "http://loinc.org"
+
+
+class KnowledgeError(ValueError):
+    """The knowledge files are missing, malformed or cite unknown sources; lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    key: str
+    label: str
+    url: str | None = None  # the official document (e.g. the DailyMed label)
+    read_at: str | None = None  # where the text was actually read, when that was a mirror
+
+
+class DrugRole(str, enum.Enum):
+    MTOR_INHIBITOR = "mtor-inhibitor"
+    CYP3A_PERPETRATOR = "cyp3a-perpetrator"
+    LIVE_VACCINE = "live-vaccine"
+    AMBIGUOUS_VACCINE = "ambiguous-vaccine"
+    NOT_LIVE_VACCINE = "not-live-vaccine"
+    ACE_INHIBITOR = "ace-inhibitor"
+
+
+@dataclasses.dataclass(frozen=True)
+class DrugConcept:
+    """One recognisable drug or vaccine: what it is and the knowledge entry behind it."""
+
+    key: str
+    role: DrugRole
+    display: str
+    entry: Mapping[str, Any] = dataclasses.field(compare=False, repr=False)
+    exclude_words: tuple[tuple[str, ...], ...] = dataclasses.field(default=(), compare=False, repr=False)
+
+
+_APOSTROPHES = re.compile(r"['’`]")
+_NON_WORD = re.compile(r"[^0-9a-zµ]+")
+
+
+def normalize_text(text: str) -> tuple[str, ...]:
+    """Lowercase words: apostrophes dropped, other punctuation splits ("St. John's wort" -> st johns wort)."""
+    return tuple(_NON_WORD.sub(" ", _APOSTROPHES.sub("", text.lower())).split())
+
+
+class PhraseIndex:
+    """Finds whole-word phrases in free text in one pass, keyed by each phrase's first word."""
+
+    def __init__(self) -> None:
+        self._by_first_word: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
+
+    def add(self, phrase: str, value: Any) -> None:
+        words = normalize_text(phrase)
+        if words:
+            self._by_first_word.setdefault(words[0], []).append((words, value))
+
+    def find(self, words: tuple[str, ...]) -> list[Any]:
+        found = []
+        for i, word in enumerate(words):
+            for phrase, value in self._by_first_word.get(word, ()):
+                if words[i : i + len(phrase)] == phrase and value not in found:
+                    found.append(value)
+        return found
+
+
+def contains_phrase(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    n = len(phrase)
+    return any(words[i : i + n] == phrase for i in range(len(words) - n + 1))
+
+
+class Knowledge:
+    """Read-only, indexed view of the knowledge files. Build it with `load_knowledge()`."""
+
+    def __init__(self, files: Mapping[str, Mapping[str, Any]]):
+        self.files = MappingProxyType(dict(files))
+        drugs = files["mtor_drugs.json"]
+        self.mtor_drugs: Mapping[str, Mapping] = {e["key"]: e for e in drugs["mtor_inhibitors"]}
+        self.mtor_products: Mapping[str, Mapping] = {p["rxnorm"]: p for p in drugs["products"]}
+        interactions = files["interactions.json"]
+        self.perpetrators: Mapping[str, Mapping] = {e["key"]: e for e in interactions["perpetrators"]}
+        self.interaction_advice = tuple(interactions["advice"])
+        self.live_vaccine_statements: Mapping[str, Mapping] = {
+            s["drug"]: s for s in files["vaccines.json"]["label_statements"]
+        }
+        obs = files["observations.json"]
+        self.drug_level_loinc: Mapping[str, str] = {c: e["drug"] for e in obs["drug_levels"] for c in e["loinc"]}
+        self.pregnancy_status = obs["pregnancy_status"]
+        self.hcg_tests = obs["hcg_tests"]
+        self.hcg_loinc = frozenset(self.hcg_tests["qualitative_loinc"]) | frozenset(self.hcg_tests["quantitative_loinc"])
+        results = obs["result_codes"]
+        self.result_positive = _coding_set(results["positive"]) | _coding_set(results["positive_interpretations"])
+        self.result_negative = _coding_set(results["negative"]) | _coding_set(results["negative_interpretations"])
+        self.result_positive_words = frozenset(results["positive_words"])
+        self.result_negative_words = frozenset(results["negative_words"])
+        self.mass_units = obs["mass_concentration_units"]
+        conditions = files["conditions.json"]
+        self.pregnancy_condition_codes = tuple((c["system"], c["code"], bool(c.get("prefix"))) for c in conditions["pregnancy"])
+        procedures = files["procedures.json"]
+        self.surgical_categories = _coding_set(procedures["surgical_categories"])
+        self.surgical_words = frozenset(procedures["surgical_words"]["words"])
+        self.surgical_suffixes = tuple(procedures["surgical_words"]["suffixes"])
+        self.planned_statuses = {k: frozenset(v) for k, v in procedures["planned_statuses"].items() if k != "source"}
+        self.done_statuses = {k: frozenset(v) for k, v in procedures["done_statuses"].items() if k != "source"}
+        self._index_drugs(files)
+
+    def _index_drugs(self, files: Mapping[str, Mapping]) -> None:
+        self.rxnorm: dict[str, list[DrugConcept]] = {}
+        self.cvx: dict[str, list[DrugConcept]] = {}
+        self.names = PhraseIndex()
+        self.concepts: dict[tuple[DrugRole, str], DrugConcept] = {}
+
+        def add(role: DrugRole, entry: Mapping, codes: Iterable[str] = (), cvx: Iterable[str] = ()) -> None:
+            concept = DrugConcept(
+                key=entry["key"],
+                role=role,
+                display=entry.get("display", entry["key"]),
+                entry=entry,
+                exclude_words=tuple(normalize_text(w) for w in entry.get("exclude_if_text_contains", ())),
+            )
+            self.concepts[(role, concept.key)] = concept
+            for code in codes:
+                self.rxnorm.setdefault(code, []).append(concept)
+            for code in cvx:
+                self.cvx.setdefault(code, []).append(concept)
+            for name in entry.get("names", ()):
+                self.names.add(name, concept)
+
+        for entry in self.mtor_drugs.values():
+            product_codes = [p["rxnorm"] for p in self.mtor_products.values() if p["drug"] == entry["key"]]
+            add(DrugRole.MTOR_INHIBITOR, entry, [*entry["rxnorm"], *product_codes])
+        for entry in self.perpetrators.values():
+            add(DrugRole.CYP3A_PERPETRATOR, entry, entry.get("rxnorm", ()))
+        vaccines = files["vaccines.json"]
+        for role, list_name in (
+            (DrugRole.LIVE_VACCINE, "live_vaccines"),
+            (DrugRole.AMBIGUOUS_VACCINE, "ambiguous_vaccines"),
+            (DrugRole.NOT_LIVE_VACCINE, "not_live"),
+        ):
+            for entry in vaccines.get(list_name, ()):
+                add(role, entry, entry.get("rxnorm", ()), entry.get("cvx", ()))
+        for entry in files["ace_inhibitors.json"]["ace_inhibitors"]:
+            add(DrugRole.ACE_INHIBITOR, entry, entry.get("rxnorm", ()))
+
+    def recognize_medication(self, codings: Iterable[Mapping], texts: Iterable[str]) -> tuple[DrugConcept, ...]:
+        """What a medication is: by RxNorm or CVX code first, by generic or brand name when no code is known."""
+        words = normalize_text(" ".join(t for t in texts if isinstance(t, str)))
+        found: list[DrugConcept] = []
+        for coding in codings:
+            system, code = coding.get("system"), coding.get("code")
+            if not isinstance(code, str):
+                continue
+            table = self.rxnorm if system == RXNORM else self.cvx if system == CVX else None
+            for concept in (table or {}).get(code.strip(), ()):
+                if concept not in found:
+                    found.append(concept)
+        if not found:
+            found = self.names.find(words)
+            roles = {c.role for c in found}
+            if DrugRole.NOT_LIVE_VACCINE in roles:
+                # "zoster vaccine recombinant" must not be read as a live zoster vaccine by a shared word.
+                found = [c for c in found if c.role is not DrugRole.LIVE_VACCINE]
+            if roles & {DrugRole.NOT_LIVE_VACCINE, DrugRole.LIVE_VACCINE}:
+                # "Typhoid Vaccine Live Ty21a" also names the ambiguous "typhoid vaccine": the specific name wins.
+                found = [c for c in found if c.role is not DrugRole.AMBIGUOUS_VACCINE]
+        return tuple(c for c in found if not any(contains_phrase(words, w) for w in c.exclude_words))
+
+    def advice_for(self, drug: str, effect: str, strength: str, perpetrator: str, indication: str | None = None) -> list[Mapping]:
+        """The label's advice for an mTOR drug and interacting product: product-specific advice (grapefruit,
+        St John's wort) wins over the class advice; with no known indication, every indication's advice."""
+        matches = [
+            a for a in self.interaction_advice
+            if a["drug"] == drug and a["effect"] == effect and a["strength"] == strength
+            and a.get("perpetrator") in (None, perpetrator)
+            and (indication is None or a.get("indication") in (None, "all", indication))
+        ]
+        specific = [a for a in matches if a.get("perpetrator") == perpetrator]
+        return specific or matches
+
+    def strength_for(self, perpetrator: Mapping, drug: str) -> str:
+        """A perpetrator's strength as the mTOR drug's own label classifies it, else the FDA table's."""
+        return perpetrator.get("strength_by_drug", {}).get(drug, perpetrator["strength"])
+
+
+def _coding_set(codings: Iterable[Mapping]) -> frozenset[tuple[str, str]]:
+    return frozenset((c["system"], c["code"]) for c in codings)
+
+
+def load_knowledge(directory: Path = KNOWLEDGE_DIR) -> Knowledge:
+    """Load, validate and index every knowledge file; raise KnowledgeError listing all problems."""
+    problems: list[str] = []
+    files: dict[str, Mapping] = {}
+    for name in FILES:
+        path = directory / name
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{name}: cannot be read: {exc}")
+            continue
+        files[name] = _resolve_sources(name, raw, problems)
+    if not problems:
+        try:
+            knowledge = Knowledge(files)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"knowledge structure: missing or malformed {exc}")
+    if problems:
+        raise KnowledgeError("knowledge files are invalid:\n  " + "\n  ".join(problems))
+    return knowledge
+
+
+def _resolve_sources(file_name: str, raw: Any, problems: list[str]) -> Mapping:
+    if not isinstance(raw, dict):
+        problems.append(f"{file_name}: top level must be an object")
+        return {}
+    meta = raw.get("meta")
+    for field in ("subject", "version", "reviewed", "next_review"):
+        if not isinstance(meta, dict) or not meta.get(field):
+            problems.append(f"{file_name}: meta.{field} is missing")
+    sources = {}
+    for key, value in (raw.get("sources") or {}).items():
+        if not isinstance(value, dict) or not value.get("label"):
+            problems.append(f"{file_name}: source {key!r} has no label")
+            continue
+        sources[key] = Source(key=key, label=value["label"], url=value.get("url"), read_at=value.get("read_at"))
+
+    def resolve(node: Any, path: str) -> Any:
+        if isinstance(node, list):
+            return [resolve(item, f"{path}[{i}]") for i, item in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "source" or key.endswith("_source"):
+                if value not in sources:
+                    problems.append(f"{file_name}: {path}.{key} = {value!r} is not a key of 'sources'")
+                out[key] = sources.get(value, value)
+            else:
+                out[key] = resolve(value, f"{path}.{key}")
+        return out
+
+    resolved = {k: (resolve(v, k) if k not in ("meta", "sources") else v) for k, v in raw.items()}
+    # Every entry of a list of objects must cite its source.
+    for key, value in raw.items():
+        if isinstance(value, list):
+            for i, entry in enumerate(value):
+                if isinstance(entry, dict) and "source" not in entry:
+                    problems.append(f"{file_name}: {key}[{i}] has no source")
+    resolved["sources"] = sources
+    return resolved

@@ -1,0 +1,92 @@
+"""The plain, already-normalised patient snapshot that rules read. No FHIR JSON, no I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+from cds_service.knowledge import DrugConcept, DrugRole
+
+
+@dataclasses.dataclass(frozen=True)
+class MedicationOrder:
+    """A MedicationRequest (or a draft Immunization) with what the knowledge recognises in it."""
+
+    ref: str  # relative reference, e.g. "MedicationRequest/123"
+    text: str  # what the clinician sees, e.g. "Afinitor 10 MG Oral Tablet"
+    concepts: tuple[DrugConcept, ...]
+    status: str
+    is_draft: bool = False
+    is_selected: bool = False
+    authored_on: datetime | None = None
+    dose_mg: float | None = None
+    resource: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def concepts_with(self, role: DrugRole) -> tuple[DrugConcept, ...]:
+        return tuple(c for c in self.concepts if c.role is role)
+
+    @property
+    def mtor_drug(self) -> str | None:
+        """'everolimus' or 'sirolimus' when this order is an mTOR inhibitor."""
+        found = self.concepts_with(DrugRole.MTOR_INHIBITOR)
+        return found[0].key if found else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LabResult:
+    """An Observation the rules use: a drug level, a pregnancy status or an hCG test."""
+
+    ref: str
+    kind: str  # "drug-level" | "pregnancy-status" | "hcg"
+    effective: datetime | None
+    text: str
+    drug: str | None = None  # for drug levels
+    value_ng_per_ml: float | None = None  # drug levels, in canonical units
+    value_as_written: str = ""  # e.g. "18.2 ug/L", for the card
+    unreadable_unit: str | None = None  # a drug level whose unit could not be converted
+    result: str | None = None  # "positive" | "negative" | "pregnant" | "not-pregnant"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionRecord:
+    ref: str
+    text: str
+    codes: frozenset[tuple[str, str]]
+    is_active: bool
+    asserted: datetime | None  # onset, else recordedDate
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcedureEvent:
+    """A planned or performed procedure from ServiceRequest, Procedure or Appointment."""
+
+    ref: str
+    text: str
+    when: datetime | None
+    is_planned: bool  # planned (ordered, in preparation, booked) rather than done
+    is_surgery: bool
+    is_draft: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientSnapshot:
+    now: datetime
+    patient_id: str
+    birth_date: date | None = None
+    gender: str | None = None
+    medications: tuple[MedicationOrder, ...] = ()
+    labs: tuple[LabResult, ...] = ()
+    conditions: tuple[ConditionRecord, ...] = ()
+    procedures: tuple[ProcedureEvent, ...] = ()
+    unavailable: tuple[str, ...] = ()  # prefetch keys whose data could not be had
+    skipped_resources: int = 0  # resources that were not valid enough to read
+
+    @property
+    def mtor_orders(self) -> tuple[MedicationOrder, ...]:
+        return tuple(m for m in self.medications if m.mtor_drug)
+
+    @property
+    def today(self) -> date:
+        return self.now.date()

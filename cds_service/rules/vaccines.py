@@ -1,0 +1,41 @@
+"""Live attenuated vaccines ordered for a patient taking or starting an mTOR inhibitor."""
+
+from __future__ import annotations
+
+from cds_service.findings import Finding, Severity, Topic
+from cds_service.knowledge import DrugRole, Knowledge
+from cds_service.patient import MedicationOrder, PatientSnapshot
+
+
+def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    current = [m for m in snapshot.mtor_orders if not m.is_draft]
+    mtor = (current or list(snapshot.mtor_orders))[0]
+    statement = knowledge.live_vaccine_statements[mtor.mtor_drug]
+    findings = []
+    for order in snapshot.medications:
+        if order.mtor_drug or not (order.is_draft or order.status in ("active", "on-hold")):
+            continue
+        vaccine, severity = _vaccine_in(order)
+        if vaccine is None:
+            continue
+        findings.append(
+            Finding(
+                topic=Topic.LIVE_VACCINE,
+                severity=severity,
+                mtor=mtor,
+                evidence=(order,),
+                source=statement["source"],
+                section=statement.get("section", ""),
+                facts={"vaccine": vaccine.display, "ambiguous": severity is Severity.INFO, "statement": statement["text"]},
+            )
+        )
+    return findings
+
+
+def _vaccine_in(order: MedicationOrder):
+    """One finding per order, however many live antigens its name matches (MMR names measles and rubella)."""
+    for role, severity in ((DrugRole.LIVE_VACCINE, Severity.WARNING), (DrugRole.AMBIGUOUS_VACCINE, Severity.INFO)):
+        found = order.concepts_with(role)
+        if found:
+            return found[0], severity
+    return None, None

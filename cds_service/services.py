@@ -1,0 +1,101 @@
+"""The CDS services this app offers (one per hook) and the parsed form of a call to one of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from cds_service.knowledge import Knowledge
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: Mapping[str, str]
+    required_prefetch: frozenset[str]  # keys without which no safe answer can be given (412)
+
+    def discovery_entry(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class HookCall:
+    """A validated CDS Hooks request. The access token lives here only for the call's duration."""
+
+    hook: str
+    hook_instance: str
+    context: Mapping[str, Any]
+    fhir_server: str | None = None
+    access_token: str | None = dataclasses.field(default=None, repr=False)
+    prefetch: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def patient_id(self) -> str:
+        return self.context["patientId"]
+
+    @property
+    def selections(self) -> tuple[str, ...]:
+        return tuple(self.context.get("selections") or ())
+
+
+def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
+    """Prefetch templates, 2.0-valid (only {{context.patientId}}); the Observation codes come from the knowledge."""
+    loinc = sorted(
+        {*knowledge.drug_level_loinc, *knowledge.pregnancy_status["loinc"], *knowledge.hcg_loinc}
+    )
+    codes = ",".join(f"http://loinc.org|{code}" for code in loinc)
+    patient = "{{context.patientId}}"
+    return {
+        "patient": f"Patient/{patient}",
+        "medications": f"MedicationRequest?patient={patient}&status=active,on-hold",
+        "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&_count=100",
+        "conditions": f"Condition?patient={patient}",
+        "procedures": f"Procedure?patient={patient}&_sort=-date&_count=100",
+        "serviceRequests": f"ServiceRequest?patient={patient}&status=draft,active,on-hold",
+        "appointments": f"Appointment?patient={patient}&status=proposed,pending,booked,arrived,checked-in,waitlist",
+    }
+
+
+_DESCRIPTIONS = {
+    "patient-view": (
+        "mTOR inhibitor safety (chart open)",
+        "For patients taking everolimus or sirolimus: flags CYP3A4/P-gp interactions, live vaccine orders, "
+        "pregnancy, surgery within the withhold window and trough levels above 15 ng/mL, citing the FDA labels.",
+    ),
+    "order-select": (
+        "mTOR inhibitor safety (order selected)",
+        "When an order is selected for a patient taking or starting everolimus or sirolimus: checks the selected "
+        "orders for CYP3A4/P-gp interactions, live vaccines, pregnancy, surgery timing and high trough levels.",
+    ),
+    "order-sign": (
+        "mTOR inhibitor safety (orders signed)",
+        "Before orders are signed for a patient taking or starting everolimus or sirolimus: checks all draft "
+        "orders for CYP3A4/P-gp interactions, live vaccines, pregnancy, surgery timing and high trough levels.",
+    ),
+}
+
+
+def build_services(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
+    templates = prefetch_templates(knowledge)
+    services = {}
+    for hook, (title, description) in _DESCRIPTIONS.items():
+        service = ServiceDefinition(
+            id=f"mtor-safety-{hook}",
+            hook=hook,
+            title=title,
+            description=description,
+            prefetch=templates,
+            required_prefetch=frozenset({"medications"}),
+        )
+        services[service.id] = service
+    return services

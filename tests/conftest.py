@@ -1,0 +1,58 @@
+"""Shared fixtures: an app with a pinned clock, its client, and fixture loading."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from cds_service import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fhir_fixtures"
+SPEC_EXAMPLES = ROOT.parent / "shared" / "cds-hooks" / "examples"
+SCENARIOS = json.loads((FIXTURES / "scenarios.json").read_text())
+FIXTURE_NOW = datetime.fromisoformat(SCENARIOS["now"].replace("Z", "+00:00"))
+SERVICE_FOR_HOOK = {
+    "patient-view": "mtor-safety-patient-view",
+    "order-select": "mtor-safety-order-select",
+    "order-sign": "mtor-safety-order-sign",
+}
+
+
+def load_fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app(
+        require_jwt=False,
+        allowed_fhir_servers=("https://ehr.example.org/fhir",),
+        fhir_deadline_s=1.0,
+        database_url=f"sqlite:///{tmp_path}/cards.sqlite3",
+    )
+    app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def call_hook(client):
+    """POST a hook request to the service for its hook; returns the Flask response."""
+
+    def call(body: dict, service_id: str | None = None):
+        return client.post(f"/cds-services/{service_id or SERVICE_FOR_HOOK[body['hook']]}", json=body)
+
+    return call
+
+
+@pytest.fixture
+def knowledge(app):
+    return app.extensions["mtor_cds"].knowledge
