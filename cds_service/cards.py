@@ -5,6 +5,7 @@ One card per topic per call, the most severe finding first; a card's details lis
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -12,6 +13,9 @@ from typing import Any
 
 from cds_service.findings import TOPIC_SYSTEM, Finding, Severity, Topic
 from cds_service.knowledge import Source
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
 from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 
 OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
@@ -19,8 +23,8 @@ SUMMARY_MAX = 139
 _DATA_LABELS = {
     "patient": "demographics (Patient)",
     "medications": "current medications",
-    "observations": "lab results (trough levels, pregnancy tests)",
-    "conditions": "conditions (pregnancy)",
+    "observations": "lab results (trough levels, pregnancy tests, lipids, height and weight)",
+    "conditions": "conditions (pregnancy, indication, hepatic impairment, infection)",
     "procedures": "procedures (recent or planned surgery)",
     "serviceRequests": "service requests (planned surgery)",
     "appointments": "appointments (planned surgery)",
@@ -31,6 +35,14 @@ _TOPIC_TITLES = {
     Topic.PREGNANCY: "Pregnancy",
     Topic.SURGERY_TIMING: "Surgery timing",
     Topic.TROUGH_HIGH: "Trough level above target",
+    Topic.TROUGH_LOW: "Trough level below target",
+    Topic.TROUGH_MONITORING: "Trough level due",
+    Topic.LIPIDS: "Lipids",
+    Topic.HEPATIC_IMPAIRMENT: "Hepatic impairment",
+    Topic.INFECTION: "Infection or pneumonitis",
+    Topic.ANGIOEDEMA: "Angioedema risk (ACE inhibitor)",
+    Topic.CONTRACEPTION: "Contraception",
+    Topic.DOSE_CHECK: "Dose check",
     Topic.CHECKS_INCOMPLETE: "Safety checks incomplete",
 }
 _OVERRIDE_REASONS = {
@@ -55,6 +67,40 @@ _OVERRIDE_REASONS = {
     Topic.TROUGH_HIGH: [
         ("dose-adjusted", "Dose already adjusted"),
         ("not-a-trough", "Sample was not a trough (timed after the dose)"),
+    ],
+    Topic.TROUGH_LOW: [
+        ("dose-adjusted", "Dose already adjusted"),
+        ("not-a-trough", "Sample was not a trough (timed after the dose)"),
+        ("adequate-response", "Adequate clinical response at this level"),
+    ],
+    Topic.TROUGH_MONITORING: [
+        ("already-ordered", "Trough level already ordered"),
+        ("drawn-elsewhere", "Trough measured at another laboratory"),
+    ],
+    Topic.LIPIDS: [
+        ("being-managed", "Lipids already being managed"),
+        ("already-ordered", "Lipid panel already ordered"),
+    ],
+    Topic.HEPATIC_IMPAIRMENT: [
+        ("dose-adjusted", "Dose already adjusted for hepatic function"),
+        ("resolved", "Hepatic impairment has resolved"),
+    ],
+    Topic.INFECTION: [
+        ("already-held", "mTOR inhibitor already held"),
+        ("resolved", "Infection or pneumonitis has resolved"),
+        ("specialist-decision", "Continued after specialist review"),
+    ],
+    Topic.ANGIOEDEMA: [
+        ("benefit-outweighs-risk", "Benefit outweighs risk; patient counselled"),
+        ("tolerated", "Combination already tolerated"),
+    ],
+    Topic.CONTRACEPTION: [
+        ("counselled", "Patient already counselled"),
+        ("not-of-reproductive-potential", "Patient is not of reproductive potential"),
+    ],
+    Topic.DOSE_CHECK: [
+        ("intended", "Dose intended (e.g. interaction, tolerability)"),
+        ("measurements-outdated", "Height or weight on record is out of date"),
     ],
 }
 
@@ -120,6 +166,14 @@ def _interaction_card(findings: list[Finding], snapshot: PatientSnapshot) -> dic
         [f.evidence[0] for f in findings if f.evidence[0].is_draft]
         + [f.mtor for f in findings if f.mtor.is_draft and not f.evidence[0].is_draft]
     )
+    due = next((f for f in findings if f.facts.get("trough_due")), None)
+    if due is not None:
+        when, rule = due.facts["trough_due"]
+        lines.append(f"\nIf the combination is kept, recheck the {due.mtor.mtor_drug} trough on or after **{when.isoformat()}** "
+                     f"_({_cite(rule['source'], rule.get('section'))})_.")
+        suggestions.append(_trough_order_suggestion(snapshot, due.mtor, due.mtor.mtor_drug, when, due.facts["level_test"]))
+        for s in suggestions[:-1]:
+            s["isRecommended"] = False  # removing the drug and rechecking the trough are alternatives
     return _card(Topic.CYP3A4_INTERACTION, top, _summary(summary, len(findings)), "\n".join(lines), suggestions)
 
 
@@ -198,20 +252,162 @@ def _trough_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
     drug = top.facts["drug"]
     limit = top.facts["limit_ng_per_ml"]
     date = lab.effective.date().isoformat()
-    if lab.value_ng_per_ml is None:
+    if lab.value is None:
         summary = f"Latest {drug} level ({date}) could not be read: unit {lab.unreadable_unit}"
         lines = [f"- The most recent {drug} level, `{lab.ref}` on {date}, reads **{lab.value_as_written or lab.unreadable_unit}**, "
                  f"which cannot be converted to ng/mL. Check it against the {limit} ng/mL limit by hand."]
+        return _card(Topic.TROUGH_HIGH, top, _summary(summary, 1), "\n".join(lines), [])
+    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {date} is above the {limit:g} ng/mL limit"
+    lines = [_level_line(lab, drug), f"- Order: **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`).",
+             f"\nThe label's trough target is 5-{limit:g} ng/mL ({top.section}; {_cite(top.source)})."]
+    lines += _dose_lines(top, "reduce")
+    lines.append("Recheck the trough about 2 weeks after the change; confirm the sample was drawn just before a dose.")
+    return _card(Topic.TROUGH_HIGH, top, _summary(summary, 1), "\n".join(lines), _dose_suggestions(top))
+
+
+def _trough_low_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    lab: LabResult = top.evidence[0]
+    drug, target = top.facts["drug"], top.facts["target"]
+    low, high = target["low_ng_per_ml"], target["high_ng_per_ml"]
+    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL ({lab.effective.date().isoformat()}) is below the {low:g}-{high:g} ng/mL target"
+    lines = [_level_line(lab, drug), f"- Order: **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`).",
+             f"- Indication: {_indication_text(top.facts['indication'])}; target {low:g}-{high:g} ng/mL "
+             f"({_cite(top.source, top.section)}).", ""]
+    lines += _dose_lines(top, "increase")
+    lines.append("Check adherence and interacting drugs first; recheck the trough about 2 weeks after any change.")
+    return _card(Topic.TROUGH_LOW, top, _summary(summary, 1), "\n".join(lines), _dose_suggestions(top))
+
+
+def _trough_monitoring_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    facts = top.facts
+    drug, due = facts["drug"], facts["due_date"]
+    latest: LabResult | None = facts["latest"]
+    if due > snapshot.today:
+        summary = f"Plan a trough level of {drug} around {due.isoformat()}, about 2 weeks after starting"
     else:
-        value = f"{lab.value_ng_per_ml:.3g}"
-        summary = f"{_cap(drug)} trough {value} ng/mL on {date} is above the {limit:g} ng/mL limit"
-        written = f" (reported as {lab.value_as_written})" if lab.value_as_written and not lab.value_as_written.endswith("ng/mL") else ""
-        lines = [f"- Most recent {drug} level: **{value} ng/mL**{written} on **{date}** (`{lab.ref}`, {lab.text}).",
-                 f"- Patient's order: **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`).",
-                 f"\nThe label's trough target is 5-{limit:g} ng/mL ({top.section}; {_cite(top.source)}). "
-                 "Reduce the dose as the label's therapeutic drug monitoring guidance says and recheck the trough; "
-                 "confirm the sample was taken just before a dose."]
-    return _card(Topic.TROUGH_HIGH, top, _summary(summary, 1), "\n".join(lines), [])
+        summary = f"{_cap(drug)} trough due since {due.isoformat()} ({facts['event']} on {facts['event_date'].isoformat()})"
+    last = (f"the last trough was on {latest.effective.date().isoformat()} (`{latest.ref}`)" if latest else "no trough is on record")
+    lines = [f"- **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`); {last}.",
+             f"- Event: {facts['event']} on {facts['event_date'].isoformat()}; the label asks for a trough about "
+             f"{(due - facts['event_date']).days} days later _({_cite(top.source, top.section)})_.",
+             f"- Indication: {_indication_text(facts['indication'])}."]
+    order_date = max(due, snapshot.today)
+    suggestion = _trough_order_suggestion(snapshot, top.mtor, drug, order_date, facts["level_test"])
+    return _card(Topic.TROUGH_MONITORING, top, _summary(summary, 1), "\n".join(lines), [suggestion])
+
+
+def _lipids_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    drug = top.mtor.mtor_drug
+    if "missing_panel_days" in top.facts:
+        last = top.facts["last"]
+        when = f"the last one was on {last.effective.date().isoformat()}" if last else "none is on record"
+        summary = f"No lipid panel in the last {top.facts['missing_panel_days']} days while on {drug}"
+        detail = (f"The label asks to monitor lipids before and periodically during treatment; {when}. "
+                  f"Order a fasting lipid panel. _(Interval: {_cite(top.source)})_")
+        return _card(Topic.LIPIDS, top, _summary(summary, 1), detail, [])
+    lab: LabResult = top.evidence[0]
+    summary = (f"{_cap(top.facts['analyte'])} {lab.value:.0f} mg/dL ({lab.effective.date().isoformat()}) on {drug}: "
+               f"CTCAE grade {top.facts['grade']}")
+    lines = []
+    for f in findings:
+        lab = f.evidence[0]
+        written = f" (reported as {lab.value_as_written})" if not lab.value_as_written.lower().endswith("mg/dl") else ""
+        lines.append(f"- Latest {f.facts['analyte']}: **{lab.value:.0f} mg/dL**{written} on {lab.effective.date().isoformat()} "
+                     f"(`{lab.ref}`): CTCAE v5 grade {f.facts['grade']} _({_cite(f.facts['grade_source'])})_.")
+        lines.append(f"  - {f.facts['action']} _({_cite(f.source, f.section)})_")
+    return _card(Topic.LIPIDS, top, _summary(summary, len(findings)), "\n".join(lines), [])
+
+
+def _hepatic_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    drug = top.mtor.mtor_drug
+    cp = top.facts["child_pugh"]
+    summary = f"Hepatic impairment{f' (Child-Pugh {cp})' if cp else ''} on record: {drug} dose needs adjusting"
+    conditions = ", ".join(f"**{c.text}** (`{c.ref}`)" for c in top.evidence)
+    lines = [f"- On record: {conditions}.", f"- Order: **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`)"
+             + (f", {top.mtor.daily_dose_mg:g} mg/day." if top.mtor.daily_dose_mg else "."),
+             f"- Indication: {_indication_text(top.facts['indication'])}.", "", "Label dose:"]
+    for d in top.facts["doses"]:
+        dose = (f"{d['dose_mg']:g} mg daily" if "dose_mg" in d
+                else f"{d['dose_mg_per_m2']:g} mg/m² daily" if "dose_mg_per_m2" in d else d.get("action", "see the label"))
+        scope = {"fixed": " (fixed-dose use)", "tdm": " (trough-guided use)"}.get(d.get("dosing"), "")
+        note = f"; {d['note']}" if d.get("note") and "UNVERIFIED" not in d["note"] else ""
+        lines.append(f"- Child-Pugh {d['child_pugh']}{scope}: {dose}{note} _({_cite(d['source'], d.get('section'))})_")
+    if not top.facts["doses"]:
+        lines.append("- The knowledge base has no label dose for this case; review the label.")
+    if not cp:
+        lines.append("\nThe Child-Pugh class is not on record: the dose depends on it.")
+    if top.facts["advice"]:
+        lines.append(f"\n{top.facts['advice']['text']} _({_cite(top.facts['advice']['source'], top.facts['advice'].get('section'))})_")
+    return _card(Topic.HEPATIC_IMPAIRMENT, top, _summary(summary, 1), "\n".join(lines), [])
+
+
+def _infection_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    drug = top.mtor.mtor_drug
+    what = "Non-infectious pneumonitis" if top.facts["kind"] == "pneumonitis" else "Active severe infection"
+    summary = f"{what} on record while on {drug}: review whether to hold it"
+    lines = []
+    for f in findings:
+        conditions = ", ".join(f"**{c.text}** (`{c.ref}`)" for c in f.evidence)
+        lines.append(f"- {conditions}: {f.facts['advice']['text']} _({_cite(f.source, f.section)})_")
+    lines.append(f"\nOrder: **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`).")
+    return _card(Topic.INFECTION, top, _summary(summary, len(findings)), "\n".join(lines), [])
+
+
+def _angioedema_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    summary = f"{_cap(top.facts['ace_inhibitor'])} with everolimus: higher risk of angioedema"
+    lines = [f"- **{f.evidence[0].text}** ({_order_state(f.evidence[0])}, `{f.evidence[0].ref}`) with **{f.mtor.text}** "
+             f"({_order_state(f.mtor)}, `{f.mtor.ref}`)." for f in findings]
+    lines.append(f"\n{top.facts['statement']} _({_cite(top.source, top.section)})_")
+    lines.append("Tell the patient to report swelling of the face, lips, tongue or throat at once.")
+    suggestions = _removal_suggestions([f.evidence[0] for f in findings if f.evidence[0].is_draft])
+    return _card(Topic.ANGIOEDEMA, top, _summary(summary, len(findings)), "\n".join(lines), suggestions)
+
+
+def _contraception_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    drug, weeks = top.mtor.mtor_drug, top.facts["weeks"]
+    who = "Females" if top.facts["sex"] == "female" else "Males with female partners"
+    summary = f"{_cap(drug)} ordered: effective contraception during treatment and {weeks} weeks after the last dose"
+    detail = (f"{who} of reproductive potential should use effective contraception during treatment with {drug} and for "
+              f"**{weeks} weeks** after the last dose _({_cite(top.source, top.section)})_. The patient is "
+              f"{top.facts['age']:.0f} years old. Confirm pregnancy status before starting and discuss contraception.")
+    return _card(Topic.CONTRACEPTION, top, _summary(summary, 1), detail, [])
+
+
+def _dose_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
+    top = findings[0]
+    facts = top.facts
+    drug, start = top.mtor.mtor_drug, facts["start"]
+    label_dose = (f"{start['dose_mg_per_m2']:g} mg/m² once daily" if "dose_mg_per_m2" in start else f"{start['dose_mg']:g} mg once daily")
+    lines = [f"- Ordered: **{top.mtor.text}** (`{top.mtor.ref}`), **{facts['ordered_mg']:g} mg/day**.",
+             f"- Indication: {_indication_text(facts['indication'])}; label starting dose {label_dose} "
+             f"_({_cite(top.source, top.section)})_."]
+    if facts.get("missing_measurements"):
+        summary = f"Cannot check the {drug} starting dose: no recent height and weight on record"
+        lines.append("- The dose is per m² of body surface area: record height and weight to check it.")
+    else:
+        if "bsa_m2" in facts:
+            h, w = facts["height"], facts["weight"]
+            lines.append(f"- Body surface area (Mosteller) **{facts['bsa_m2']:.2f} m²** from height {h.value:.0f} cm "
+                         f"({h.effective.date().isoformat()}) and weight {w.value:.1f} kg ({w.effective.date().isoformat()}) "
+                         f"_({_cite(facts['bsa_source'])})_.")
+        lines.append(f"- Label dose for this patient: about **{facts['expected_mg']:.1f} mg/day**, then adjust by trough where the label says so.")
+        if facts["fits"]:
+            summary = f"{_cap(drug)} dose fits the label; note the infection risk in young children"
+        elif facts["ordered_mg"] > facts["expected_mg"]:
+            summary = f"{_cap(drug)} {facts['ordered_mg']:g} mg/day is above the label dose (~{facts['expected_mg']:.1f} mg/day)"
+        else:
+            summary = f"{_cap(drug)} {facts['ordered_mg']:g} mg/day is below the label dose (~{facts['expected_mg']:.1f} mg/day)"
+    if facts.get("pediatric"):
+        p = facts["pediatric"]
+        lines.append(f"\nPatient is under {p['below_age_years']:g}: {p['note_text']} _({_cite(p['source'], p.get('section'))})_")
+    return _card(Topic.DOSE_CHECK, top, _summary(summary, 1), "\n".join(lines), [])
 
 
 def _incomplete_card(note: str) -> dict:
@@ -233,19 +429,107 @@ _RENDERERS: dict[Topic, Callable[[list[Finding], PatientSnapshot], dict]] = {
     Topic.PREGNANCY: _pregnancy_card,
     Topic.SURGERY_TIMING: _surgery_card,
     Topic.TROUGH_HIGH: _trough_card,
+    Topic.TROUGH_LOW: _trough_low_card,
+    Topic.TROUGH_MONITORING: _trough_monitoring_card,
+    Topic.LIPIDS: _lipids_card,
+    Topic.HEPATIC_IMPAIRMENT: _hepatic_card,
+    Topic.INFECTION: _infection_card,
+    Topic.ANGIOEDEMA: _angioedema_card,
+    Topic.CONTRACEPTION: _contraception_card,
+    Topic.DOSE_CHECK: _dose_card,
 }
+
+
+# --- suggestions that create or update FHIR resources (validated with fhir.resources) -----------
+
+
+def _trough_order_suggestion(snapshot: PatientSnapshot, mtor: MedicationOrder, drug: str, when, test) -> dict:
+    """A draft ServiceRequest for the drug's blood level on the date it is due; `test` = (LOINC code, display)."""
+    resource = ServiceRequest.model_validate({
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": test[0], "display": test[1]}], "text": f"{drug} trough level"},
+        "subject": {"reference": f"Patient/{snapshot.patient_id}"},
+        "occurrenceDateTime": when.isoformat(),
+        "reasonReference": [{"reference": mtor.ref}] if "/" in mtor.ref and not mtor.ref.endswith("/None") else None,
+        "note": [{"text": "Trough: draw just before the next dose."}],
+    }).model_dump(mode="json", exclude_none=True)
+    return {
+        "label": f"Order a trough level of {drug} for {when.isoformat()}",
+        "uuid": str(uuid.uuid4()),
+        "isRecommended": True,
+        "actions": [{"type": "create", "description": f"Order a trough level of {drug} ({test[1]}) for {when.isoformat()}", "resource": resource}],
+    }
+
+
+def _dose_suggestions(finding: Finding) -> list[dict]:
+    """An update of the MedicationRequest to the proposed dose, when the order states its dose in mg."""
+    proposed = finding.facts.get("proposed_dose_mg")
+    order = finding.mtor
+    dosage = (order.resource.get("dosageInstruction") or [None])[0]
+    if proposed is None or not isinstance(dosage, dict) or not order.resource.get("id") or order.doses_per_day not in (None, 1):
+        return []
+    updated = copy.deepcopy(dict(order.resource))
+    new_dosage = updated["dosageInstruction"][0]
+    rate = (new_dosage.get("doseAndRate") or [{}])[0]
+    if not isinstance(rate, dict) or not isinstance(rate.get("doseQuantity"), dict):
+        return []
+    rate["doseQuantity"]["value"] = proposed
+    new_dosage["text"] = f"{proposed:g} mg once daily"
+    try:
+        resource = MedicationRequest.model_validate(updated).model_dump(mode="json", exclude_none=True)
+    except ValueError:
+        return []  # the EHR's resource does not validate: offer no one-click change rather than a broken one
+    return [{
+        "label": f"Change the dose to {proposed:g} mg once daily",
+        "uuid": str(uuid.uuid4()),
+        "isRecommended": True,
+        "actions": [{"type": "update", "description": f"Change {order.text} to {proposed:g} mg once daily", "resource": resource}],
+    }]
+
+
+def _dose_lines(finding: Finding, verb: str) -> list[str]:
+    facts = finding.facts
+    if "proposed_dose_mg" not in facts:
+        if "raw_dose_mg" in facts:
+            return [f"The label's formula gives {facts['raw_dose_mg']:.2f} mg/day, which the product's strengths cannot "
+                    f"make better than the current dose; adjust by clinical judgement."]
+        return [f"{_cap(verb)} the dose as the label's therapeutic drug monitoring guidance says "
+                "(new dose = current dose × target trough / measured trough)."]
+    cap = " (an increase is capped at +5 mg per step)" if verb == "increase" else ""
+    return [f"Label formula: new dose = current dose × target / measured = {facts['current_dose_mg']:g} mg × "
+            f"{facts['aim_ng_per_ml']:g} / {finding.evidence[0].value:.3g} = {facts['raw_dose_mg']:.2f} mg/day{cap}; "
+            f"with {facts['product']} strengths: **{facts['proposed_dose_mg']:g} mg once daily** "
+            f"_({_cite(facts['titration_source'])}; aiming at the middle of the target range is this service's choice)_."]
+
+
+def _level_line(lab: LabResult, drug: str) -> str:
+    written = f" (reported as {lab.value_as_written})" if lab.value_as_written and not lab.value_as_written.endswith("ng/mL") else ""
+    return f"- Most recent {drug} level: **{lab.value:.3g} ng/mL**{written} on **{lab.effective.date().isoformat()}** (`{lab.ref}`, {lab.text})."
+
+
+def _indication_text(indication) -> str:
+    if indication is None or not indication.evidence:
+        return "not on record (the card assumes no specific indication)"
+    names = ", ".join(f"{c.text} (`{c.ref}`)" for c in indication.evidence)
+    if indication.key is None:
+        return f"more than one on record ({names}); the card lists the advice for each"
+    return names
 
 
 # --- shared pieces ------------------------------------------------------------------------------
 
 
 def _card(topic: Topic, top: Finding, summary: str, detail: str, suggestions: list[dict]) -> dict:
+    cited = top.label or top.source  # the card rests on the drug's label; details cite each fact's own source
     source: dict[str, Any] = {
-        "label": top.source.label,
+        "label": cited.label,
         "topic": {"system": TOPIC_SYSTEM, "code": topic.value, "display": _TOPIC_TITLES[topic]},
     }
-    if top.source.url:
-        source["url"] = top.source.url
+    if cited.url:
+        source["url"] = cited.url
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": summary,

@@ -21,6 +21,14 @@ class Topic(str, enum.Enum):
     PREGNANCY = "pregnancy"
     SURGERY_TIMING = "surgery-timing"
     TROUGH_HIGH = "trough-high"
+    TROUGH_LOW = "trough-low"
+    TROUGH_MONITORING = "trough-monitoring"
+    LIPIDS = "lipids"
+    HEPATIC_IMPAIRMENT = "hepatic-impairment"
+    INFECTION = "infection"
+    ANGIOEDEMA = "angioedema"
+    CONTRACEPTION = "contraception"
+    DOSE_CHECK = "dose-check"
     CHECKS_INCOMPLETE = "checks-incomplete"
 
 
@@ -43,6 +51,7 @@ class Finding:
     source: Source
     section: str = ""
     facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    label: Source | None = None  # the drug's prescribing information: what the card's source names
 
     @property
     def refs(self) -> frozenset[str]:

@@ -21,7 +21,9 @@ class MedicationOrder:
     is_draft: bool = False
     is_selected: bool = False
     authored_on: datetime | None = None
-    dose_mg: float | None = None
+    dose_mg: float | None = None  # per administration
+    doses_per_day: float | None = None  # from dosageInstruction timing, when stated
+    product_rxnorm: str | None = None  # the mTOR product code when one was recognised
     resource: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def concepts_with(self, role: DrugRole) -> tuple[DrugConcept, ...]:
@@ -33,20 +35,31 @@ class MedicationOrder:
         found = self.concepts_with(DrugRole.MTOR_INHIBITOR)
         return found[0].key if found else None
 
+    @property
+    def daily_dose_mg(self) -> float | None:
+        """Dose per day; once daily when the order states no frequency (every mTOR label dose is once daily)."""
+        if self.dose_mg is None:
+            return None
+        return self.dose_mg * (self.doses_per_day or 1)
+
 
 @dataclasses.dataclass(frozen=True)
 class LabResult:
-    """An Observation the rules use: a drug level, a pregnancy status or an hCG test."""
+    """An Observation the rules use, its value in the canonical unit of its kind."""
 
     ref: str
-    kind: str  # "drug-level" | "pregnancy-status" | "hcg"
+    kind: str  # "drug-level" | "pregnancy-status" | "hcg" | "lipid" | "height" | "weight"
     effective: datetime | None
     text: str
-    drug: str | None = None  # for drug levels
-    value_ng_per_ml: float | None = None  # drug levels, in canonical units
+    analyte: str | None = None  # drug levels: "everolimus" | "sirolimus"; lipids: "triglycerides" | "cholesterol"
+    value: float | None = None  # ng/mL (drug levels), mg/dL (lipids), cm (height), kg (weight)
     value_as_written: str = ""  # e.g. "18.2 ug/L", for the card
-    unreadable_unit: str | None = None  # a drug level whose unit could not be converted
+    unreadable_unit: str | None = None  # a quantity whose unit could not be converted
     result: str | None = None  # "positive" | "negative" | "pregnant" | "not-pregnant"
+
+    @property
+    def drug(self) -> str | None:
+        return self.analyte if self.kind == "drug-level" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +69,7 @@ class ConditionRecord:
     codes: frozenset[tuple[str, str]]
     is_active: bool
     asserted: datetime | None  # onset, else recordedDate
+    kinds: frozenset[str] = frozenset()  # what the knowledge recognises: "pregnancy", "tsc-aml", ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,3 +104,17 @@ class PatientSnapshot:
     @property
     def today(self) -> date:
         return self.now.date()
+
+    @property
+    def age_years(self) -> float | None:
+        if self.birth_date is None:
+            return None
+        return (self.today - self.birth_date).days / 365.25
+
+    def active_conditions(self, kind: str) -> tuple[ConditionRecord, ...]:
+        return tuple(c for c in self.conditions if c.is_active and kind in c.kinds)
+
+    def latest_lab(self, kind: str, analyte: str | None = None) -> LabResult | None:
+        """The newest dated result of a kind (and analyte); undated results never count as newest."""
+        dated = [lab for lab in self.labs if lab.kind == kind and lab.effective and (analyte is None or lab.analyte == analyte)]
+        return max(dated, key=lambda lab: lab.effective) if dated else None

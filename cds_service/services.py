@@ -51,7 +51,8 @@ class HookCall:
 def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
     """Prefetch templates, 2.0-valid (only {{context.patientId}}); the Observation codes come from the knowledge."""
     loinc = sorted(
-        {*knowledge.drug_level_loinc, *knowledge.pregnancy_status["loinc"], *knowledge.hcg_loinc}
+        {*knowledge.drug_level_loinc, *knowledge.pregnancy_status["loinc"], *knowledge.hcg_loinc,
+         *knowledge.lipid_loinc, *knowledge.body_loinc}
     )
     codes = ",".join(f"http://loinc.org|{code}" for code in loinc)
     patient = "{{context.patientId}}"
@@ -70,7 +71,8 @@ _DESCRIPTIONS = {
     "patient-view": (
         "mTOR inhibitor safety (chart open)",
         "For patients taking everolimus or sirolimus: flags CYP3A4/P-gp interactions, live vaccine orders, "
-        "pregnancy, surgery within the withhold window and trough levels above 15 ng/mL, citing the FDA labels.",
+        "pregnancy, surgery within the withhold window, trough levels out of range or due, lipids, hepatic "
+        "impairment, infection, angioedema risk and dosing, citing the FDA labels.",
     ),
     "order-select": (
         "mTOR inhibitor safety (order selected)",

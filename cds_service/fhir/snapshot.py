@@ -20,7 +20,7 @@ from urllib.parse import quote
 from cds_service.errors import DataUnavailable, FhirError
 from cds_service.fhir.client import Deadline, FhirClient, QueryTiming, entry_resources, next_link, run_parallel
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
-from cds_service.knowledge.loader import LOINC
+from cds_service.knowledge.loader import LOINC, RXNORM
 from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 from cds_service.services import HookCall, ServiceDefinition
 from cds_service.settings import Settings
@@ -220,6 +220,10 @@ class _Reader:
             is_selected=selected,
             authored_on=_datetime(resource.get("authoredOn") or resource.get("occurrenceDateTime")),
             dose_mg=_dose_mg(dosage),
+            doses_per_day=_doses_per_day(dosage),
+            product_rxnorm=next(
+                (c["code"] for c in codings if c.get("system") == RXNORM and c.get("code") in self.k.mtor_products), None
+            ),
             resource=resource,
         )
 
@@ -268,7 +272,8 @@ class _Reader:
             named = [c for c in self.k.names.find(normalize_text(" ".join(_texts(code)))) if c.role is DrugRole.MTOR_INHIBITOR]
             drug = named[0].key if named else None
         if drug:
-            return self._drug_level(resource, ref, text, effective, drug)
+            molar_mass = self.k.mtor_drugs[drug]["molar_mass"]["g_per_mol"]
+            return self._quantity(resource, ref, text, effective, "drug-level", drug, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
         if loinc & set(self.k.pregnancy_status["loinc"]):
             values = {(c.get("system"), c.get("code")) for c in _codings(resource.get("valueCodeableConcept"))}
             status = self.k.pregnancy_status
@@ -278,24 +283,34 @@ class _Reader:
             return LabResult(ref, "pregnancy-status", effective, text, result=result)
         if loinc & self.k.hcg_loinc:
             return LabResult(ref, "hcg", effective, text, result=self._test_result(resource))
+        lipid = next((self.k.lipid_loinc[c] for c in loinc if c in self.k.lipid_loinc), None)
+        if lipid:
+            per_mmol = self.k.lipids[lipid]["mg_dl_per_mmol_l"]
+            return self._quantity(resource, ref, text, effective, "lipid", lipid, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
+        body = next((self.k.body_loinc[c] for c in loinc if c in self.k.body_loinc), None)
+        if body:
+            table = self.k.body_units["height_to_cm" if body == "height" else "weight_to_kg"]
+            return self._quantity(resource, ref, text, effective, body, None, lambda v, u: v * table[u] if u in table else None)
         return None
 
-    def _drug_level(self, resource: Mapping, ref: str, text: str, effective, drug: str) -> LabResult:
+    def _quantity(self, resource: Mapping, ref: str, text: str, effective, kind: str, analyte: str | None, convert) -> LabResult:
+        """A quantity in its kind's canonical unit; a unit we cannot convert is kept visible, never guessed."""
         quantity = resource.get("valueQuantity") or {}
         value = quantity.get("value")
-        unit = quantity.get("code") or quantity.get("unit") or ""
-        unit_label = quantity.get("unit") or quantity.get("code") or ""
+        unit_label = str(quantity.get("unit") or quantity.get("code") or "")
+        result = LabResult(ref, kind, effective, text, analyte=analyte)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return LabResult(ref, "drug-level", effective, text, drug=drug, unreadable_unit="no numeric value")
+            return dataclasses.replace(result, unreadable_unit="no numeric value")
         if quantity.get("comparator") in ("<", "<="):
-            value = min(value, value - 1e-9)  # "< 2 ng/mL" is below 2
-        converted = _to_ng_per_ml(float(value), str(unit), drug, self.k)
-        if converted is None and unit_label != unit:
-            converted = _to_ng_per_ml(float(value), str(unit_label), drug, self.k)
-        written = f"{value:g} {unit_label}".strip()
+            value = value - 1e-9  # "< 2 ng/mL" is below 2
+        converted = None
+        for unit in dict.fromkeys((quantity.get("code"), quantity.get("unit"))):
+            if isinstance(unit, str) and converted is None:
+                converted = convert(float(value), unit.strip().replace("μ", "µ"))
+        written = f"{quantity.get('value'):g} {unit_label}".strip()
         if converted is None:
-            return LabResult(ref, "drug-level", effective, text, drug=drug, value_as_written=written, unreadable_unit=unit_label or "no unit")
-        return LabResult(ref, "drug-level", effective, text, drug=drug, value_ng_per_ml=converted, value_as_written=written)
+            return dataclasses.replace(result, value_as_written=written, unreadable_unit=unit_label or "no unit")
+        return dataclasses.replace(result, value=converted, value_as_written=written)
 
     def _test_result(self, resource: Mapping) -> str | None:
         codes = {(c.get("system"), c.get("code")) for c in _codings(resource.get("valueCodeableConcept"))}
@@ -322,10 +337,12 @@ class _Reader:
             verification & {"refuted", "entered-in-error"}
         )
         code = resource.get("code") or {}
+        codes = frozenset((c.get("system"), c.get("code")) for c in _codings(code) if isinstance(c.get("code"), str))
         return ConditionRecord(
             ref=f"Condition/{resource.get('id')}",
             text=_display(_texts(code), _codings(code)) or "condition",
-            codes=frozenset((c.get("system"), c.get("code")) for c in _codings(code) if isinstance(c.get("code"), str)),
+            codes=codes,
+            kinds=self.k.condition_kinds(codes, " ".join(_texts(code))),
             is_active=is_active,
             asserted=_datetime(resource.get("onsetDateTime") or _get(resource, "onsetPeriod", "start") or resource.get("recordedDate")),
         )
@@ -416,15 +433,35 @@ def _dose_mg(dosage: Mapping) -> float | None:
     return None
 
 
-def _to_ng_per_ml(value: float, unit: str, drug: str, knowledge: Knowledge) -> float | None:
+def _to_ng_per_ml(value: float, unit: str, grams_per_mol: float, knowledge: Knowledge) -> float | None:
     units = knowledge.mass_units
-    unit = unit.strip().replace("μ", "µ")
     if unit in units["to_ng_per_ml"]:
         return value * units["to_ng_per_ml"][unit]
     if unit in units["molar_to_nmol_per_l"]:
-        grams_per_mol = knowledge.mtor_drugs[drug]["molar_mass"]["g_per_mol"]
         return value * units["molar_to_nmol_per_l"][unit] * grams_per_mol / 1000
     return None
+
+
+def _to_mg_dl(value: float, unit: str, mg_dl_per_mmol_l: float, knowledge: Knowledge) -> float | None:
+    if unit in knowledge.lipid_units:
+        return value * knowledge.lipid_units[unit]
+    if unit in ("mmol/L", "mmol/l"):
+        return value * mg_dl_per_mmol_l
+    return None
+
+
+_PERIOD_DAYS = {"d": 1, "h": 1 / 24, "wk": 7, "mo": 30, "min": 1 / 1440}
+
+
+def _doses_per_day(dosage: Mapping) -> float | None:
+    repeat = _get(dosage, "timing", "repeat") if dosage else None
+    if not isinstance(repeat, dict):
+        return None
+    frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (frequency, period)):
+        return None
+    days = period * _PERIOD_DAYS.get(unit, 0)
+    return frequency / days if days else None
 
 
 def _datetime(value: Any) -> datetime | None:

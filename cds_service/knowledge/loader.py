@@ -25,6 +25,10 @@ FILES = (
     "observations.json",
     "conditions.json",
     "procedures.json",
+    "indications.json",
+    "monitoring.json",
+    "dosing.json",
+    "clinical_conditions.json",
 )
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CVX = "http://hl7.org/fhir/sid/cvx"
@@ -113,6 +117,7 @@ class Knowledge:
         }
         obs = files["observations.json"]
         self.drug_level_loinc: Mapping[str, str] = {c: e["drug"] for e in obs["drug_levels"] for c in e["loinc"]}
+        self.drug_level_test: Mapping[str, Mapping] = {e["drug"]: e for e in obs["drug_levels"]}
         self.pregnancy_status = obs["pregnancy_status"]
         self.hcg_tests = obs["hcg_tests"]
         self.hcg_loinc = frozenset(self.hcg_tests["qualitative_loinc"]) | frozenset(self.hcg_tests["quantitative_loinc"])
@@ -122,8 +127,23 @@ class Knowledge:
         self.result_positive_words = frozenset(results["positive_words"])
         self.result_negative_words = frozenset(results["negative_words"])
         self.mass_units = obs["mass_concentration_units"]
-        conditions = files["conditions.json"]
-        self.pregnancy_condition_codes = tuple((c["system"], c["code"], bool(c.get("prefix"))) for c in conditions["pregnancy"])
+        self.body_units = obs["body_units"]
+        self.lipid_units = obs["lipid_units"]["to_mg_dl"]
+        self._index_conditions(files)
+        self.indications: Mapping[str, Mapping] = {e["key"]: e for e in files["indications.json"]["indications"]}
+        monitoring = files["monitoring.json"]
+        self.trough_targets = tuple(monitoring["trough_targets"])
+        self.trough_timing = tuple(monitoring["trough_timing"])
+        self.lipids = monitoring["lipids"]
+        self.lipid_loinc: Mapping[str, str] = {
+            code: analyte for analyte in ("triglycerides", "cholesterol") for code in self.lipids[analyte]["loinc"]
+        }
+        body = monitoring["body_measurements"]
+        self.body_loinc: Mapping[str, str] = {
+            **{c: "height" for c in body["height_loinc"]}, **{c: "weight" for c in body["weight_loinc"]}
+        }
+        self.dosing = files["dosing.json"]
+        self.condition_advice = tuple(files["clinical_conditions.json"]["label_advice"])
         procedures = files["procedures.json"]
         self.surgical_categories = _coding_set(procedures["surgical_categories"])
         self.surgical_words = frozenset(procedures["surgical_words"]["words"])
@@ -131,6 +151,48 @@ class Knowledge:
         self.planned_statuses = {k: frozenset(v) for k, v in procedures["planned_statuses"].items() if k != "source"}
         self.done_statuses = {k: frozenset(v) for k, v in procedures["done_statuses"].items() if k != "source"}
         self._index_drugs(files)
+
+    def _index_conditions(self, files: Mapping[str, Mapping]) -> None:
+        """Condition kinds ("pregnancy", "tsc", "tsc-aml", "hepatic-impairment", ...) by code, code prefix or name."""
+        self._condition_codes: dict[tuple[str, str], set[str]] = {}
+        self._condition_prefixes: list[tuple[str, str, str]] = []
+        self._condition_names = PhraseIndex()
+
+        def add(kind: str, codes: Iterable[Mapping], names: Iterable[str] = ()) -> None:
+            for c in codes:
+                kinds = {kind} | ({f"child-pugh-{c['child_pugh']}"} if c.get("child_pugh") else set())
+                if c.get("prefix"):
+                    self._condition_prefixes += [(c["system"], c["code"], k) for k in kinds]
+                else:
+                    self._condition_codes.setdefault((c["system"], c["code"]), set()).update(kinds)
+            for name in names:
+                self._condition_names.add(name, kind)
+
+        add("pregnancy", files["conditions.json"]["pregnancy"])
+        indications = files["indications.json"]
+        add("tsc", indications["tsc"]["codes"], indications["tsc"].get("names", ()))
+        for entry in indications["indications"]:
+            add(entry["key"], entry.get("codes", ()), entry.get("names", ()))
+        clinical = files["clinical_conditions.json"]
+        add("hepatic-impairment", clinical["hepatic_impairment"])
+        add("severe-infection", clinical["severe_infections"])
+        add("pneumonitis", clinical["pneumonitis"])
+
+    def condition_kinds(self, codes: Iterable[tuple[str, str]], text: str) -> frozenset[str]:
+        kinds: set[str] = set()
+        matched_code = False
+        for system, code in codes:
+            found = self._condition_codes.get((system, code))
+            if found:
+                kinds |= found
+                matched_code = True
+            for p_system, prefix, kind in self._condition_prefixes:
+                if system == p_system and code.startswith(prefix):
+                    kinds.add(kind)
+                    matched_code = True
+        if not matched_code and text:
+            kinds.update(self._condition_names.find(normalize_text(text)))
+        return frozenset(kinds)
 
     def _index_drugs(self, files: Mapping[str, Mapping]) -> None:
         self.rxnorm: dict[str, list[DrugConcept]] = {}

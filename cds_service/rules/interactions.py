@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from cds_service.findings import Finding, Severity, Topic
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.patient import PatientSnapshot
+from cds_service.rules.common import trough_target
+from cds_service.rules.indication import infer_indication
 
 _DEFAULT_SEVERITY = {"strong": Severity.WARNING, "moderate": Severity.WARNING}
+_ADVICE_SCOPE = {"fixed": "fixed-dose", "tdm": "tdm"}
 
 
 def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
@@ -14,6 +19,7 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
     seen = set()
     for mtor in snapshot.mtor_orders:
         drug = mtor.mtor_drug
+        indication = infer_indication(snapshot, knowledge, drug)
         for other in snapshot.medications:
             if other.ref == mtor.ref:
                 continue
@@ -23,18 +29,19 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                 seen.add((mtor.ref, other.ref, perpetrator.key))
                 entry = perpetrator.entry
                 strength = knowledge.strength_for(entry, drug)
-                advice = tuple(knowledge.advice_for(drug, entry["effect"], strength, perpetrator.key))
+                advice = tuple(
+                    knowledge.advice_for(drug, entry["effect"], strength, perpetrator.key, _ADVICE_SCOPE.get(indication.dosing))
+                )
                 severity = max(
                     (Severity[a["indicator"].upper()] for a in advice), default=_DEFAULT_SEVERITY[strength]
                 )
-                label = knowledge.mtor_drugs[drug]["label_source"]
                 findings.append(
                     Finding(
                         topic=Topic.CYP3A4_INTERACTION,
                         severity=severity,
                         mtor=mtor,
                         evidence=(other,),
-                        source=label,
+                        source=knowledge.mtor_drugs[drug]["label_source"],
                         section="Drug interactions",
                         facts={
                             "perpetrator": perpetrator.display,
@@ -43,7 +50,18 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                             "kind": entry.get("kind", "drug"),
                             "advice": advice,
                             "classification_source": entry["source"],
+                            "indication": indication,
+                            "trough_due": _trough_recheck(snapshot, knowledge, drug, indication.key, severity),
+                            "level_test": (knowledge.drug_level_test[drug]["loinc"][0], knowledge.drug_level_test[drug]["display"]),
                         },
                     )
                 )
     return findings
+
+
+def _trough_recheck(snapshot, knowledge, drug, indication_key, severity):
+    """When the label manages the combination by trough (not 'avoid'), the date the trough should be rechecked."""
+    if severity is Severity.CRITICAL or trough_target(knowledge, drug, indication_key) is None:
+        return None
+    rule = next((t for t in knowledge.trough_timing if t["drug"] == drug and t["event"] == "interacting-drug-change"), None)
+    return (snapshot.today + timedelta(days=rule["days_after"]), rule) if rule else None

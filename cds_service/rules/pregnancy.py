@@ -7,15 +7,15 @@ from datetime import timedelta
 from cds_service.findings import Finding, Severity, Topic
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
+from cds_service.rules.common import preferred_mtor
 
 
 def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
     evidence = current_pregnancy_evidence(snapshot, knowledge)
     if evidence is None:
         return []
-    mtor = _preferred_mtor(snapshot)
-    drug = knowledge.mtor_drugs[mtor.mtor_drug]
-    pregnancy = drug["pregnancy"]
+    mtor = preferred_mtor(snapshot, prefer_draft=True)
+    pregnancy = knowledge.mtor_drugs[mtor.mtor_drug]["pregnancy"]
     return [
         Finding(
             topic=Topic.PREGNANCY,
@@ -48,23 +48,10 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
             candidates.append((lab.effective, lab))
         if lab.kind == "hcg" and lab.result == "positive" and lab.effective >= now - timedelta(days=hcg_days):
             candidates.append((lab.effective, lab))
-    for condition in snapshot.conditions:
-        if condition.is_active and _is_pregnancy(condition, knowledge):
-            candidates.append((condition.asserted, condition))
+    for condition in snapshot.active_conditions("pregnancy"):
+        candidates.append((condition.asserted, condition))
     for when, item in sorted(candidates, key=lambda c: c[0] or now, reverse=True):
         if latest_negative is None or when is None or when > latest_negative:
             return item
     return None
 
-
-def _is_pregnancy(condition: ConditionRecord, knowledge: Knowledge) -> bool:
-    for system, code, is_prefix in knowledge.pregnancy_condition_codes:
-        for c_system, c_code in condition.codes:
-            if c_system == system and (c_code == code or (is_prefix and c_code.startswith(code))):
-                return True
-    return False
-
-
-def _preferred_mtor(snapshot: PatientSnapshot):
-    drafts = [m for m in snapshot.mtor_orders if m.is_draft]
-    return (drafts or list(snapshot.mtor_orders))[0]

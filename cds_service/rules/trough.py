@@ -1,36 +1,153 @@
-"""The most recent blood level of the mTOR inhibitor the patient takes, against the label's limit."""
+"""Trough levels of the mTOR inhibitor the patient takes: too high, too low, or not checked when due."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from cds_service.findings import Finding, Severity, Topic
-from cds_service.knowledge import Knowledge
+from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.patient import PatientSnapshot
+from cds_service.rules.common import (
+    achievable_doses,
+    product_strengths,
+    proportional_dose,
+    round_down_to,
+    round_to_nearest,
+    trough_target,
+)
+from cds_service.rules.indication import infer_indication
 
 
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
     findings = []
-    for drug in dict.fromkeys(m.mtor_drug for m in snapshot.mtor_orders):
-        levels = [lab for lab in snapshot.labs if lab.kind == "drug-level" and lab.drug == drug and lab.effective]
-        if not levels:
+    for mtor in _one_order_per_drug(snapshot):
+        drug = mtor.mtor_drug
+        latest = snapshot.latest_lab("drug-level", drug)
+        if latest is None:
             continue
-        latest = max(levels, key=lambda lab: lab.effective)
         limit = knowledge.mtor_drugs[drug]["trough_limit"]
-        mtor = next(m for m in snapshot.mtor_orders if m.mtor_drug == drug)
-        if latest.value_ng_per_ml is None:
+        if latest.value is None:
             severity = Severity.INFO  # a level we cannot read must not pass as normal
-        elif latest.value_ng_per_ml > limit["upper_ng_per_ml"]:
+        elif latest.value > limit["upper_ng_per_ml"]:
             severity = Severity.WARNING
         else:
             continue
+        indication = infer_indication(snapshot, knowledge, drug)
+        facts = {"limit_ng_per_ml": limit["upper_ng_per_ml"], "drug": drug, "indication": indication}
+        if latest.value is not None:
+            facts |= _dose_proposal(mtor, latest.value, indication.key, knowledge, lower=True)
+        findings.append(
+            Finding(Topic.TROUGH_HIGH, severity, mtor, (latest,), limit["source"], limit.get("section", ""), facts)
+        )
+    return findings
+
+
+def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    """Below the target range of a trough-guided indication on record (fixed-dose use has no target)."""
+    findings = []
+    for mtor in _one_order_per_drug(snapshot):
+        drug = mtor.mtor_drug
+        latest = snapshot.latest_lab("drug-level", drug)
+        indication = infer_indication(snapshot, knowledge, drug)
+        target = trough_target(knowledge, drug, indication.key)
+        if latest is None or latest.value is None or target is None or latest.value >= target["low_ng_per_ml"]:
+            continue
+        facts = {"drug": drug, "target": target, "indication": indication}
+        facts |= _dose_proposal(mtor, latest.value, indication.key, knowledge, lower=False)
+        findings.append(
+            Finding(Topic.TROUGH_LOW, Severity.INFO, mtor, (latest,), target["source"], target.get("section", ""), facts)
+        )
+    return findings
+
+
+def check_trough_monitoring(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    """A trough is due: ~2 weeks after a start, dose change or interacting-drug change with none since; or routine."""
+    if "observations" in snapshot.unavailable:
+        return []  # we cannot tell "no trough" from "could not look"; the incomplete-checks card says so
+    findings = []
+    for mtor in _one_order_per_drug(snapshot):
+        drug = mtor.mtor_drug
+        indication = infer_indication(snapshot, knowledge, drug)
+        if trough_target(knowledge, drug, indication.key) is None:
+            continue  # fixed-dose or unknown use: the label sets no trough schedule
+        timing = {t["event"]: t for t in knowledge.trough_timing if t["drug"] == drug}
+        latest = snapshot.latest_lab("drug-level", drug)
+        due = _due_event(snapshot, mtor, timing, latest, knowledge)
+        if due is None:
+            continue
+        event, event_date, due_date, rule = due
+        if not mtor.is_draft and due_date > snapshot.today:
+            continue  # not due yet; a draft order gets the card now so the trough can be booked with it
         findings.append(
             Finding(
-                topic=Topic.TROUGH_HIGH,
-                severity=severity,
-                mtor=mtor,
-                evidence=(latest,),
-                source=limit["source"],
-                section=limit.get("section", ""),
-                facts={"limit_ng_per_ml": limit["upper_ng_per_ml"], "drug": drug},
+                Topic.TROUGH_MONITORING,
+                Severity.INFO,
+                mtor,
+                tuple(e for e in (latest,) if e),
+                rule["source"],
+                rule.get("section", ""),
+                {"drug": drug, "event": event, "event_date": event_date, "due_date": due_date,
+                 "latest": latest, "indication": indication, "level_test": _level_test(knowledge, drug)},
             )
         )
     return findings
+
+
+def _due_event(snapshot, mtor, timing, latest, knowledge):
+    today = snapshot.today
+    last_trough = latest.effective.date() if latest else None
+    events = []
+    if mtor.is_draft and "start" in timing:
+        events.append(("start", today, timing["start"]))
+    elif mtor.authored_on and "start" in timing:
+        events.append(("start or dose change", mtor.authored_on.date(), timing.get("dose-change", timing["start"])))
+    change = timing.get("interacting-drug-change")
+    if change:
+        for order in snapshot.medications:
+            if order.concepts_with(DrugRole.CYP3A_PERPETRATOR) and order.authored_on:
+                events.append((f"{order.text} started", order.authored_on.date(), change))
+    hepatic = timing.get("hepatic-change")
+    if hepatic:
+        for condition in snapshot.active_conditions("hepatic-impairment"):
+            if condition.asserted:
+                events.append(("hepatic impairment recorded", condition.asserted.date(), hepatic))
+    for event, when, rule in sorted(events, key=lambda e: e[1], reverse=True):
+        if last_trough is None or last_trough < when:
+            return event, when, when + timedelta(days=rule["days_after"]), rule
+    routine = timing.get("routine")
+    if routine and last_trough and (today - last_trough).days > routine["interval_days"]:
+        return "routine", last_trough, last_trough + timedelta(days=routine["interval_days"]), routine
+    return None
+
+
+def _level_test(knowledge: Knowledge, drug: str) -> tuple[str, str]:
+    test = knowledge.drug_level_test[drug]
+    return test["loinc"][0], test["display"]
+
+
+def _dose_proposal(mtor, measured: float, indication: str | None, knowledge: Knowledge, lower: bool) -> dict:
+    """New daily dose by the label's proportional formula, rounded to doses the product's strengths can make."""
+    target = trough_target(knowledge, mtor.mtor_drug, indication)
+    strengths = product_strengths(mtor, knowledge)
+    current = mtor.daily_dose_mg
+    if target is None or strengths is None or current is None or measured <= 0:
+        return {}
+    aim = (target["low_ng_per_ml"] + target["high_ng_per_ml"]) / 2
+    raw = proportional_dose(current, aim, measured)
+    titration = knowledge.dosing["titration"]
+    if not lower:
+        raw = min(raw, current + titration["max_increment_mg"])
+    doses = achievable_doses(strengths["strengths_mg"])
+    proposed = round_down_to(doses, raw) if lower else round_to_nearest(doses, raw)
+    if proposed is None or abs(proposed - current) < 1e-9:
+        return {"raw_dose_mg": raw, "aim_ng_per_ml": aim, "current_dose_mg": current}
+    return {"raw_dose_mg": raw, "aim_ng_per_ml": aim, "current_dose_mg": current, "proposed_dose_mg": proposed,
+            "product": strengths["product"], "titration_source": titration["source"]}
+
+
+def _one_order_per_drug(snapshot: PatientSnapshot):
+    """The order each drug's findings are about: the current one if any (a level reflects it), else the draft."""
+    chosen = {}
+    for order in sorted(snapshot.mtor_orders, key=lambda m: m.is_draft):
+        chosen.setdefault(order.mtor_drug, order)
+    return list(chosen.values())

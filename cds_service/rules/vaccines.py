@@ -5,11 +5,11 @@ from __future__ import annotations
 from cds_service.findings import Finding, Severity, Topic
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.patient import MedicationOrder, PatientSnapshot
+from cds_service.rules.common import preferred_mtor
 
 
 def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
-    current = [m for m in snapshot.mtor_orders if not m.is_draft]
-    mtor = (current or list(snapshot.mtor_orders))[0]
+    mtor = preferred_mtor(snapshot, prefer_draft=False)
     statement = knowledge.live_vaccine_statements[mtor.mtor_drug]
     findings = []
     for order in snapshot.medications:

@@ -1,0 +1,64 @@
+"""Small helpers several rules share: which mTOR order a finding is about, dose arithmetic from the label."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+
+from cds_service.knowledge import Knowledge
+from cds_service.patient import MedicationOrder, PatientSnapshot
+
+
+def preferred_mtor(snapshot: PatientSnapshot, prefer_draft: bool) -> MedicationOrder:
+    """The mTOR order a card is about: the draft being ordered, or the current one."""
+    wanted = [m for m in snapshot.mtor_orders if m.is_draft == prefer_draft]
+    return (wanted or list(snapshot.mtor_orders))[0]
+
+
+def product_strengths(order: MedicationOrder, knowledge: Knowledge) -> Mapping | None:
+    """The dosing.json strengths entry for the order's product (brand or form), else the drug's first product."""
+    product = knowledge.mtor_products.get(order.product_rxnorm or "", {})
+    text = order.text.lower()
+    entries = [e for e in knowledge.dosing["strengths"] if e["drug"] == order.mtor_drug and e.get("strengths_mg")]
+    for entry in entries:  # most specific first: brand names, then the product's form
+        names = [n.lower() for n in entry.get("names", ())]
+        if product.get("brand") in entry.get("names", ()) or any(n in text for n in names if " " in n):
+            return entry
+    for entry in entries:
+        if product.get("form") and product.get("form") == entry.get("form"):
+            return entry
+    for entry in entries:
+        if any(n in text for n in (n.lower() for n in entry.get("names", ()))):
+            return entry
+    return entries[0] if entries else None
+
+
+def achievable_doses(strengths_mg: list[float], max_units: int = 4) -> list[float]:
+    """Daily doses made of up to `max_units` units of one product's strengths (never mixing products)."""
+    doses = {round(sum(combo), 3) for n in range(1, max_units + 1) for combo in itertools.combinations_with_replacement(strengths_mg, n)}
+    return sorted(doses)
+
+
+def proportional_dose(current_mg: float, target: float, measured: float) -> float:
+    """The label's formula: new dose = current dose x (target concentration / measured concentration)."""
+    return current_mg * target / measured
+
+
+def round_down_to(doses: list[float], value: float) -> float | None:
+    below = [d for d in doses if d <= value + 1e-9]
+    return below[-1] if below else None
+
+
+def round_to_nearest(doses: list[float], value: float) -> float:
+    return min(doses, key=lambda d: (abs(d - value), d))
+
+
+def mosteller_bsa(height_cm: float, weight_kg: float) -> float:
+    return math.sqrt(height_cm * weight_kg / 3600)
+
+
+def trough_target(knowledge: Knowledge, drug: str, indication: str | None) -> Mapping | None:
+    return next(
+        (t for t in knowledge.trough_targets if t["drug"] == drug and t["indication"] == indication), None
+    )

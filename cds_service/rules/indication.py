@@ -1,0 +1,37 @@
+"""Which indication an mTOR inhibitor is for, from the patient's Conditions (it decides fixed vs trough-guided dosing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cds_service.knowledge import Knowledge
+from cds_service.patient import ConditionRecord, PatientSnapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class Indication:
+    key: str | None  # "tsc-aml", "tsc-sega", "tsc-seizures", "lam"; None when unknown or ambiguous
+    dosing: str | None  # "fixed" | "tdm"; None when it cannot be told
+    evidence: tuple[ConditionRecord, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return self.key is not None
+
+
+def infer_indication(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> Indication:
+    """One indication on record for this drug -> that one; several with the same dosing -> that dosing only."""
+    has_tsc = bool(snapshot.active_conditions("tsc"))
+    found = []
+    for entry in knowledge.indications.values():
+        if drug not in entry.get("drugs", (drug,)) or (entry.get("requires_tsc") and not has_tsc):
+            continue
+        conditions = snapshot.active_conditions(entry["key"])
+        if conditions:
+            found.append((entry, conditions))
+    if len(found) == 1:
+        entry, conditions = found[0]
+        return Indication(entry["key"], entry["dosing"], conditions)
+    dosings = {entry["dosing"] for entry, _ in found}
+    evidence = tuple(c for _, conditions in found for c in conditions)
+    return Indication(None, dosings.pop() if len(dosings) == 1 else None, evidence)
