@@ -17,3 +17,21 @@ def test_scenario_answers_as_the_table_says(call_hook, scenario):
     assert topics_of(body) == scenario["expect_topics"]
     if scenario["expect_indicator"]:
         assert body["cards"][0]["indicator"] == scenario["expect_indicator"]
+
+
+def test_oid_forms_of_code_systems_are_read_like_their_fhir_uris(call_hook):
+    body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    oid = {"http://www.nlm.nih.gov/research/umls/rxnorm": "urn:oid:2.16.840.1.113883.6.88"}
+    for bundle_entry in body["prefetch"]["medications"]["entry"] + body["context"]["draftOrders"]["entry"]:
+        for coding in bundle_entry["resource"]["medicationCodeableConcept"]["coding"]:
+            coding["system"] = oid[coding["system"]]
+            coding.pop("display", None)  # codes only: no name to fall back on
+    body["context"]["draftOrders"]["entry"][0]["resource"]["medicationCodeableConcept"].pop("text", None)
+    assert topics_of(call_hook(body).get_json()) == ["cyp3a4-interaction"]
+
+
+def test_brand_name_concept_code_is_recognised(call_hook):
+    body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    current = body["prefetch"]["medications"]["entry"][0]["resource"]
+    current["medicationCodeableConcept"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845509"}]}
+    assert topics_of(call_hook(body).get_json()) == ["cyp3a4-interaction"]

@@ -183,6 +183,12 @@ class _Reader:
         self.medications = medications
         self.skipped = 0
 
+    def _codings(self, concept: Any) -> list[dict]:
+        """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
+        codings = _codings(concept)
+        aliases = self.k.system_aliases
+        return [{**c, "system": aliases[c["system"]]} if c.get("system") in aliases else c for c in codings]
+
     def safely(self, read, resource: Any, **kwargs):
         if not isinstance(resource, dict) or not self._is_this_patients(resource):
             self.skipped += 1
@@ -204,7 +210,7 @@ class _Reader:
         rtype = resource.get("resourceType")
         if rtype == "Immunization":
             concept_source = resource.get("vaccineCode") or {}
-            codings, texts = _codings(concept_source), _texts(concept_source)
+            codings, texts = self._codings(concept_source), _texts(concept_source)
         elif rtype == "MedicationRequest":
             codings, texts = self._medication_codes(resource)
         else:
@@ -230,7 +236,7 @@ class _Reader:
     def _medication_codes(self, request: Mapping) -> tuple[list[Mapping], list[str]]:
         concept = request.get("medicationCodeableConcept")
         if isinstance(concept, dict):
-            return _codings(concept), _texts(concept)
+            return self._codings(concept), _texts(concept)
         reference = request.get("medicationReference")
         if not isinstance(reference, dict):
             return [], []
@@ -245,11 +251,11 @@ class _Reader:
             medication = self.medications.get(resolved)
         codings, texts = [], [reference.get("display")]
         if isinstance(medication, dict):
-            codings += _codings(medication.get("code"))
+            codings += self._codings(medication.get("code"))
             texts += _texts(medication.get("code"))
             for ingredient in medication.get("ingredient") or ():
                 item = ingredient.get("itemCodeableConcept") if isinstance(ingredient, dict) else None
-                codings += _codings(item)
+                codings += self._codings(item)
                 texts += _texts(item)
         return codings, [t for t in texts if isinstance(t, str)]
 
@@ -257,7 +263,7 @@ class _Reader:
         if resource.get("resourceType") != "Observation" or resource.get("status") in ("entered-in-error", "cancelled"):
             return None
         code = resource.get("code") or {}
-        loinc = {c.get("code") for c in _codings(code) if c.get("system") == LOINC}
+        loinc = {c.get("code") for c in self._codings(code) if c.get("system") == LOINC}
         effective = _datetime(
             resource.get("effectiveDateTime")
             or _get(resource, "effectivePeriod", "start")
@@ -265,7 +271,7 @@ class _Reader:
             or resource.get("issued")
         )
         ref = f"Observation/{resource.get('id')}"
-        text = _display(_texts(code), _codings(code)) or "observation"
+        text = _display(_texts(code), self._codings(code)) or "observation"
         drug = next((self.k.drug_level_loinc[c] for c in loinc if c in self.k.drug_level_loinc), None)
         if drug is None and isinstance(resource.get("valueQuantity"), dict):
             # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
@@ -275,7 +281,7 @@ class _Reader:
             molar_mass = self.k.mtor_drugs[drug]["molar_mass"]["g_per_mol"]
             return self._quantity(resource, ref, text, effective, "drug-level", drug, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
         if loinc & set(self.k.pregnancy_status["loinc"]):
-            values = {(c.get("system"), c.get("code")) for c in _codings(resource.get("valueCodeableConcept"))}
+            values = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
             status = self.k.pregnancy_status
             pregnant = values & {(c["system"], c["code"]) for c in status["pregnant_codes"]}
             not_pregnant = values & {(c["system"], c["code"]) for c in status["not_pregnant_codes"]}
@@ -313,9 +319,9 @@ class _Reader:
         return dataclasses.replace(result, value=converted, value_as_written=written)
 
     def _test_result(self, resource: Mapping) -> str | None:
-        codes = {(c.get("system"), c.get("code")) for c in _codings(resource.get("valueCodeableConcept"))}
+        codes = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
         for interpretation in resource.get("interpretation") or ():
-            codes |= {(c.get("system"), c.get("code")) for c in _codings(interpretation)}
+            codes |= {(c.get("system"), c.get("code")) for c in self._codings(interpretation)}
         if codes & self.k.result_positive:
             return "positive"
         if codes & self.k.result_negative:
@@ -330,17 +336,17 @@ class _Reader:
     def condition(self, resource: Mapping) -> ConditionRecord | None:
         if resource.get("resourceType") != "Condition":
             return None
-        clinical = {c.get("code") for c in _codings(resource.get("clinicalStatus"))}
-        verification = {c.get("code") for c in _codings(resource.get("verificationStatus"))}
+        clinical = {c.get("code") for c in self._codings(resource.get("clinicalStatus"))}
+        verification = {c.get("code") for c in self._codings(resource.get("verificationStatus"))}
         abated = any(k.startswith("abatement") for k in resource)
         is_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not (
             verification & {"refuted", "entered-in-error"}
         )
         code = resource.get("code") or {}
-        codes = frozenset((c.get("system"), c.get("code")) for c in _codings(code) if isinstance(c.get("code"), str))
+        codes = frozenset((c.get("system"), c.get("code")) for c in self._codings(code) if isinstance(c.get("code"), str))
         return ConditionRecord(
             ref=f"Condition/{resource.get('id')}",
-            text=_display(_texts(code), _codings(code)) or "condition",
+            text=_display(_texts(code), self._codings(code)) or "condition",
             codes=codes,
             kinds=self.k.condition_kinds(codes, " ".join(_texts(code))),
             is_active=is_active,
@@ -371,7 +377,7 @@ class _Reader:
         texts = [t for c in concepts for t in _texts(c)]
         if rtype == "Appointment" and isinstance(resource.get("description"), str):
             texts.append(resource["description"])
-        codes = {(c.get("system"), c.get("code")) for concept in concepts for c in _codings(concept)}
+        codes = {(c.get("system"), c.get("code")) for concept in concepts for c in self._codings(concept)}
         return ProcedureEvent(
             ref=f"{rtype}/{resource.get('id')}",
             text=_display(texts, []) or rtype,

@@ -29,6 +29,7 @@ FILES = (
     "monitoring.json",
     "dosing.json",
     "clinical_conditions.json",
+    "code_systems.json",
 )
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CVX = "http://hl7.org/fhir/sid/cvx"
@@ -150,6 +151,9 @@ class Knowledge:
         self.surgical_suffixes = tuple(procedures["surgical_words"]["suffixes"])
         self.planned_statuses = {k: frozenset(v) for k, v in procedures["planned_statuses"].items() if k != "source"}
         self.done_statuses = {k: frozenset(v) for k, v in procedures["done_statuses"].items() if k != "source"}
+        self.system_aliases: Mapping[str, str] = {
+            alias: s["uri"] for s in files["code_systems.json"]["systems"] for alias in s["aliases"]
+        }
         self._index_drugs(files)
 
     def _index_conditions(self, files: Mapping[str, Mapping]) -> None:
