@@ -27,6 +27,7 @@ from cds_service.settings import Settings
 
 _LOG = logging.getLogger(__name__)
 _TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
+_PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?/?$")
 
 
 @dataclasses.dataclass
@@ -74,7 +75,9 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         raise DataUnavailable(
             "required data could not be prefetched or fetched: " + ", ".join(missing_required)
         )
-    medications = _resolve_medication_references(by_key, call, client)
+    medications, unresolved = _resolve_medication_references(by_key, call, client)
+    if unresolved and "medications" not in unchecked:
+        unchecked.append("medications")  # an order we cannot identify must not read as "nothing interacting"
     return GatheredData(by_key, unchecked, medications, client.timings if client else [], refused)
 
 
@@ -97,8 +100,8 @@ def _fetch_template(client: FhirClient, template: str, context: Mapping[str, Any
 
 def _resolve_medication_references(
     by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None
-) -> dict[str, dict[str, Any]]:
-    """Medication resources by reference: from any bundle (e.g. _include), else read from the server."""
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Medication resources by reference (from any bundle, e.g. _include, else read) and how many stayed unresolved."""
     known = {
         f"Medication/{r.get('id')}": r
         for resources in by_key.values()
@@ -113,7 +116,7 @@ def _resolve_medication_references(
     if wanted and client:
         results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
         known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
-    return known
+    return known, len(wanted - known.keys())
 
 
 def _medication_reference(resource: Mapping[str, Any]) -> str | None:
@@ -159,7 +162,10 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
             procedures += [event] if event else []
     labs = [lab for r in data.by_key.get("observations", ()) if (lab := reader.safely(reader.lab_result, r))]
     conditions = [c for r in data.by_key.get("conditions", ()) if (c := reader.safely(reader.condition, r))]
-    patient = next((r for r in data.by_key.get("patient", ()) if r.get("resourceType") == "Patient"), {})
+    patient = next(
+        (r for r in data.by_key.get("patient", ()) if r.get("resourceType") == "Patient" and r.get("id") == call.patient_id),
+        {},
+    )  # demographics of another patient must never feed the age- and sex-based checks
     return PatientSnapshot(
         now=now,
         patient_id=call.patient_id,
@@ -202,9 +208,8 @@ class _Reader:
     def _is_this_patients(self, resource: Mapping[str, Any]) -> bool:
         """Drop resources that plainly belong to another patient (a prefetch must never mix patients)."""
         reference = _get(resource, "subject", "reference") or _get(resource, "patient", "reference")
-        if not isinstance(reference, str) or "Patient/" not in reference:
-            return True
-        return reference.rstrip("/").split("/")[-1] == self.patient_id
+        match = _PATIENT_REFERENCE.search(reference) if isinstance(reference, str) else None
+        return match is None or match.group(1) == self.patient_id
 
     def medication_order(self, resource: Mapping, *, is_draft: bool, selected: bool) -> MedicationOrder | None:
         rtype = resource.get("resourceType")
@@ -381,7 +386,7 @@ class _Reader:
         return ProcedureEvent(
             ref=f"{rtype}/{resource.get('id')}",
             text=_display(texts, []) or rtype,
-            when=_datetime(when),
+            when=_datetime(when, keep_offset=True),  # days to surgery count on the hospital's calendar
             is_planned=planned,
             is_surgery=bool(codes & self.k.surgical_categories) or self._names_surgery(texts),
             is_draft=is_draft,
@@ -470,8 +475,8 @@ def _doses_per_day(dosage: Mapping) -> float | None:
     return frequency / days if days else None
 
 
-def _datetime(value: Any) -> datetime | None:
-    """FHIR date/dateTime/instant (partial dates allowed) as an aware UTC datetime; None if unreadable."""
+def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
+    """FHIR date/dateTime/instant (partial dates allowed) as an aware datetime (UTC unless keep_offset); None if unreadable."""
     if not isinstance(value, str) or len(value) < 4:
         return None
     text = value.strip()
@@ -485,7 +490,7 @@ def _datetime(value: Any) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    return parsed if keep_offset else parsed.astimezone(timezone.utc)
 
 
 def _date(value: Any) -> date | None:

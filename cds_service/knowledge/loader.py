@@ -317,27 +317,31 @@ def _resolve_sources(file_name: str, raw: Any, problems: list[str]) -> Mapping:
             continue
         sources[key] = Source(key=key, label=value["label"], url=value.get("url"), read_at=value.get("read_at"))
 
-    def resolve(node: Any, path: str) -> Any:
+    def resolve(node: Any, path: str, inherited: bool) -> Any:
+        """Replace source keys by Source objects; every object in a list must cite a source, its own or a parent's."""
         if isinstance(node, list):
-            return [resolve(item, f"{path}[{i}]") for i, item in enumerate(node)]
+            for i, item in enumerate(node):
+                if isinstance(item, dict) and "source" not in item and not inherited:
+                    problems.append(f"{file_name}: {path}[{i}] has no source")
+            return [resolve(item, f"{path}[{i}]", inherited) for i, item in enumerate(node)]
         if not isinstance(node, dict):
             return node
+        has_source = inherited or "source" in node
         out = {}
         for key, value in node.items():
             if key == "source" or key.endswith("_source"):
-                if value not in sources:
-                    problems.append(f"{file_name}: {path}.{key} = {value!r} is not a key of 'sources'")
-                out[key] = sources.get(value, value)
+                out[key] = check(value, f"{path}.{key}")
+            elif key.endswith("_sources"):
+                out[key] = [check(v, f"{path}.{key}") for v in (value if isinstance(value, list) else [value])]
             else:
-                out[key] = resolve(value, f"{path}.{key}")
+                out[key] = resolve(value, f"{path}.{key}", has_source)
         return out
 
-    resolved = {k: (resolve(v, k) if k not in ("meta", "sources") else v) for k, v in raw.items()}
-    # Every entry of a list of objects must cite its source.
-    for key, value in raw.items():
-        if isinstance(value, list):
-            for i, entry in enumerate(value):
-                if isinstance(entry, dict) and "source" not in entry:
-                    problems.append(f"{file_name}: {key}[{i}] has no source")
+    def check(value: Any, where: str) -> Any:
+        if value not in sources:
+            problems.append(f"{file_name}: {where} = {value!r} is not a key of 'sources'")
+        return sources.get(value, value)
+
+    resolved = {k: (resolve(v, k, False) if k not in ("meta", "sources") else v) for k, v in raw.items()}
     resolved["sources"] = sources
     return resolved

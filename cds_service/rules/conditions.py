@@ -11,7 +11,7 @@ from cds_service.rules.indication import infer_indication
 
 def check_hepatic_impairment(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
     conditions = snapshot.active_conditions("hepatic-impairment")
-    if not conditions:
+    if not conditions or not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=True)
     drug = mtor.mtor_drug
@@ -39,6 +39,8 @@ def check_hepatic_impairment(snapshot: PatientSnapshot, knowledge: Knowledge) ->
 
 
 def check_infection(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    if not snapshot.mtor_orders:
+        return []
     findings = []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
     for kind in ("severe-infection", "pneumonitis"):

@@ -11,6 +11,8 @@ from cds_service.rules.common import preferred_mtor
 
 
 def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    if not snapshot.mtor_orders:
+        return []
     lipids = knowledge.lipids
     mtor = preferred_mtor(snapshot, prefer_draft=False)
     findings = []

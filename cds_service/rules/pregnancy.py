@@ -11,6 +11,8 @@ from cds_service.rules.common import preferred_mtor
 
 
 def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    if not snapshot.mtor_orders:
+        return []
     evidence = current_pregnancy_evidence(snapshot, knowledge)
     if evidence is None:
         return []

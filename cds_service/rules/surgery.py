@@ -9,13 +9,12 @@ from cds_service.patient import PatientSnapshot
 
 def check_surgery_timing(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
     findings = []
-    today = snapshot.today
     for mtor in snapshot.mtor_orders:
         window = knowledge.mtor_drugs[mtor.mtor_drug]["surgery"]
         for event in snapshot.procedures:
             if not event.is_surgery or event.when is None:
                 continue
-            days = (event.when.date() - today).days
+            days = (event.when.date() - snapshot.now.astimezone(event.when.tzinfo).date()).days
             if event.is_planned and 0 <= days <= window["withhold_before_days"]:
                 kind = "planned"
             elif not event.is_planned and 0 <= -days < window["avoid_after_major_days"]:

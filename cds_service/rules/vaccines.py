@@ -9,6 +9,8 @@ from cds_service.rules.common import preferred_mtor
 
 
 def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+    if not snapshot.mtor_orders:
+        return []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
     statement = knowledge.live_vaccine_statements[mtor.mtor_drug]
     findings = []

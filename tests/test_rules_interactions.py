@@ -1,0 +1,188 @@
+"""check_cyp3a4_interactions in isolation: an mTOR inhibitor meets a CYP3A4/P-gp inhibitor or inducer."""
+
+from __future__ import annotations
+
+from cds_service.findings import Severity, Topic
+from cds_service.rules.interactions import check_cyp3a4_interactions
+
+from snapshots import everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
+
+
+def interactions(*medications, drafts=(), hook="order-sign"):
+    return rule_findings(check_cyp3a4_interactions, hook=hook, medications=medications, drafts=drafts)
+
+
+def advice_indications(finding):
+    return {a.get("indication") for a in finding.facts["advice"]}
+
+
+def advice_sources(finding):
+    return {a["source"].key for a in finding.facts["advice"]}
+
+
+def test_strong_inhibitor_with_everolimus_is_critical_and_says_avoid():
+    clarithromycin = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517")
+    [finding] = interactions(everolimus(), clarithromycin)
+    assert finding.topic is Topic.CYP3A4_INTERACTION
+    assert finding.severity is Severity.CRITICAL
+    assert finding.facts["strength"] == "strong" and finding.facts["effect"] == "inhibitor"
+    assert any("Avoid" in a["action"] for a in finding.facts["advice"])
+    assert ref(clarithromycin) in finding.refs
+
+
+def test_strong_inhibitor_with_sirolimus_is_critical_and_cites_rapamune():
+    [finding] = interactions(sirolimus(), med("itraconazole 100 MG Oral Capsule"))
+    assert finding.severity is Severity.CRITICAL
+    assert finding.source.key == "RAPAMUNE-PI"
+    assert advice_sources(finding) == {"RAPAMUNE-PI"}
+
+
+def test_strong_inducer_with_everolimus_warns():
+    [finding] = interactions(everolimus(), med("carbamazepine 200 MG Oral Tablet", rxnorm="308979"))
+    assert finding.severity is Severity.WARNING
+    assert (finding.facts["effect"], finding.facts["strength"]) == ("inducer", "strong")
+
+
+def test_strong_inducer_with_sirolimus_warns():
+    [finding] = interactions(sirolimus(), med("rifampin 300 MG Oral Capsule"))
+    assert finding.severity is Severity.WARNING
+    assert finding.facts["strength"] == "strong"
+
+
+def test_moderate_inhibitor_with_everolimus_gives_both_fixed_dose_and_trough_guided_advice():
+    [finding] = interactions(everolimus(), med("fluconazole 150 MG Oral Tablet", rxnorm="197698"))
+    assert finding.severity is Severity.WARNING
+    assert finding.facts["strength"] == "moderate"
+    assert advice_indications(finding) == {"fixed-dose", "tdm"}
+    actions = " ".join(a["action"] for a in finding.facts["advice"])
+    assert "2.5 mg" in actions  # fixed dose: reduce to 2.5 mg daily
+    assert "50%" in actions and "trough" in actions  # TDM: halve the dose, recheck the trough
+
+
+def test_moderate_inhibitor_with_sirolimus_warns_and_cites_rapamune():
+    [finding] = interactions(sirolimus(), med("diltiazem 120 MG Oral Capsule"))
+    assert finding.severity is Severity.WARNING
+    assert finding.facts["strength"] == "moderate"
+    assert advice_sources(finding) == {"RAPAMUNE-PI"}
+    assert any("§7.4" in a.get("section", "") for a in finding.facts["advice"])
+
+
+def test_moderate_inducer_with_everolimus_is_info_only():
+    [finding] = interactions(everolimus(), med("efavirenz 600 MG Oral Tablet"))
+    assert finding.severity is Severity.INFO
+    assert (finding.facts["effect"], finding.facts["strength"]) == ("inducer", "moderate")
+
+
+def test_rifabutin_counts_as_strong_inducer_for_everolimus_per_its_label():
+    [finding] = interactions(everolimus(), med("rifabutin 150 MG Oral Capsule", rxnorm="198200"))
+    assert finding.facts["strength"] == "strong"  # the FDA table says moderate; the Afinitor label says strong
+    assert finding.severity is Severity.WARNING  # strong-inducer advice, not the moderate-inducer info
+
+
+def test_rifapentine_is_strong_for_everolimus_but_moderate_for_sirolimus():
+    [with_everolimus] = interactions(everolimus(), med("rifapentine 150 MG Oral Tablet"))
+    [with_sirolimus] = interactions(sirolimus(), med("rifapentine 150 MG Oral Tablet"))
+    assert with_everolimus.facts["strength"] == "strong"
+    assert with_sirolimus.facts["strength"] == "moderate"
+
+
+def test_erythromycin_is_a_strong_inhibitor_for_sirolimus_per_rapamune_label():
+    [finding] = interactions(sirolimus(), med("erythromycin 250 MG Oral Tablet", rxnorm="686355"))
+    assert finding.facts["strength"] == "strong"
+    assert finding.severity is Severity.CRITICAL
+
+
+def test_erythromycin_stays_moderate_for_everolimus():
+    [finding] = interactions(everolimus(), med("erythromycin 250 MG Oral Tablet", rxnorm="686355"))
+    assert finding.facts["strength"] == "moderate"
+    assert finding.severity is Severity.WARNING
+
+
+def test_grapefruit_with_everolimus_gets_only_the_grapefruit_advice():
+    [finding] = interactions(everolimus(), med("Grapefruit juice"))
+    assert finding.facts["kind"] == "food"
+    assert finding.severity is Severity.WARNING
+    [advice] = finding.facts["advice"]  # the product-specific advice replaces the moderate-inhibitor dose advice
+    assert "grapefruit" in advice["action"].lower()
+    assert advice["source"].key == "AFINITOR-PI"
+
+
+def test_grapefruit_with_sirolimus_gets_the_rapamune_grapefruit_advice():
+    [finding] = interactions(sirolimus(), med("grapefruit juice 240 mL"))
+    [advice] = finding.facts["advice"]
+    assert "Grapefruit juice must not be taken with sirolimus" in advice["action"]
+    assert advice["source"].key == "RAPAMUNE-PI"
+
+
+def test_grapefruit_seed_extract_is_not_grapefruit():
+    assert interactions(everolimus(), med("grapefruit seed extract 125 mg capsule")) == []
+
+
+def test_st_johns_wort_with_everolimus_says_avoid_and_warns():
+    [finding] = interactions(everolimus(), med("St. John's Wort 300 mg capsule"))
+    assert finding.severity is Severity.WARNING  # a moderate inducer, yet the label says avoid it
+    [advice] = finding.facts["advice"]
+    assert "St. John's wort" in advice["action"]
+    assert advice["source"].key == "AFINITOR-DDI"
+
+
+def test_st_johns_wort_with_sirolimus_warns_with_the_moderate_inducer_advice():
+    [finding] = interactions(sirolimus(), med("Hypericum perforatum extract"))
+    assert finding.severity is Severity.WARNING
+    assert advice_sources(finding) == {"RAPAMUNE-PI"}
+
+
+def test_draft_mtor_order_meets_current_inhibitor():
+    draft = everolimus(draft=True)
+    current = med("ketoconazole 200 MG Oral Tablet", rxnorm="197853")
+    [finding] = interactions(current, drafts=[draft])
+    assert finding.severity is Severity.CRITICAL
+    assert finding.mtor.ref == ref(draft) and finding.mtor.is_draft
+    assert finding.evidence[0].ref == ref(current)
+
+
+def test_current_mtor_meets_draft_inhibitor():
+    current = everolimus()
+    draft = med("voriconazole 200 MG Oral Tablet", draft=True)
+    [finding] = interactions(current, drafts=[draft])
+    assert finding.mtor.ref == ref(current)
+    assert finding.evidence[0].ref == ref(draft) and finding.evidence[0].is_draft
+
+
+def test_non_interacting_drug_gives_no_finding():
+    assert interactions(everolimus(), med("levetiracetam 500 MG Oral Tablet", rxnorm="311289")) == []
+    assert interactions(sirolimus(), med("amoxicillin 500 MG Oral Capsule", rxnorm="308191")) == []
+
+
+def test_interacting_drug_without_an_mtor_inhibitor_gives_no_finding():
+    assert interactions(med("clarithromycin 500 MG Oral Tablet", rxnorm="197517")) == []
+
+
+def test_dexamethasone_mouthwash_is_not_a_systemic_inducer():
+    mouthwash = med("dexamethasone 0.5 MG per 5 ML mouthwash", rxnorm="3264")
+    assert interactions(everolimus(), mouthwash) == []
+
+
+def test_dexamethasone_swish_and_spit_in_the_dosage_is_excluded():
+    rinse = med("dexamethasone 0.5 MG/5ML Oral Solution", dosage_text="10 mL swish for 2 minutes and spit, four times daily")
+    assert interactions(everolimus(), rinse) == []
+
+
+def test_oral_dexamethasone_tablet_still_counts_as_moderate_inducer():
+    [finding] = interactions(everolimus(), med("dexamethasone 4 MG Oral Tablet"))
+    assert (finding.facts["effect"], finding.facts["strength"]) == ("inducer", "moderate")
+
+
+def test_topical_ketoconazole_cream_is_excluded():
+    assert interactions(sirolimus(), med("ketoconazole 2% topical cream")) == []
+
+
+def test_each_interacting_order_is_its_own_finding():
+    findings = interactions(everolimus(), med("clarithromycin 500 MG Oral Tablet"), med("carbamazepine 200 MG Oral Tablet"))
+    assert sorted(f.facts["effect"] for f in findings) == ["inducer", "inhibitor"]
+
+
+def test_rule_works_on_a_snapshot_built_by_hand():
+    snapshot = plain_snapshot(order("Afinitor 10 mg tablet"), order("posaconazole 100 mg DR tablet"))
+    [finding] = check_cyp3a4_interactions(snapshot, knowledge())
+    assert finding.severity is Severity.CRITICAL

@@ -1,0 +1,144 @@
+"""check_trough_high in isolation: the latest blood level of the mTOR inhibitor taken, against 15 ng/mL."""
+
+from __future__ import annotations
+
+import pytest
+
+from cds_service.cards import render_cards
+from cds_service.findings import Severity, Topic
+from cds_service.rules.trough import check_trough_high
+
+from snapshots import everolimus, knowledge, level, observation, ref, sirolimus, snapshot_of
+
+
+def trough(*observations, medications=None):
+    medications = [everolimus()] if medications is None else medications
+    snapshot = snapshot_of(hook="patient-view", medications=medications, observations=observations)
+    return check_trough_high(snapshot, knowledge()), snapshot
+
+
+def findings_for(*observations, medications=None):
+    return trough(*observations, medications=medications)[0]
+
+
+def summary_for(*observations, medications=None):
+    findings, snapshot = trough(*observations, medications=medications)
+    [card] = render_cards(findings, snapshot)
+    return card["summary"]
+
+
+def test_level_above_15_ng_per_ml_warns():
+    high = level("everolimus", 15.1)
+    [finding] = findings_for(high)
+    assert finding.topic is Topic.TROUGH_HIGH
+    assert finding.severity is Severity.WARNING
+    assert finding.evidence[0].ref == ref(high)
+    assert finding.facts["limit_ng_per_ml"] == 15
+
+
+def test_level_of_exactly_15_does_not_fire():
+    assert findings_for(level("everolimus", 15)) == []
+
+
+def test_level_in_range_does_not_fire():
+    assert findings_for(level("everolimus", 8.4)) == []
+
+
+@pytest.mark.parametrize("unit", ["ug/L", "µg/L", "μg/L", "mcg/L", "ng/mL", "ng/ml"])
+def test_units_equal_to_ng_per_ml_are_read_one_to_one(unit):
+    assert findings_for(level("everolimus", 18.2, unit))
+    assert findings_for(level("everolimus", 14.9, unit)) == []
+
+
+def test_micrograms_per_litre_shown_converted_in_the_summary():
+    assert "18.2 ng/mL" in summary_for(level("everolimus", 18.2, "ug/L"))
+
+
+def test_nmol_per_l_converted_with_everolimus_molar_mass():
+    # 16 nmol/L x 958.2 g/mol = 15.33 ng/mL (above); 15.6 nmol/L = 14.95 ng/mL (not above)
+    assert "15.3 ng/mL" in summary_for(level("everolimus", 16, "nmol/L"))
+    assert findings_for(level("everolimus", 15.6, "nmol/L")) == []
+
+
+def test_nmol_per_l_converted_with_sirolimus_molar_mass():
+    # 16.5 nmol/L x 914.2 g/mol = 15.08 ng/mL (above); 16.3 nmol/L = 14.90 ng/mL (not above)
+    assert findings_for(level("sirolimus", 16.5, "nmol/L"), medications=[sirolimus()])
+    assert findings_for(level("sirolimus", 16.3, "nmol/L"), medications=[sirolimus()]) == []
+
+
+def test_unit_text_read_when_the_ucum_code_is_unknown():
+    assert findings_for(level("everolimus", 20, "ug/L", code="local-ugl"))
+
+
+def test_latest_level_by_date_wins_over_an_older_high_one():
+    assert findings_for(level("everolimus", 22, days_ago=30), level("everolimus", 9, days_ago=2)) == []
+
+
+def test_latest_high_level_wins_over_an_older_normal_one():
+    latest = level("everolimus", 19, days_ago=2)
+    [finding] = findings_for(level("everolimus", 9, days_ago=30), latest)
+    assert finding.evidence[0].ref == ref(latest)
+
+
+def test_order_of_the_observations_does_not_matter():
+    older, newer = level("everolimus", 9, days_ago=30), level("everolimus", 19, days_ago=2)
+    assert findings_for(newer, older) and findings_for(older, newer)
+
+
+def test_unreadable_unit_gives_info_not_silence():
+    [finding] = findings_for(level("everolimus", 18, "mg/dL/h"))
+    assert finding.severity is Severity.INFO
+
+
+def test_missing_unit_gives_info():
+    [finding] = findings_for(level("everolimus", 18, None))
+    assert finding.severity is Severity.INFO
+
+
+def test_non_numeric_value_gives_info():
+    [finding] = findings_for(level("everolimus", "high"))
+    assert finding.severity is Severity.INFO
+
+
+def test_unreadable_older_level_does_not_hide_a_newer_high_one():
+    [finding] = findings_for(level("everolimus", 18, "furlongs", days_ago=10), level("everolimus", 17, days_ago=1))
+    assert finding.severity is Severity.WARNING
+
+
+def test_sirolimus_level_does_not_count_for_an_everolimus_patient():
+    assert findings_for(level("sirolimus", 25)) == []
+
+
+def test_everolimus_level_does_not_count_for_a_sirolimus_patient():
+    assert findings_for(level("everolimus", 25), medications=[sirolimus()]) == []
+
+
+def test_high_sirolimus_level_for_sirolimus_patient_cites_rapamune():
+    [finding] = findings_for(level("sirolimus", 17), medications=[sirolimus()])
+    assert finding.source.key == "RAPAMUNE-PI"
+    assert finding.facts["drug"] == "sirolimus"
+
+
+def test_level_with_a_local_code_named_after_the_drug_counts():
+    local = observation(None, 1, text="EVEROLIMUS TROUGH", valueQuantity={"value": 21, "unit": "ng/mL"})
+    assert findings_for(local)
+
+
+def test_above_the_upper_reporting_limit_is_high():
+    above = level("everolimus", 30)
+    above["valueQuantity"]["comparator"] = ">"
+    [finding] = findings_for(above)
+    assert finding.severity is Severity.WARNING
+
+
+def test_no_level_on_record_gives_no_finding():
+    assert findings_for() == []
+
+
+def test_no_mtor_inhibitor_gives_no_finding():
+    assert findings_for(level("everolimus", 30), medications=[]) == []
+
+
+def test_entered_in_error_level_is_ignored():
+    wrong = level("everolimus", 40, days_ago=1, status="entered-in-error")
+    assert findings_for(level("everolimus", 9, days_ago=5), wrong) == []

@@ -1,0 +1,113 @@
+"""check_live_vaccines in isolation: live attenuated vaccines for a patient on (or starting) an mTOR inhibitor."""
+
+from __future__ import annotations
+
+import pytest
+
+from cds_service.findings import Severity, Topic
+from cds_service.rules import evaluate
+from cds_service.rules.vaccines import check_live_vaccines
+
+from snapshots import everolimus, immunization, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus, snapshot_of
+
+
+def vaccine_findings(*drafts, medications=None):
+    medications = [everolimus()] if medications is None else medications
+    return rule_findings(check_live_vaccines, hook="order-sign", medications=medications, drafts=drafts)
+
+
+def test_mmr_by_cvx_code_warns():
+    mmr = med("MMR", cvx="03", draft=True)
+    [finding] = vaccine_findings(mmr)
+    assert finding.topic is Topic.LIVE_VACCINE
+    assert finding.severity is Severity.WARNING
+    assert finding.evidence[0].ref == ref(mmr)
+
+
+def test_live_influenza_by_rxnorm_code_warns():
+    [finding] = vaccine_findings(med(rxnorm="1801825", draft=True))  # FluMist, no text
+    assert finding.severity is Severity.WARNING
+    assert finding.facts["vaccine"]
+
+
+def test_varicella_by_brand_name_warns():
+    [finding] = vaccine_findings(med("Varivax (varicella virus vaccine live) injection", draft=True))
+    assert finding.severity is Severity.WARNING
+
+
+def test_yellow_fever_as_draft_immunization_warns():
+    [finding] = vaccine_findings(immunization("YF-Vax", cvx="37"))
+    assert finding.severity is Severity.WARNING
+    assert finding.evidence[0].ref.startswith("Immunization/")
+
+
+def test_oral_typhoid_live_vaccine_is_live_not_ambiguous():
+    [finding] = vaccine_findings(med("Typhoid vaccine live oral Ty21a capsule", draft=True))
+    assert finding.severity is Severity.WARNING
+
+
+@pytest.mark.parametrize(
+    "vaccine",
+    [
+        med("Shingrix (zoster vaccine recombinant, adjuvanted)", cvx="187", draft=True),
+        med("Shingrix", draft=True),
+        med("influenza, injectable, quadrivalent, preservative free", cvx="150", draft=True),
+        med("Fluzone High-Dose Quadrivalent", draft=True),
+        med("VariZIG (varicella zoster immune globulin)", draft=True),
+        med("varicella zoster immune globulin", cvx="36", draft=True),
+        med("Typhim Vi typhoid vaccine", draft=True),
+    ],
+    ids=["shingrix-cvx", "shingrix-name", "iiv-cvx", "fluzone-name", "varizig-name", "vzig-cvx", "typhim-vi"],
+)
+def test_non_live_vaccines_never_fire(vaccine):
+    assert vaccine_findings(vaccine) == []
+
+
+def test_zoster_unspecified_cvx_188_is_only_info():
+    [finding] = vaccine_findings(med("zoster vaccine, unspecified formulation", cvx="188", draft=True))
+    assert finding.severity is Severity.INFO
+    assert finding.facts["ambiguous"] is True
+
+
+def test_typhoid_vaccine_of_unknown_product_is_only_info():
+    [finding] = vaccine_findings(med("typhoid vaccine", draft=True))
+    assert finding.severity is Severity.INFO
+
+
+def test_mmr_named_with_several_antigens_gives_one_finding_per_order():
+    mmr = med("measles, mumps and rubella virus vaccine, live", draft=True)
+    assert len(knowledge().recognize_medication([], [mmr["medicationCodeableConcept"]["text"]])) > 1  # precondition
+    [finding] = vaccine_findings(mmr)
+    assert finding.severity is Severity.WARNING
+
+
+def test_two_live_vaccine_orders_give_two_findings():
+    findings = vaccine_findings(med("MMR", cvx="03", draft=True), med("Varivax", cvx="21", draft=True))
+    assert len(findings) == 2
+
+
+def test_live_vaccine_for_a_patient_starting_sirolimus_cites_the_sirolimus_statement():
+    [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), sirolimus(draft=True), medications=[])
+    assert finding.mtor.mtor_drug == "sirolimus"
+    assert finding.source.key == "TSC-SUMMARY"
+
+
+def test_live_vaccine_for_a_patient_on_everolimus_cites_the_afinitor_label():
+    [finding] = vaccine_findings(med("MMR", cvx="03", draft=True))
+    assert finding.source.key == "AFINITOR-HL"
+    assert "live vaccines" in finding.facts["statement"]
+
+
+def test_stopped_live_vaccine_order_is_ignored():
+    stopped = med("Varivax", cvx="21", status="stopped")
+    assert vaccine_findings(medications=[everolimus(), stopped]) == []
+
+
+def test_live_vaccine_without_an_mtor_inhibitor_gives_no_finding_from_evaluate():
+    snapshot = snapshot_of(hook="order-sign", drafts=[med("MMR", cvx="03", draft=True)])
+    assert evaluate(snapshot, knowledge()) == []
+
+
+def test_live_vaccine_rule_alone_is_total_on_a_patient_without_mtor_inhibitor():
+    snapshot = plain_snapshot(order("MMR", draft=True))
+    assert check_live_vaccines(snapshot, knowledge()) == []
