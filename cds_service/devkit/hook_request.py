@@ -116,8 +116,21 @@ def fetch_prefetch(
             page = _get(http, urljoin(base, next_url), headers) or {}
             entries += page.get("entry") or ()
             next_url, pages = _next(page), pages + 1
+        if template.startswith("MedicationRequest?"):
+            entries += _referenced_medications(http, base, headers, entries)
         prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
     return prefetch
+
+
+def _referenced_medications(http: requests.Session, base: str, headers: dict[str, str], entries: list) -> list[dict]:
+    """The Medication resources the orders reference, as `_include` entries: an EHR's prefetch carries them."""
+    present = {f"Medication/{e['resource'].get('id')}" for e in entries if e.get("resource", {}).get("resourceType") == "Medication"}
+    wanted = sorted(
+        {ref for e in entries if isinstance(ref := e.get("resource", {}).get("medicationReference", {}).get("reference"), str)
+         and ref.startswith("Medication/")} - present
+    )
+    found = [(ref, _get(http, urljoin(base, ref), headers)) for ref in wanted]
+    return [{"fullUrl": urljoin(base, ref), "resource": med, "search": {"mode": "include"}} for ref, med in found if med]
 
 
 def _get(http: requests.Session, url: str, headers: dict[str, str]) -> dict[str, Any] | None:
