@@ -13,7 +13,7 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None, **overrides) -> Flask:
     """Wire the app: settings (CDS_* environment, read now), knowledge, services, auth, routes."""
-    from cds_service import api
+    from cds_service import api, metrics
     from cds_service.app_state import AppState
     from cds_service.observability import configure_logging
 
@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app.extensions["mtor_cds"] = AppState.build(settings)
     app.register_blueprint(api.bp)
     api.init_app(app)
+    metrics.init_app(app)
     if not settings.require_jwt:
         logging.getLogger("mtor_cds").warning("CDS_REQUIRE_JWT=false: callers are NOT authenticated (local trials only)")
     return app

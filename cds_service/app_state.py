@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from cds_service.auth import InMemoryReplayCache, JwtVerifier, TrustedIssuers
+from cds_service.auth import InMemoryReplayCache, JwtVerifier, ReplayCache, TrustedIssuers
 from cds_service.knowledge import Knowledge, load_knowledge
 from cds_service.observability import PatientHasher
 from cds_service.services import ServiceDefinition, build_services
@@ -41,11 +41,11 @@ class AppState:
             services=build_services(knowledge),
             hash_patient=PatientHasher(settings.patient_hash_salt),
             store=store,
-            verifier=_verifier(settings),
+            verifier=_verifier(settings, store),
         )
 
 
-def _verifier(settings: Settings) -> JwtVerifier | None:
+def _verifier(settings: Settings, store: CardStore) -> JwtVerifier | None:
     if not settings.require_jwt:
         return None
     if settings.trusted_issuers:
@@ -56,4 +56,14 @@ def _verifier(settings: Settings) -> JwtVerifier | None:
     else:
         _LOG.warning("no CDS_TRUSTED_ISSUERS configured: every call will be answered 401")
         issuers = TrustedIssuers({})
-    return JwtVerifier(issuers, clock_skew_s=settings.jwt_clock_skew_s, replay_cache=InMemoryReplayCache())
+    return JwtVerifier(issuers, clock_skew_s=settings.jwt_clock_skew_s, replay_cache=_replay_cache(settings, store))
+
+
+def _replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
+    """Seen JWT ids: in the database when CDS_DATABASE_URL is set (shared by every worker and replica),
+    else per process (the default SQLite file is per pod anyway)."""
+    if settings.database_url:
+        from cds_service.store.replay_cache import DatabaseReplayCache
+
+        return DatabaseReplayCache(store.engine)
+    return InMemoryReplayCache()

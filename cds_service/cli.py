@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="start the service (settings from CDS_* environment variables)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    serve.add_argument("--production", action="store_true", help="serve with gunicorn (deploy/gunicorn.conf.py settings)")
+    serve.add_argument("--production", action="store_true", help="serve with gunicorn (cds_service/production.py settings)")
     _add_report(commands)
     _add_call(commands)
     _add_dev_key(commands)

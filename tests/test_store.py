@@ -32,7 +32,7 @@ SERVICE = "mtor-inhibitor-safety"
 def _reset_postgres(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS card_feedback, issued_card, cds_store_version"))
+        connection.execute(sa.text("DROP TABLE IF EXISTS card_feedback, issued_card, jwt_replay, cds_store_version"))
     engine.dispose()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -72,6 +73,7 @@ _APOSTROPHES = re.compile(r"['’`]")
 _NON_WORD = re.compile(r"[^0-9a-zµ]+")
 
 
+@functools.lru_cache(maxsize=16384)  # the same drug names recur across calls
 def normalize_text(text: str) -> tuple[str, ...]:
     """Lowercase words: apostrophes dropped, other punctuation splits ("St. John's wort" -> st johns wort)."""
     return tuple(_NON_WORD.sub(" ", _APOSTROPHES.sub("", text.lower())).split())

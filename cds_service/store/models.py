@@ -84,3 +84,15 @@ card_feedback = sa.Table(
     sa.UniqueConstraint("card_uuid", "outcome", "outcome_timestamp"),
     sa.Index(None, "outcome_timestamp"),
 )
+
+
+# JWT ids already seen (CDS Hooks "Trusting CDS Clients": a jti must not be replayed), shared by every
+# worker of every replica. The key is a SHA-256 of issuer and jti: fixed length whatever the token
+# says, and no token content in the database. expires_at is Unix seconds (the token's exp + skew).
+jwt_replay = sa.Table(
+    "jwt_replay",
+    metadata,
+    sa.Column("token_key", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index(None, "expires_at"),
+)

@@ -1,0 +1,398 @@
+"""Benchmark the production server (gunicorn, `mtor-cds serve --production`) on loopback.
+
+    python bench/run_bench.py                                  # defaults: < 3 min, writes bench/results/latest.md
+    python bench/run_bench.py --configs gthread:4:8,sync:4:1   # compare worker settings (class:workers:threads)
+
+Per configuration it starts the server (CDS_REQUIRE_JWT=false, a temporary SQLite store) and a FHIR
+stub (bench/fhir_stub.py: every query answered after --fhir-delay-ms), then measures with `wrk`
+(Debian: apt-get install wrk), for 1, 8 and 32 concurrent connections:
+
+  healthz        GET /healthz: a constant JSON answer through the same stack (the baseline)
+  order-select   POST mtor-safety-order-select with a ~33 KB prefetch (bench/payloads.py): one critical card
+  patient-view   POST mtor-safety-patient-view with no prefetch: 7 FHIR queries to the stub, in parallel
+
+and reports requests/s, p50 and p99 latency, server CPU ms per request (user + system time of the
+gunicorn master and workers, from /proc, before and after each run) and throughput as a share of the
+baseline at the same concurrency. Only loopback is used; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+from payloads import order_select_request, patient_view_request
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WRK_SCRIPT = """
+local path = os.getenv("BENCH_BODY")
+if path and path ~= "" then
+  local f = assert(io.open(path, "rb"))
+  wrk.method = "POST"
+  wrk.body = f:read("*a")
+  wrk.headers["Content-Type"] = "application/json"
+  f:close()
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"non_2xx":%d,"socket_errors":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+# Targets from the issue "Production serving and performance" (2-CPU machine).
+TARGETS = {
+    "order-select": "≥ 0.6× baseline req/s; p99 ≤ 10 ms at 8 and ≤ 30 ms at 32 connections; ≤ 1 ms CPU/request",
+    "patient-view": "p99 ≤ 75 ms (1.5 × one 50 ms FHIR round trip) at 8 connections",
+}
+
+
+@dataclass
+class Result:
+    scenario: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float
+    non_2xx: int
+    socket_errors: int
+    baseline_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    worker_class: str
+    workers: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str) -> ServerConfig:
+        worker_class, workers, threads = text.split(":")
+        return cls(worker_class, int(workers), int(threads))
+
+    def __str__(self) -> str:
+        return f"{self.worker_class}:{self.workers}:{self.threads}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_cpu_s(pid: int) -> tuple[float, float, int]:
+    """(own user+system s, reaped children's user+system s, parent pid) from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ppid, utime, stime, cutime, cstime = int(fields[1]), *(int(x) for x in fields[11:15])
+    return (utime + stime) / CLOCK_TICKS, (cutime + cstime) / CLOCK_TICKS, ppid
+
+
+def server_cpu_s(master_pid: int) -> float:
+    """CPU time of the gunicorn master, its live workers and its exited (reaped) workers."""
+    own, reaped, _ = process_cpu_s(master_pid)
+    total = own + reaped
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != master_pid:
+            try:
+                cpu, _, ppid = process_cpu_s(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == master_pid:
+                total += cpu
+    return total
+
+
+def http(url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, json.loads(response.read() or b"null")
+
+
+class Servers:
+    """The FHIR stub and the production server, started for one configuration and stopped after."""
+
+    def __init__(self, config: ServerConfig, fhir_delay_ms: float, workdir: Path, max_requests: int | None):
+        self.workdir = workdir
+        self.stub = subprocess.Popen(
+            [sys.executable, str(BENCH / "fhir_stub.py"), "--port", "0", "--delay-ms", str(fhir_delay_ms)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        line = self.stub.stdout.readline()
+        match = re.match(r"listening on (\d+)", line)
+        if not match:
+            self.stop()
+            raise RuntimeError(f"FHIR stub did not start: {line!r}")
+        self.fhir_base = f"http://127.0.0.1:{match.group(1)}/fhir"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "WEB_CONCURRENCY", "PROMETHEUS_"))}
+        env.update(
+            PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            CDS_REQUIRE_JWT="false",
+            CDS_DATABASE_URL=f"sqlite:///{workdir}/cards.sqlite3",
+            CDS_ALLOWED_FHIR_SERVERS=self.fhir_base,
+            CDS_PATIENT_HASH_SALT="bench",
+            WEB_CONCURRENCY=str(config.workers),
+            GUNICORN_WORKER_CLASS=config.worker_class,
+            GUNICORN_THREADS=str(config.threads),
+        )
+        if max_requests is not None:
+            env["GUNICORN_MAX_REQUESTS"] = str(max_requests)
+        self.log_path = workdir / f"server-{config}.log"
+        with open(self.log_path, "wb") as log:
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "cds_service.cli", "serve", "--production", "--host", "127.0.0.1",
+                 "--port", str(self.port)],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http(f"{self.base}/healthz", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not start; see {self.log_path}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for process in (getattr(self, "server", None), self.stub):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        if self.stub.stdout:
+            self.stub.stdout.close()
+
+
+def check_answers(servers: Servers, bodies: dict[str, Path]) -> dict[str, str]:
+    """Before measuring: each scenario answers what it should (else the numbers would mean nothing)."""
+    notes = {}
+    status, answer = http(f"{servers.base}/cds-services/mtor-safety-order-select", json.loads(bodies["order-select"].read_text()))
+    cards = [(c["source"]["topic"]["code"], c["indicator"]) for c in answer["cards"]]
+    if status != 200 or ("cyp3a4-interaction", "critical") not in cards:
+        raise RuntimeError(f"order-select answered {status} {cards}")
+    notes["order-select"] = f"{len(bodies['order-select'].read_bytes()) // 1024} KB body; cards: {cards}"
+    before = http(servers.fhir_base.rsplit("/fhir", 1)[0] + "/_stats")[1]["requests"]
+    started = time.perf_counter()
+    status, answer = http(f"{servers.base}/cds-services/mtor-safety-patient-view", json.loads(bodies["patient-view"].read_text()))
+    took_ms = (time.perf_counter() - started) * 1000
+    queries = http(servers.fhir_base.rsplit("/fhir", 1)[0] + "/_stats")[1]["requests"] - before
+    cards = [(c["source"]["topic"]["code"], c["indicator"]) for c in answer["cards"]]
+    if status != 200 or queries < 7 or any(topic == "checks-incomplete" for topic, _ in cards):
+        raise RuntimeError(f"patient-view answered {status} after {queries} FHIR queries, cards {cards}")
+    notes["patient-view"] = f"{queries} FHIR queries per call (in parallel); one call alone: {took_ms:.0f} ms; cards: {cards}"
+    return notes
+
+
+def run_wrk(url: str, connections: int, duration_s: int, script: Path, body: Path | None) -> dict:
+    env = {**os.environ, "BENCH_BODY": str(body) if body else ""}
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(script), url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 30, check=False)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
+    return json.loads(line[len("BENCH_JSON "):])
+
+
+def measure(servers: Servers, scenario: str, url: str, connections: int, duration_s: int, warmup_s: int,
+            script: Path, body: Path | None) -> Result:
+    if warmup_s > 0:
+        run_wrk(url, connections, warmup_s, script, body)
+    master = servers.server.pid
+    cpu_before = server_cpu_s(master)
+    stats = run_wrk(url, connections, duration_s, script, body)
+    cpu_after = server_cpu_s(master)
+    requests = max(stats["requests"], 1)
+    return Result(
+        scenario=scenario,
+        connections=connections,
+        rps=stats["requests"] / (stats["duration_us"] / 1e6),
+        p50_ms=stats["p50_us"] / 1000,
+        p99_ms=stats["p99_us"] / 1000,
+        cpu_ms_per_request=(cpu_after - cpu_before) * 1000 / requests,
+        non_2xx=stats["non_2xx"],
+        socket_errors=stats["socket_errors"],
+    )
+
+
+def run_config(config: ServerConfig, args: argparse.Namespace, workdir: Path) -> tuple[list[Result], dict[str, str]]:
+    servers = Servers(config, args.fhir_delay_ms, workdir, args.max_requests)
+    try:
+        bodies = {
+            "order-select": workdir / "order-select.json",
+            "patient-view": workdir / "patient-view.json",
+        }
+        bodies["order-select"].write_text(json.dumps(order_select_request(), separators=(",", ":")))
+        bodies["patient-view"].write_text(json.dumps(patient_view_request(servers.fhir_base), separators=(",", ":")))
+        script = workdir / "bench.lua"
+        script.write_text(WRK_SCRIPT)
+        notes = check_answers(servers, bodies)
+        scenarios = [
+            ("healthz", f"{servers.base}/healthz", None),
+            ("order-select", f"{servers.base}/cds-services/mtor-safety-order-select", bodies["order-select"]),
+            ("patient-view", f"{servers.base}/cds-services/mtor-safety-patient-view", bodies["patient-view"]),
+        ]
+        results = []
+        for name, url, body in scenarios:
+            for connections in args.connections:
+                result = measure(servers, name, url, connections, args.duration, args.warmup, script, body)
+                results.append(result)
+                print(f"  {config} {name:13s} c={connections:<3d} {result.rps:8.0f} req/s  p50 {result.p50_ms:6.1f} ms"
+                      f"  p99 {result.p99_ms:6.1f} ms  cpu {result.cpu_ms_per_request:5.2f} ms/req", file=sys.stderr)
+        baseline = {r.connections: r.rps for r in results if r.scenario == "healthz"}
+        for result in results:
+            result.baseline_ratio = result.rps / baseline[result.connections] if baseline.get(result.connections) else None
+        return results, notes
+    finally:
+        servers.stop()
+
+
+def verdicts(results: list[Result]) -> list[str]:
+    """The targets, checked: one line each."""
+    by = {(r.scenario, r.connections): r for r in results}
+    lines = []
+
+    def check(ok: bool, text: str) -> None:
+        lines.append(f"- {'PASS' if ok else 'MISS'}: {text}")
+
+    for c in (8, 32):
+        r = by.get(("order-select", c))
+        if r:
+            check(r.baseline_ratio is not None and r.baseline_ratio >= 0.6, f"order-select at {c}: {r.baseline_ratio:.2f}× baseline (≥ 0.6)")
+    if (r := by.get(("order-select", 8))):
+        check(r.p99_ms <= 10, f"order-select p99 at 8: {r.p99_ms:.1f} ms (≤ 10)")
+    if (r := by.get(("order-select", 32))):
+        check(r.p99_ms <= 30, f"order-select p99 at 32: {r.p99_ms:.1f} ms (≤ 30)")
+    worst_cpu = max((r.cpu_ms_per_request for r in results if r.scenario == "order-select"), default=None)
+    if worst_cpu is not None:
+        check(worst_cpu <= 1.0, f"order-select CPU: at most {worst_cpu:.2f} ms per request (≤ 1)")
+    if (r := by.get(("patient-view", 8))):
+        check(r.p99_ms <= 75, f"patient-view p99 at 8: {r.p99_ms:.1f} ms (≤ 75)")
+    errors = sum(r.non_2xx + r.socket_errors for r in results)
+    check(errors == 0, f"{errors} non-2xx answers or socket errors in all runs")
+    return lines
+
+
+def table(results: list[Result], config: ServerConfig | None = None) -> list[str]:
+    head = "| config " if config else ""
+    rows = [
+        f"{head}| scenario | conns | req/s | p50 ms | p99 ms | server CPU ms/req | × baseline req/s | errors |",
+        f"{'|---' if config else ''}|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = f"{r.baseline_ratio:.2f}" if r.baseline_ratio is not None else "-"
+        rows.append(
+            f"{f'| {config} ' if config else ''}| {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
+            f"| {r.cpu_ms_per_request:.2f} | {ratio} | {r.non_2xx + r.socket_errors} |"
+        )
+    return rows
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import gunicorn
+
+    return (f"{len(os.sched_getaffinity(0))} CPUs usable ({model}), {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, gunicorn {gunicorn.__version__}, wrk (1 thread, on the same CPUs)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="gthread:4:8",
+                        help="worker_class:workers:threads, comma-separated (default: the shipped default on 2 CPUs)")
+    parser.add_argument("--connections", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--duration", type=int, default=5, help="seconds measured per run (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of load before each run, 0 for none (default 1)")
+    parser.add_argument("--fhir-delay-ms", type=float, default=50.0, help="FHIR stub delay per query (default 50)")
+    parser.add_argument("--max-requests", type=int, default=None, help="GUNICORN_MAX_REQUESTS (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown results (default: bench/results/latest.md "
+                        "for a single config, else bench/results/sweep.md)")
+    parser.add_argument("--notes", type=Path, default=BENCH / "results" / "notes.md",
+                        help="Markdown appended to the results (analysis, profile); skipped when missing")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("run_bench: wrk not found (Debian: apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    configs = [ServerConfig.parse(c) for c in args.configs.split(",")]
+    out = args.out or BENCH / "results" / ("latest.md" if len(configs) == 1 else "sweep.md")
+
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    all_results: list[tuple[ServerConfig, list[Result], dict[str, str]]] = []
+    with tempfile.TemporaryDirectory(prefix="mtor-cds-bench-") as tmp:
+        for config in configs:
+            print(f"config {config}", file=sys.stderr)
+            workdir = Path(tmp) / str(config).replace(":", "-")
+            workdir.mkdir()
+            results, notes = run_config(config, args, workdir)
+            all_results.append((config, results, notes))
+
+    lines = [
+        "# Benchmark results" if len(configs) == 1 else "# Worker configuration sweep",
+        "",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}",
+        f"- command: `python bench/run_bench.py {' '.join(sys.argv[1:])}`".replace("`python bench/run_bench.py `", "`python bench/run_bench.py`"),
+        (f"- each run: {args.warmup:g} s warm-up, then {args.duration:g} s measured; FHIR stub delay {args.fhir_delay_ms:g} ms"
+         f" per query; total {time.monotonic() - started:.0f} s"),
+        ("- server: `mtor-cds serve --production` (gunicorn, preload), CDS_REQUIRE_JWT=false, SQLite card store in a temp dir,"
+         " one JSON log line per call (to a file)"),
+        "- CPU: user + system time of the gunicorn master, its workers and exited workers (/proc), per request answered",
+        (f"- load average (1 min) before / after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}"
+         " (above ~1 means other processes shared the CPUs and the figures are pessimistic)"),
+        "",
+    ]
+    for config, results, notes in all_results:
+        lines += [f"## {config} (worker class : workers : threads)", ""]
+        lines += [f"- {scenario}: {text}" for scenario, text in notes.items()]
+        lines += [""] + table(results) + ["", "Targets:", ""] + verdicts(results) + [""]
+    if len(all_results) > 1:
+        lines += ["## All configurations side by side", ""]
+        header, rule, *_ = table([])
+        lines += ["| config " + header, "|---" + rule]
+        for config, results, _ in all_results:
+            lines += table(results, config)[2:]
+        lines.append("")
+    if args.notes and args.notes.is_file() and len(configs) == 1:
+        lines += [args.notes.read_text().rstrip(), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Production serving with gunicorn: the one place its settings are chosen.
+
+    mtor-cds serve --production [--host H] [--port P]        -> run_gunicorn(H, P)
+    gunicorn -c deploy/gunicorn.conf.py 'cds_service:create_app()'   (the container's command)
+
+Both read gunicorn_settings(): deploy/gunicorn.conf.py only copies its result into the config
+file's namespace, so a tuning value lives here and nowhere else. Every value can be changed with an
+environment variable, so the same settings serve a laptop, the container image and Kubernetes (set
+in the ConfigMap):
+
+    MTOR_CDS_BIND             full bind address; wins over PORT (e.g. "0.0.0.0:9000", "unix:/tmp/s")
+    PORT                      port to listen on, on all interfaces (the image sets PORT=8080)
+    WEB_CONCURRENCY           worker processes (default: 2 x the CPUs this process may use)
+    GUNICORN_WORKER_CLASS     worker class (default: gthread)
+    GUNICORN_THREADS          threads per gthread worker (default: 8)
+    GUNICORN_TIMEOUT          seconds a worker may stay silent before it is killed (default: 30)
+    GUNICORN_GRACEFUL_TIMEOUT seconds in-flight requests get to finish on shutdown (default: 25)
+    GUNICORN_KEEPALIVE        seconds an idle keep-alive connection is kept open (default: 75)
+    GUNICORN_MAX_REQUESTS     requests before a worker is recycled, 0 = never (default: 2000)
+    GUNICORN_LOG_LEVEL        gunicorn's own log level (default: CDS_LOG_LEVEL, else info)
+    PROMETHEUS_MULTIPROC_DIR  where worker processes keep their metrics (default with more than one
+                              worker: a private directory under /dev/shm, removed on exit)
+
+Nothing here imports prometheus_client or the app: prometheus_client decides at import whether it
+runs in multiprocess mode, so PROMETHEUS_MULTIPROC_DIR must be set (gunicorn's raw_env does it in
+the master, before the app is loaded) before anything imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["cpu_count", "gunicorn_settings", "run_gunicorn"]
+
+DEFAULT_BIND = "127.0.0.1:8080"
+_OWN_METRICS_DIR_PREFIX = "mtor-cds-prometheus-"
+
+# --- Concurrency, chosen by bench/run_bench.py (bench/results/sweep.md, latest.md, notes.md) --------
+# Measured on a 2-CPU machine (sync:4:1, gthread:2:8, gthread:4:4, gthread:4:8):
+# - Processes scale the CPU-bound part (snapshot + rules under the GIL): order-select with 32
+#   connections gave 256-342 req/s with 4 processes, 182 with 2. Hence 2 x usable CPUs.
+# - A call without prefetch waits on the EHR's FHIR server. A `sync` worker holds a whole process
+#   for that wait: patient-view at 32 connections gave 49 req/s (p50 549 ms) with sync:4:1 against
+#   66-106 req/s (p50 224-400 ms) with gthread:4:x. `sync` also closes every connection.
+# - 8 threads rather than 4: 4 x 8 = 32 calls in flight per 2-CPU pod, so calls waiting on FHIR do
+#   not queue behind each other (patient-view at 8 connections: 68-77 req/s with 8 threads, 49-52
+#   with 4). Threads add nothing to the CPU-bound path, and little memory.
+# Change these only with new numbers, and keep WEB_CONCURRENCY / GUNICORN_THREADS in deploy/k8s
+# (base configmap and overlays) in step.
+DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_THREADS = 8
+WORKERS_PER_CPU = 2
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def cpu_count() -> int:
+    """CPUs this process may really use: the cgroup v2 CPU limit if one is set, else the CPU affinity.
+
+    os.cpu_count() reports every core of the node, so a pod limited to 1 CPU on a 64-core node
+    would otherwise start 128 workers and run out of memory.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))  # round up
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every gunicorn setting of the service, from the environment (os.environ by default)."""
+    env = os.environ if environ is None else environ
+    settings: dict[str, Any] = {}
+
+    # --- Where to listen -------------------------------------------------------------------------
+    # Locally the default is loopback only: a developer running gunicorn by hand does not expose an
+    # unauthenticated trial (CDS_REQUIRE_JWT=false) to the network. PORT set (the image sets 8080)
+    # means "listen on every interface", which is what a container needs.
+    if env.get("MTOR_CDS_BIND"):
+        settings["bind"] = [env["MTOR_CDS_BIND"]]
+    elif env.get("PORT"):
+        settings["bind"] = [f"0.0.0.0:{_env_int(env, 'PORT', 8080)}"]
+    else:
+        settings["bind"] = [DEFAULT_BIND]
+
+    # --- Concurrency (see the comment on DEFAULT_WORKER_CLASS above) ------------------------------
+    settings["workers"] = _env_int(env, "WEB_CONCURRENCY", WORKERS_PER_CPU * cpu_count())
+    settings["worker_class"] = env.get("GUNICORN_WORKER_CLASS", DEFAULT_WORKER_CLASS)
+    settings["threads"] = _env_int(env, "GUNICORN_THREADS", DEFAULT_THREADS)
+
+    # --- Timeouts --------------------------------------------------------------------------------
+    # A hook call is bounded by CDS_FHIR_DEADLINE_S (3 s by default) plus rule time, so 30 s only
+    # catches a worker that is truly stuck. graceful_timeout stays below Kubernetes'
+    # terminationGracePeriodSeconds (40 s in deploy/k8s) so workers finish before SIGKILL.
+    settings["timeout"] = _env_int(env, "GUNICORN_TIMEOUT", 30)
+    settings["graceful_timeout"] = _env_int(env, "GUNICORN_GRACEFUL_TIMEOUT", 25)
+    # Longer than the idle timeout of the proxy in front (ingress-nginx and most load balancers use
+    # 60 s): if gunicorn closed an idle connection first, the proxy could reuse it and answer 502.
+    settings["keepalive"] = _env_int(env, "GUNICORN_KEEPALIVE", 75)
+
+    # --- Worker recycling ------------------------------------------------------------------------
+    # Restart each worker after about this many requests so slow leaks cannot grow forever; the
+    # jitter keeps all workers from restarting at the same moment.
+    settings["max_requests"] = _env_int(env, "GUNICORN_MAX_REQUESTS", 2000)
+    settings["max_requests_jitter"] = max(0, settings["max_requests"] // 10)
+
+    # Import the app once in the master, then fork: workers share its memory (copy-on-write) and a
+    # broken app fails at start rather than in every worker. The app must therefore open database
+    # connections and thread pools lazily (after the fork), never at import or in create_app().
+    settings["preload_app"] = True
+
+    # --- Logging ---------------------------------------------------------------------------------
+    # No access log: the app itself writes one JSON line per request (with status and timing), a
+    # second plain-text line per request would only double the log volume.
+    settings["accesslog"] = None
+    settings["errorlog"] = "-"
+    settings["loglevel"] = env.get("GUNICORN_LOG_LEVEL", env.get("CDS_LOG_LEVEL", "info")).lower()
+
+    # --- Files -----------------------------------------------------------------------------------
+    # Workers signal liveness by touching a file every few seconds; on a disk-backed /tmp (or a
+    # container overlay filesystem) that can block, and gunicorn then kills healthy workers.
+    # /dev/shm is memory-backed.
+    if os.path.isdir("/dev/shm"):
+        settings["worker_tmp_dir"] = "/dev/shm"
+
+    # Gunicorn >= 25.1 opens a control socket under $HOME by default; the container has no writable
+    # home (read-only root filesystem) and nothing uses the socket. Ignored by older gunicorn.
+    settings["control_socket_disable"] = True
+
+    # --- Prometheus with several worker processes ------------------------------------------------
+    # Each worker is its own process, so /metrics would only show the worker that answered the
+    # scrape. In multiprocess mode every worker writes its values to files in one directory and
+    # /metrics adds them up (cds_service/metrics.py). With more than one worker and no directory
+    # given, the master gets a private one: raw_env sets it in the master before the app is loaded,
+    # without touching the environment of whoever merely reads these settings.
+    if not env.get("PROMETHEUS_MULTIPROC_DIR") and settings["workers"] > 1:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        directory = os.path.join(base, f"{_OWN_METRICS_DIR_PREFIX}{os.getpid()}")
+        settings["raw_env"] = [f"PROMETHEUS_MULTIPROC_DIR={directory}"]
+    settings["on_starting"] = on_starting
+    settings["child_exit"] = child_exit
+    settings["on_exit"] = on_exit
+    return settings
+
+
+# --- gunicorn server hooks (run in the master) ----------------------------------------------------
+
+
+def on_starting(server) -> None:
+    """Start with an empty metrics directory: values of a previous run would be counted again."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+
+
+def child_exit(server, worker) -> None:
+    """Let prometheus_client forget a dead worker's live gauges (its counters keep counting)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        try:
+            from prometheus_client import multiprocess
+        except ImportError:
+            return
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the private metrics directory this master made (one given from outside is kept)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(directory) == f"{_OWN_METRICS_DIR_PREFIX}{os.getpid()}":
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- mtor-cds serve --production -----------------------------------------------------------------
+
+
+def run_gunicorn(host: str, port: int) -> int:
+    """Serve the app with gunicorn on host:port (the settings above; the address given wins).
+
+    Returns gunicorn's exit status. Invalid CDS_* settings raise SettingsError from here (the app
+    is loaded in this process before any worker starts), which the CLI reports.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    settings = gunicorn_settings()
+    settings["bind"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
+    class MtorCdsServer(BaseApplication):
+        def load_config(self) -> None:
+            for name, value in settings.items():
+                if name in self.cfg.settings:  # control_socket_disable is unknown to older gunicorn
+                    self.cfg.set(name, value)
+
+        def load(self):
+            from cds_service import create_app
+
+            return create_app()
+
+    print(f"mtor-cds (gunicorn) listening on http://{settings['bind'][0]}/cds-services", file=sys.stderr)
+    try:
+        MtorCdsServer(prog="mtor-cds serve --production").run()
+    except SystemExit as exc:  # the arbiter exits the process when it stops
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0

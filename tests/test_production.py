@@ -1,0 +1,133 @@
+"""`mtor-cds serve --production`: gunicorn with the package's settings, on loopback, started and stopped for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from cds_service import production
+from tests.conftest import ROOT
+
+START_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, dict, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"null")
+
+
+@pytest.fixture
+def production_server(tmp_path):
+    """The real command in a subprocess: 2 workers, a temp SQLite store, JWT off (loopback only)."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "PROMETHEUS_", "PORT"))},
+        "PYTHONPATH": str(ROOT),
+        "CDS_REQUIRE_JWT": "false",
+        "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3",
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "2",
+    }
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cds_service.cli", "serve", "--production", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if get(f"{base}/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "server did not answer /healthz in time"
+            time.sleep(0.1)
+        yield base, process, tmp_path / "server.log"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_serve_production_answers_health_readiness_and_discovery_then_stops_cleanly(production_server):
+    base, process, log = production_server
+    status, _, body = get(f"{base}/healthz")
+    assert (status, body) == (200, {"status": "ok"})
+    status, _, body = get(f"{base}/readyz")
+    assert status == 200 and body["status"] == "ready"
+    status, headers, body = get(f"{base}/cds-services")
+    assert status == 200
+    assert {s["id"] for s in body["services"]} >= {"mtor-safety-patient-view", "mtor-safety-order-select"}
+
+    # Gunicorn, not the development server, answered.
+    assert "gunicorn" in log.read_text().lower() or headers.get("Server", "").startswith("gunicorn")
+
+    process.send_signal(signal.SIGTERM)  # graceful stop, as Kubernetes does
+    assert process.wait(timeout=30) == 0
+
+
+def test_serve_production_reports_invalid_settings_instead_of_starting(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CDS_FHIR_DEADLINE_S": "soon"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cds_service.cli", "serve", "--production", "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert "invalid settings" in done.stderr and "CDS_FHIR_DEADLINE_S" in done.stderr
+
+
+def test_settings_come_from_one_place_and_follow_the_environment():
+    settings = production.gunicorn_settings({})
+    assert settings["bind"] == [production.DEFAULT_BIND]
+    assert settings["workers"] == production.WORKERS_PER_CPU * production.cpu_count()
+    assert (settings["worker_class"], settings["threads"]) == (production.DEFAULT_WORKER_CLASS, production.DEFAULT_THREADS)
+    assert settings["preload_app"] is True
+
+    custom = production.gunicorn_settings({"WEB_CONCURRENCY": "3", "GUNICORN_WORKER_CLASS": "sync", "PORT": "9000"})
+    assert (custom["workers"], custom["worker_class"], custom["bind"]) == (3, "sync", ["0.0.0.0:9000"])
+
+    # deploy/gunicorn.conf.py (what the container runs) holds exactly these settings.
+    import runpy
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("MTOR_CDS_BIND", "PORT", "WEB_CONCURRENCY", "GUNICORN_", "CDS_LOG_LEVEL", "PROMETHEUS_"))}
+    try:
+        conf = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
+        expected = production.gunicorn_settings()
+    finally:
+        os.environ.update(saved)
+    assert {name: conf[name] for name in expected} == expected
+
+
+def test_several_workers_get_a_private_metrics_directory_without_changing_the_callers_environment():
+    settings = production.gunicorn_settings({"WEB_CONCURRENCY": "2"})
+    (entry,) = settings["raw_env"]
+    name, _, directory = entry.partition("=")
+    assert name == "PROMETHEUS_MULTIPROC_DIR" and directory.endswith(f"mtor-cds-prometheus-{os.getpid()}")
+    assert "raw_env" not in production.gunicorn_settings({"WEB_CONCURRENCY": "1"})
+    assert "raw_env" not in production.gunicorn_settings({"WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": "/x"})
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
