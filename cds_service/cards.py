@@ -6,6 +6,7 @@ One card per topic per call, the most severe finding first; a card's details lis
 from __future__ import annotations
 
 import copy
+import random
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -412,7 +413,7 @@ def _dose_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
 
 def _incomplete_card(note: str) -> dict:
     return {
-        "uuid": str(uuid.uuid4()),
+        "uuid": _new_uuid(),
         "summary": "Some mTOR inhibitor safety checks could not be run: data unavailable",
         "detail": note,
         "indicator": "info",
@@ -458,7 +459,7 @@ def _trough_order_suggestion(snapshot: PatientSnapshot, mtor: MedicationOrder, d
     }).model_dump(mode="json", exclude_none=True)
     return {
         "label": f"Order a trough level of {drug} for {when.isoformat()}",
-        "uuid": str(uuid.uuid4()),
+        "uuid": _new_uuid(),
         "isRecommended": True,
         "actions": [{"type": "create", "description": f"Order a trough level of {drug} ({test[1]}) for {when.isoformat()}", "resource": resource}],
     }
@@ -484,7 +485,7 @@ def _dose_suggestions(finding: Finding) -> list[dict]:
         return []  # the EHR's resource does not validate: offer no one-click change rather than a broken one
     return [{
         "label": f"Change the dose to {proposed:g} mg once daily",
-        "uuid": str(uuid.uuid4()),
+        "uuid": _new_uuid(),
         "isRecommended": True,
         "actions": [{"type": "update", "description": f"Change {order.text} to {proposed:g} mg once daily", "resource": resource}],
     }]
@@ -531,7 +532,7 @@ def _card(topic: Topic, top: Finding, summary: str, detail: str, suggestions: li
     if cited.url:
         source["url"] = cited.url
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": _new_uuid(),
         "summary": summary,
         "detail": detail,
         "indicator": top.severity.indicator,
@@ -554,7 +555,7 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
         seen.add(order.ref)
         suggestions.append({
             "label": f"Remove the draft order for {order.text}"[:SUMMARY_MAX],
-            "uuid": str(uuid.uuid4()),
+            "uuid": _new_uuid(),
             "isRecommended": len(seen) == 1,
             "actions": [{"type": "delete", "description": f"Remove the draft order for {order.text}", "resourceId": order.ref}],
         })
@@ -562,6 +563,13 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
         for s in suggestions:
             s["isRecommended"] = True
     return suggestions
+
+
+_UUIDS = random.Random()  # seeded from os.urandom once; card ids need uniqueness, not secrecy
+
+
+def _new_uuid() -> str:
+    return str(uuid.UUID(int=_UUIDS.getrandbits(128), version=4))
 
 
 def _summary(text: str, count: int) -> str:

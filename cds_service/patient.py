@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
@@ -29,7 +30,7 @@ class MedicationOrder:
     def concepts_with(self, role: DrugRole) -> tuple[DrugConcept, ...]:
         return tuple(c for c in self.concepts if c.role is role)
 
-    @property
+    @functools.cached_property  # frozen dataclass: cached in __dict__, read by every rule
     def mtor_drug(self) -> str | None:
         """'everolimus' or 'sirolimus' when this order is an mTOR inhibitor."""
         found = self.concepts_with(DrugRole.MTOR_INHIBITOR)
@@ -97,7 +98,7 @@ class PatientSnapshot:
     unavailable: tuple[str, ...] = ()  # prefetch keys whose data could not be had
     skipped_resources: int = 0  # resources that were not valid enough to read
 
-    @property
+    @functools.cached_property
     def mtor_orders(self) -> tuple[MedicationOrder, ...]:
         return tuple(m for m in self.medications if m.mtor_drug)
 

@@ -268,7 +268,16 @@ class _Reader:
         if resource.get("resourceType") != "Observation" or resource.get("status") in ("entered-in-error", "cancelled"):
             return None
         code = resource.get("code") or {}
-        loinc = {c.get("code") for c in self._codings(code) if c.get("system") == LOINC}
+        codings = self._codings(code)
+        kinds = self.k.observation_kinds
+        match = next((kinds[c["code"]] for c in codings if c.get("system") == LOINC and c.get("code") in kinds), None)
+        if match is None and isinstance(resource.get("valueQuantity"), dict):
+            # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
+            named = [c for c in self.k.names.find(normalize_text(" ".join(_texts(code)))) if c.role is DrugRole.MTOR_INHIBITOR]
+            match = ("drug-level", named[0].key) if named else None
+        if match is None:
+            return None  # not an observation any rule reads: skip it before any further work
+        kind, analyte = match
         effective = _datetime(
             resource.get("effectiveDateTime")
             or _get(resource, "effectivePeriod", "start")
@@ -276,42 +285,29 @@ class _Reader:
             or resource.get("issued")
         )
         ref = f"Observation/{resource.get('id')}"
-        text = _display(_texts(code), self._codings(code)) or "observation"
-        drug = next((self.k.drug_level_loinc[c] for c in loinc if c in self.k.drug_level_loinc), None)
-        if drug is None and isinstance(resource.get("valueQuantity"), dict):
-            # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
-            named = [c for c in self.k.names.find(normalize_text(" ".join(_texts(code)))) if c.role is DrugRole.MTOR_INHIBITOR]
-            drug = named[0].key if named else None
-        if drug:
-            molar_mass = self.k.mtor_drugs[drug]["molar_mass"]["g_per_mol"]
-            return self._quantity(resource, ref, text, effective, "drug-level", drug, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
-        if loinc & set(self.k.pregnancy_status["loinc"]):
+        text = _display(_texts(code), codings) or "observation"
+        if kind == "drug-level":
+            molar_mass = self.k.mtor_drugs[analyte]["molar_mass"]["g_per_mol"]
+            return self._quantity(resource, ref, text, effective, kind, analyte, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
+        if kind == "pregnancy-status":
             values = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
-            status = self.k.pregnancy_status
-            pregnant = values & {(c["system"], c["code"]) for c in status["pregnant_codes"]}
-            not_pregnant = values & {(c["system"], c["code"]) for c in status["not_pregnant_codes"]}
-            result = "pregnant" if pregnant else "not-pregnant" if not_pregnant else None
-            return LabResult(ref, "pregnancy-status", effective, text, result=result)
-        if loinc & self.k.hcg_loinc:
-            return LabResult(ref, "hcg", effective, text, result=self._test_result(resource))
-        lipid = next((self.k.lipid_loinc[c] for c in loinc if c in self.k.lipid_loinc), None)
-        if lipid:
-            per_mmol = self.k.lipids[lipid]["mg_dl_per_mmol_l"]
-            return self._quantity(resource, ref, text, effective, "lipid", lipid, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
-        body = next((self.k.body_loinc[c] for c in loinc if c in self.k.body_loinc), None)
-        if body:
-            table = self.k.body_units["height_to_cm" if body == "height" else "weight_to_kg"]
-            return self._quantity(resource, ref, text, effective, body, None, lambda v, u: v * table[u] if u in table else None)
-        return None
+            result = "pregnant" if values & self.k.pregnant_codes else "not-pregnant" if values & self.k.not_pregnant_codes else None
+            return LabResult(ref, kind, effective, text, result=result)
+        if kind == "hcg":
+            return LabResult(ref, kind, effective, text, result=self._test_result(resource))
+        if kind == "lipid":
+            per_mmol = self.k.lipids[analyte]["mg_dl_per_mmol_l"]
+            return self._quantity(resource, ref, text, effective, kind, analyte, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
+        table = self.k.body_units["height_to_cm" if kind == "height" else "weight_to_kg"]
+        return self._quantity(resource, ref, text, effective, kind, None, lambda v, u: v * table[u] if u in table else None)
 
     def _quantity(self, resource: Mapping, ref: str, text: str, effective, kind: str, analyte: str | None, convert) -> LabResult:
         """A quantity in its kind's canonical unit; a unit we cannot convert is kept visible, never guessed."""
         quantity = resource.get("valueQuantity") or {}
         value = quantity.get("value")
         unit_label = str(quantity.get("unit") or quantity.get("code") or "")
-        result = LabResult(ref, kind, effective, text, analyte=analyte)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return dataclasses.replace(result, unreadable_unit="no numeric value")
+            return LabResult(ref, kind, effective, text, analyte=analyte, unreadable_unit="no numeric value")
         if quantity.get("comparator") in ("<", "<="):
             value = value - 1e-9  # "< 2 ng/mL" is below 2
         converted = None
@@ -319,9 +315,8 @@ class _Reader:
             if isinstance(unit, str) and converted is None:
                 converted = convert(float(value), unit.strip().replace("μ", "µ"))
         written = f"{quantity.get('value'):g} {unit_label}".strip()
-        if converted is None:
-            return dataclasses.replace(result, value_as_written=written, unreadable_unit=unit_label or "no unit")
-        return dataclasses.replace(result, value=converted, value_as_written=written)
+        return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=written,
+                         unreadable_unit=None if converted is not None else unit_label or "no unit")
 
     def _test_result(self, resource: Mapping) -> str | None:
         codes = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}

@@ -146,6 +146,16 @@ class Knowledge:
             **{c: "height" for c in body["height_loinc"]}, **{c: "weight" for c in body["weight_loinc"]}
         }
         self.dosing = files["dosing.json"]
+        # One LOINC look-up tells which kind of observation a rule reads (and of which analyte).
+        self.observation_kinds: Mapping[str, tuple[str, str | None]] = {
+            **{c: ("drug-level", drug) for c, drug in self.drug_level_loinc.items()},
+            **{c: ("pregnancy-status", None) for c in self.pregnancy_status["loinc"]},
+            **{c: ("hcg", None) for c in self.hcg_loinc},
+            **{c: ("lipid", analyte) for c, analyte in self.lipid_loinc.items()},
+            **{c: (kind, None) for c, kind in self.body_loinc.items()},
+        }
+        self.pregnant_codes = _coding_set(self.pregnancy_status["pregnant_codes"])
+        self.not_pregnant_codes = _coding_set(self.pregnancy_status["not_pregnant_codes"])
         self.condition_advice = tuple(files["clinical_conditions.json"]["label_advice"])
         procedures = files["procedures.json"]
         self.surgical_categories = _coding_set(procedures["surgical_categories"])

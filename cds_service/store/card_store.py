@@ -209,19 +209,29 @@ class CardStore:
                 self._writer.start()
 
     def _write_loop(self) -> None:
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                return
+        stop = False
+        while not stop:
+            batches = [self._queue.get()]
+            # Everything already waiting goes into the same transaction: one commit per burst, not per call.
+            while len(batches) < 500:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batches
+            records = [r for batch in batches if batch is not None for r in batch]
             try:
-                with self.engine.begin() as connection:
-                    _insert_ignoring_duplicates(connection, issued_card, [_card_row(r) for r in batch])
-                self._count("cards_written", len(batch))
+                if records:
+                    with self.engine.begin() as connection:
+                        _insert_ignoring_duplicates(connection, issued_card, [_card_row(r) for r in records])
+                    self._count("cards_written", len(records))
             except Exception as exc:
-                self._count("cards_failed", len(batch))
-                log.error("card store could not write %d card(s): %s", len(batch), _error_name(exc))
+                self._count("cards_failed", len(records))
+                log.error("card store could not write %d card(s): %s", len(records), _error_name(exc))
             finally:
-                self._finish_batch()
+                for batch in batches:
+                    if batch is not None:
+                        self._finish_batch()
 
     def _finish_batch(self) -> None:
         with self._drained:
