@@ -5,7 +5,10 @@ This module turns a request into a HookCall or a 4xx; it never looks at clinical
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -13,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.app_state import AppState
-from cds_service.errors import BadRequest, CdsError, UnknownService, UnsupportedMediaType
+from cds_service.errors import BadRequest, CdsError, PayloadTooLarge, UnknownService, UnsupportedMediaType
 from cds_service.hooks import answer_hook
 from cds_service.observability import Stopwatch, log_request
 from cds_service.services import HookCall, ServiceDefinition
@@ -22,6 +25,8 @@ from cds_service.store import CardRecord, parse_feedback
 bp = Blueprint("cds", __name__)
 _LOG = logging.getLogger("mtor_cds.api")
 _JSON_TYPES = {"application/json", "application/fhir+json"}
+_HEADER_SAFE = re.compile(r"[!-~]+")  # visible ASCII: what an Authorization header value can carry
+_ORDER_FIELDS = {"selections": {"order-select"}, "draftOrders": {"order-select", "order-sign"}}  # field -> hooks that define it
 
 
 def state() -> AppState:
@@ -86,6 +91,16 @@ def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
+@bp.get("/openapi.yaml")
+def openapi() -> Response:
+    return Response(_openapi_document(), mimetype="application/yaml")
+
+
+@functools.cache
+def _openapi_document() -> bytes:
+    return resources.files("cds_service").joinpath("openapi.yaml").read_bytes()
+
+
 @bp.get("/readyz")
 def readyz() -> Response:
     app_state = state()
@@ -97,8 +112,15 @@ def readyz() -> Response:
 def read_json_body() -> Any:
     if request.mimetype not in _JSON_TYPES:
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+    limit = state().settings.max_body_bytes
+    # Werkzeug silently cuts a body without Content-Length (chunked) at the limit; one byte more tells
+    # "too large" from "exactly the limit". A declared Content-Length over it is refused before reading.
+    request.max_content_length = limit + 1
+    body = request.get_data(cache=False)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     try:
-        return orjson.loads(request.get_data(cache=False))
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({_json_error(exc)})") from None
 
@@ -140,6 +162,8 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
     if authorization is not None:
         if not isinstance(authorization, dict) or not isinstance(authorization.get("access_token"), str):
             raise BadRequest("fhirAuthorization must be an object with an access_token string")
+        if not _HEADER_SAFE.fullmatch(authorization["access_token"]):
+            raise BadRequest("fhirAuthorization.access_token must be visible ASCII without spaces")
         if fhir_server is None:
             raise BadRequest("fhirServer is required when fhirAuthorization is present")
         access_token = authorization["access_token"]
@@ -148,6 +172,9 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
         raise BadRequest("prefetch must be an object")
     if "extension" in body and not isinstance(body["extension"], dict):
         raise BadRequest("extension must be an object")
+    foreign = [field for field, hooks in _ORDER_FIELDS.items() if field in context and hook not in hooks]
+    if foreign:  # fields of other hooks: ignored like any unknown key, so that nothing below reads them
+        context = {k: v for k, v in context.items() if k not in foreign}
     return HookCall(
         hook=hook,
         hook_instance=hook_instance,
@@ -179,7 +206,7 @@ def init_app(app: Flask) -> None:
 def _start_request() -> Response | None:
     g.stopwatch = Stopwatch()
     g.log_fields = {"method": request.method, "path": request.path[:120]}
-    if request.method == "OPTIONS":
+    if request.method == "OPTIONS" and request.url_rule is not None:
         return Response(status=204)  # CORS preflight: answered without credentials
     app_state = state()
     if app_state.verifier is not None and request.path.startswith("/cds-services"):
@@ -220,11 +247,19 @@ def _cds_error(error: CdsError) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
+    """Werkzeug's own errors (404, 405, 413, ...) as OperationOutcome, keeping headers such as Allow."""
     codes = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
-    return operation_outcome(error.code or 400, codes.get(error.code or 400, "invalid"), error.description or error.name)
+    status = error.code or 400
+    response = operation_outcome(status, codes.get(status, "invalid"), error.description or error.name)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
 
 
 def _unexpected_error(error: Exception) -> Response:
     # The type only: exception messages can carry patient data.
     _LOG.error("unexpected error: %s", type(error).__name__)
+    if hasattr(g, "log_fields"):
+        g.log_fields["error"] = type(error).__name__
     return operation_outcome(500, "exception", "internal error; the request was logged")

@@ -25,7 +25,6 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str) -> None:
     """JSON lines on stderr for the service's loggers (idempotent: tests create many apps)."""
-    logger = logging.getLogger("mtor_cds")
     for name in ("mtor_cds", "cds_service"):
         target = logging.getLogger(name)
         target.setLevel(level.upper())
@@ -34,8 +33,6 @@ def configure_logging(level: str) -> None:
             handler.setFormatter(JsonFormatter())
             handler._mtor_cds = True  # type: ignore[attr-defined]
             target.addHandler(handler)
-            target.propagate = True
-    del logger
 
 
 class PatientHasher:

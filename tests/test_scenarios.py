@@ -35,3 +35,11 @@ def test_brand_name_concept_code_is_recognised(call_hook):
     current = body["prefetch"]["medications"]["entry"][0]["resource"]
     current["medicationCodeableConcept"] = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845509"}]}
     assert topics_of(call_hook(body).get_json()) == ["cyp3a4-interaction"]
+
+
+def test_one_malformed_field_does_not_drop_the_mtor_order(call_hook):
+    body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    everolimus = body["prefetch"]["medications"]["entry"][0]["resource"]
+    everolimus["dosageInstruction"][0]["timing"]["repeat"]["periodUnit"] = ["d"]  # not a code: ignore the field only
+    everolimus["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["code"] = 5
+    assert topics_of(call_hook(body).get_json()) == ["cyp3a4-interaction"]

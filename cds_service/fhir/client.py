@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import orjson
 import requests
-
-import logging
 
 from cds_service.errors import FhirNotAllowed, FhirUnavailable
 from cds_service.settings import Settings, is_loopback_host
@@ -26,6 +26,9 @@ from cds_service.settings import Settings, is_loopback_host
 _LOG = logging.getLogger(__name__)
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir")
 _LOCAL = threading.local()
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _session() -> requests.Session:
@@ -60,21 +63,54 @@ class QueryTiming:
 
 
 def check_allowed(base_url: str, settings: Settings) -> None:
-    """Raise FhirNotAllowed unless base_url is https (or loopback) and on the allowlist."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FhirNotAllowed("fhirServer is not an http(s) URL")
+    """Raise FhirNotAllowed unless base_url is a plain https (or loopback) base URL on the allowlist."""
+    parts = _safe_parts(base_url)
+    if parts is None or parts.query or parts.fragment or base_url.endswith(("?", "#")):
+        raise FhirNotAllowed("fhirServer is not a plain http(s) base URL")
     if parts.scheme != "https" and not is_loopback_host(parts.hostname):
         raise FhirNotAllowed("fhirServer must use https")
     allowed = settings.allowed_fhir_servers
-    if allowed and not any(_has_prefix(base_url, prefix) for prefix in allowed):
+    if allowed and not any(is_within(base_url, prefix) for prefix in allowed):
         raise FhirNotAllowed("fhirServer is not on CDS_ALLOWED_FHIR_SERVERS")
 
 
-def _has_prefix(url: str, prefix: str) -> bool:
-    # Compare on path-segment boundaries so https://fhir.example.org.evil.com never matches.
-    url, prefix = url.rstrip("/") + "/", prefix.rstrip("/") + "/"
-    return url.lower().startswith(prefix.lower())
+def is_within(url: str, base: str) -> bool:
+    """Whether url lies under base: same scheme, host and port, and base's path on a segment boundary.
+
+    Compared on parsed parts, not as strings, so https://ehr.example.org.evil.com,
+    https://ehr.example.org@evil.com and https://ehr.example.org/fhir/../admin never match.
+    """
+    parts, base_parts = _safe_parts(url), _safe_parts(base)
+    if parts is None or base_parts is None:
+        return False
+    path, base_path = parts.path.rstrip("/").lower() + "/", base_parts.path.rstrip("/").lower() + "/"
+    return (
+        parts.scheme == base_parts.scheme
+        and parts.hostname == base_parts.hostname
+        and _port(parts) == _port(base_parts)
+        and path.startswith(base_path)
+    )
+
+
+def _safe_parts(url: str) -> SplitResult | None:
+    """The parts of an http(s) URL with a host, no userinfo and no dot segments; None for anything else."""
+    if not _VISIBLE_ASCII.fullmatch(url) or "\\" in url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a port out of range
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return None
+    # Servers decode %2e and %2f before resolving "..": check the decoded path.
+    if any(segment in (".", "..") for segment in unquote(parts.path).replace("\\", "/").split("/")):
+        return None
+    return parts
+
+
+def _port(parts: SplitResult) -> int:
+    return parts.port or _DEFAULT_PORTS[parts.scheme]
 
 
 class FhirClient:
@@ -92,14 +128,16 @@ class FhirClient:
         self._lock = threading.Lock()
 
     def read(self, relative_url: str) -> dict[str, Any]:
-        resource = self._get(urljoin(self.base_url, relative_url))
-        if resource.get("resourceType") == "OperationOutcome":
-            raise FhirUnavailable("server answered an OperationOutcome")
+        """Read `Type/id`; anything but a `Type` (an OperationOutcome, a Bundle) is a failure, not data."""
+        resource = self._get(self._join(relative_url))
+        expected = relative_url.split("/", 1)[0]
+        if resource.get("resourceType") != expected:
+            raise FhirUnavailable(f"expected a {expected[:40]}, got {str(resource.get('resourceType'))[:40]}")
         return resource
 
     def search(self, relative_url: str) -> list[dict[str, Any]]:
-        """All resources of a search, following `next` links up to the page limit."""
-        return self.continue_search(self._get(urljoin(self.base_url, relative_url)))
+        """All resources of a search, following `next` links; more pages than the limit is a failure."""
+        return self.continue_search(self._get(self._join(relative_url)))
 
     def continue_search(self, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The resources of a (possibly prefetched) Bundle plus those of its following pages."""
@@ -108,18 +146,35 @@ class FhirClient:
         while True:
             if bundle.get("resourceType") != "Bundle":
                 raise FhirUnavailable(f"expected a Bundle, got {str(bundle.get('resourceType'))[:40]}")
+            if not isinstance(bundle.get("entry", []), list):
+                raise FhirUnavailable("Bundle.entry is not an array")  # unreadable is not "no data"
             resources += entry_resources(bundle)
             next_url = next_link(bundle)
             pages += 1
-            if not next_url or pages >= self._settings.fhir_max_pages:
+            if not next_url:
                 return resources
-            absolute = urljoin(self.base_url, next_url)
-            if not _has_prefix(absolute, self.base_url):
-                raise FhirUnavailable("next link leaves the FHIR server")
-            bundle = self._get(absolute)
+            if pages >= self._settings.fhir_max_pages:
+                raise FhirUnavailable("more pages than CDS_FHIR_MAX_PAGES")  # cut short is not complete
+            bundle = self._get(self._join(next_url))
+
+    def _join(self, url: str) -> str:
+        """The absolute URL, which must stay under base_url: the token is never sent anywhere else."""
+        try:
+            absolute = urljoin(self.base_url, url)
+        except ValueError:
+            absolute = ""
+        if not is_within(absolute, self.base_url):
+            raise FhirUnavailable("URL leaves the FHIR server")
+        return absolute
+
+    def _resource_type(self, url: str) -> str:
+        """The type a URL queries, for the log; never its id (a Patient read's id is the patient id)."""
+        relative = urlsplit(url).path[len(urlsplit(self.base_url).path):]
+        first = relative.split("/", 1)[0]
+        return first if _RESOURCE_TYPE.fullmatch(first) else "?"
 
     def _get(self, url: str) -> dict[str, Any]:
-        resource_type = urlsplit(url).path.rstrip("/").split("/")[-1] or "?"
+        resource_type = self._resource_type(url)
         started = time.monotonic()
         outcome = "ok"
         try:

@@ -39,6 +39,7 @@ class GatheredData:
     medications: dict[str, dict[str, Any]]  # "Medication/id" -> Medication, for references
     timings: list[QueryTiming]
     fhir_server_refused: bool = False
+    malformed_entries: int = 0  # prefetched Bundle entries with no resource object
 
 
 def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> GatheredData:
@@ -47,13 +48,15 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
     client, refused = _client_for(call, settings, deadline)
     by_key: dict[str, list[dict[str, Any]]] = {}
     unchecked: list[str] = []
+    malformed = 0
     jobs = {}
     for key, template in service.prefetch.items():
         present, value = key in call.prefetch, call.prefetch.get(key)
         if present and value is None:
             by_key[key] = []  # the EHR says: no data
-        elif present and isinstance(value, dict) and value.get("resourceType") == "Bundle":
+        elif present and isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry", []), list):
             by_key[key] = entry_resources(value)
+            malformed += len(value.get("entry") or ()) - len(by_key[key])
             if next_link(value):
                 if client:
                     jobs[key] = partial(client.continue_search, value)
@@ -78,7 +81,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
     medications, unresolved = _resolve_medication_references(by_key, call, client)
     if unresolved and "medications" not in unchecked:
         unchecked.append("medications")  # an order we cannot identify must not read as "nothing interacting"
-    return GatheredData(by_key, unchecked, medications, client.timings if client else [], refused)
+    return GatheredData(by_key, unchecked, medications, client.timings if client else [], refused, malformed)
 
 
 def _client_for(call: HookCall, settings: Settings, deadline: Deadline) -> tuple[FhirClient | None, bool]:
@@ -176,7 +179,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         conditions=tuple(conditions),
         procedures=tuple(procedures),
         unavailable=tuple(data.unchecked),
-        skipped_resources=reader.skipped,
+        skipped_resources=reader.skipped + data.malformed_entries,
     )
 
 
@@ -193,7 +196,8 @@ class _Reader:
         """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
         codings = _codings(concept)
         aliases = self.k.system_aliases
-        return [{**c, "system": aliases[c["system"]]} if c.get("system") in aliases else c for c in codings]
+        return [{**c, "system": aliases[c["system"]]} if isinstance(c.get("system"), str) and c["system"] in aliases else c
+                for c in codings]
 
     def safely(self, read, resource: Any, **kwargs):
         if not isinstance(resource, dict) or not self._is_this_patients(resource):
@@ -433,7 +437,8 @@ def _dose_mg(dosage: Mapping) -> float | None:
     quantity = _get(_first(dosage.get("doseAndRate")), "doseQuantity") if dosage else None
     if not isinstance(quantity, dict):
         return None
-    value, unit = quantity.get("value"), (quantity.get("code") or quantity.get("unit") or "").lower()
+    value, unit = quantity.get("value"), quantity.get("code") or quantity.get("unit")
+    unit = unit.lower() if isinstance(unit, str) else ""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and unit == "mg":
         return float(value)
     return None
@@ -466,7 +471,7 @@ def _doses_per_day(dosage: Mapping) -> float | None:
     frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (frequency, period)):
         return None
-    days = period * _PERIOD_DAYS.get(unit, 0)
+    days = period * _PERIOD_DAYS.get(unit, 0) if isinstance(unit, str) else 0
     return frequency / days if days else None
 
 
