@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -54,24 +55,41 @@ def call_service(service_id: str) -> Response:
     now = app_state.clock()
     answer = answer_hook(call, service, app_state.knowledge, app_state.settings, now)
     g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in answer.fhir_timings]
-    g.log_fields["cards"] = [[c["source"]["topic"]["code"], c["indicator"]] for c in answer.cards]
-    app_state.store.record_cards(
-        [
-            CardRecord(
-                uuid=card["uuid"],
-                service_id=service.id,
-                hook=call.hook,
-                topic=card["source"]["topic"]["code"],
-                indicator=card["indicator"],
-                hook_instance=call.hook_instance[:200],
-                patient_hash=g.log_fields["patient"],
-                trigger_key=trigger_key,
-                issued_at=now,
-            )
-            for card, trigger_key in zip(answer.cards, answer.trigger_keys)
-        ]
-    )
-    return json_response({"cards": answer.cards})
+    records = [
+        CardRecord(
+            uuid=card["uuid"],
+            service_id=service.id,
+            hook=call.hook,
+            topic=card["source"]["topic"]["code"],
+            indicator=card["indicator"],
+            hook_instance=call.hook_instance[:200],
+            patient_hash=g.log_fields["patient"],
+            trigger_key=trigger_key,
+            issued_at=now,
+        )
+        for card, trigger_key in zip(answer.cards, answer.trigger_keys)
+    ]
+    shown = _not_recently_overridden(app_state, records, now)
+    cards = [card for card, record in zip(answer.cards, records) if record in shown]
+    g.log_fields["cards"] = [[c["source"]["topic"]["code"], c["indicator"]] for c in cards]
+    if len(cards) < len(answer.cards):
+        g.log_fields["suppressed"] = len(answer.cards) - len(cards)
+    app_state.store.record_cards(shown)
+    return json_response({"cards": cards})
+
+
+def _not_recently_overridden(app_state: AppState, records: list[CardRecord], now) -> list[CardRecord]:
+    """CDS_SUPPRESS_OVERRIDDEN_HOURS: an identical card (patient, topic, triggering resources) that a clinician
+    overrode with a reason is not shown again for that long. Critical cards and the incomplete-checks card always are."""
+    hours = app_state.settings.suppress_overridden_hours
+    if hours <= 0:
+        return records
+    since = now - timedelta(hours=hours)
+    return [
+        r for r in records
+        if r.indicator == "critical" or r.topic == "checks-incomplete"
+        or not app_state.store.overridden_recently(r.patient_hash, r.topic, r.trigger_key, since)
+    ]
 
 
 @bp.post("/cds-services/<service_id>/feedback")
