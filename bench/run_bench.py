@@ -1,7 +1,7 @@
 """Benchmark the production server (gunicorn, `mtor-cds serve --production`) on loopback.
 
     python bench/run_bench.py                                  # defaults: < 3 min, writes bench/results/latest.md
-    python bench/run_bench.py --configs gthread:4:8,sync:4:1   # compare worker settings (class:workers:threads)
+    python bench/run_bench.py --configs sync:8:1,gthread:4:8   # compare worker settings (class:workers:threads)
 
 Per configuration it starts the server (CDS_REQUIRE_JWT=false, a temporary SQLite store) and a FHIR
 stub (bench/fhir_stub.py: every query answered after --fhir-delay-ms), then measures with `wrk`
@@ -39,6 +39,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 from payloads import order_select_request, patient_view_request
+
+sys.path.insert(0, str(BENCH.parent))
+from cds_service.production import gunicorn_settings  # noqa: E402  (the shipped defaults)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WRK_SCRIPT = """
@@ -331,8 +334,9 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="gthread:4:8",
-                        help="worker_class:workers:threads, comma-separated (default: the shipped default on 2 CPUs)")
+    shipped = gunicorn_settings({})
+    parser.add_argument("--configs", default=f"{shipped['worker_class']}:{shipped['workers']}:{shipped['threads']}",
+                        help="worker_class:workers:threads, comma-separated (default: the shipped cds_service/production.py settings)")
     parser.add_argument("--connections", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--duration", type=int, default=5, help="seconds measured per run (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of load before each run, 0 for none (default 1)")

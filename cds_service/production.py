@@ -10,9 +10,9 @@ in the ConfigMap):
 
     MTOR_CDS_BIND             full bind address; wins over PORT (e.g. "0.0.0.0:9000", "unix:/tmp/s")
     PORT                      port to listen on, on all interfaces (the image sets PORT=8080)
-    WEB_CONCURRENCY           worker processes (default: 2 x the CPUs this process may use)
-    GUNICORN_WORKER_CLASS     worker class (default: gthread)
-    GUNICORN_THREADS          threads per gthread worker (default: 8)
+    WEB_CONCURRENCY           worker processes (default: 4 x the CPUs this process may use)
+    GUNICORN_WORKER_CLASS     worker class (default: sync)
+    GUNICORN_THREADS          threads per gthread worker (default: 1; only with GUNICORN_WORKER_CLASS=gthread)
     GUNICORN_TIMEOUT          seconds a worker may stay silent before it is killed (default: 30)
     GUNICORN_GRACEFUL_TIMEOUT seconds in-flight requests get to finish on shutdown (default: 25)
     GUNICORN_KEEPALIVE        seconds an idle keep-alive connection is kept open (default: 75)
@@ -41,20 +41,20 @@ DEFAULT_BIND = "127.0.0.1:8080"
 _OWN_METRICS_DIR_PREFIX = "mtor-cds-prometheus-"
 
 # --- Concurrency, chosen by bench/run_bench.py (bench/results/sweep.md, latest.md, notes.md) --------
-# Measured on a 2-CPU machine (sync:4:1, gthread:2:8, gthread:4:4, gthread:4:8):
-# - Processes scale the CPU-bound part (snapshot + rules under the GIL): order-select with 32
-#   connections gave 256-342 req/s with 4 processes, 182 with 2. Hence 2 x usable CPUs.
-# - A call without prefetch waits on the EHR's FHIR server. A `sync` worker holds a whole process
-#   for that wait: patient-view at 32 connections gave 49 req/s (p50 549 ms) with sync:4:1 against
-#   66-106 req/s (p50 224-400 ms) with gthread:4:x. `sync` also closes every connection.
-# - 8 threads rather than 4: 4 x 8 = 32 calls in flight per 2-CPU pod, so calls waiting on FHIR do
-#   not queue behind each other (patient-view at 8 connections: 68-77 req/s with 8 threads, 49-52
-#   with 4). Threads add nothing to the CPU-bound path, and little memory.
-# Change these only with new numbers, and keep WEB_CONCURRENCY / GUNICORN_THREADS in deploy/k8s
-# (base configmap and overlays) in step.
-DEFAULT_WORKER_CLASS = "gthread"
-DEFAULT_THREADS = 8
-WORKERS_PER_CPU = 2
+# Measured on a 2-CPU machine, 3-5 s runs (sync:4:1, sync:8:1, sync:12:1, gthread:4:2, gthread:4:8):
+# - The prefetched path is CPU-bound Python. Threads in one process queue behind the GIL and stretch
+#   the tail: order-select p99 at 8 connections was 135-168 ms with gthread:4:8 and 163 ms with
+#   gthread:4:2, against 28-33 ms with sync workers (the OS shares CPUs between processes fairly).
+# - The fallback path waits on the EHR's FHIR server (~50 ms in the bench). Sync workers hold a process
+#   for that wait, so they need more processes than CPUs: patient-view p99 at 8 connections was
+#   206 ms with sync:4:1, 130 ms with sync:8:1, 97 ms with sync:12:1, 155-184 ms with gthread:4:8.
+# - Hence sync, 4 x usable CPUs processes (8 on 2 CPUs): tight tails on the common prefetched path,
+#   enough processes for calls waiting on FHIR, ~100 MB each. sync:12:1 bought little more.
+# Change these only with new numbers, and keep WEB_CONCURRENCY in deploy/k8s (base configmap and
+# overlays) in step.
+DEFAULT_WORKER_CLASS = "sync"
+DEFAULT_THREADS = 1
+WORKERS_PER_CPU = 4
 
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:

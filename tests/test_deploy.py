@@ -384,7 +384,9 @@ def test_gunicorn_defaults_are_loopback_and_sane():
     conf = load_gunicorn_conf({})
     assert conf["bind"] == ["127.0.0.1:8080"]
     assert conf["workers"] >= 1
-    assert conf["workers"] == 2 * conf["_cpu_count"]()
+    from cds_service.production import WORKERS_PER_CPU
+
+    assert conf["workers"] == WORKERS_PER_CPU * conf["_cpu_count"]()
     assert conf["worker_class"] in {"sync", "gthread", "gevent", "eventlet", "tornado"}
     assert conf["threads"] >= 1
     assert conf["preload_app"] is True

@@ -144,7 +144,7 @@ class CardStore:
         elif backend == "postgresql":
             engine = sa.create_engine(
                 parsed, hide_parameters=True, pool_pre_ping=True, connect_args={"connect_timeout": 3},
-                pool_size=4, max_overflow=2,  # per worker process; replicas x workers x 6 must fit max_connections
+                pool_size=2, max_overflow=2,  # per worker process (a request thread + the writer); replicas x workers x 4 must fit max_connections
             )
         else:
             raise ValueError(f"CDS_DATABASE_URL must be a sqlite or postgresql URL, not {backend!r}")
