@@ -54,7 +54,9 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
         {*knowledge.drug_level_loinc, *knowledge.pregnancy_status["loinc"], *knowledge.hcg_loinc,
          *knowledge.lipid_loinc, *knowledge.body_loinc}
     )
-    codes = ",".join(f"http://loinc.org|{code}" for code in loinc)
+    # Bare codes (any system): LOINC codes are unique enough, the parser keeps only system http://loinc.org,
+    # and the URL stays a third as long (every FHIR request pays for its length in URL encoding).
+    codes = ",".join(loinc)
     patient = "{{context.patientId}}"
     return {
         "patient": f"Patient/{patient}",
