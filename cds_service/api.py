@@ -67,10 +67,10 @@ def call_service(service_id: str) -> Response:
             trigger_key=trigger_key,
             issued_at=now,
         )
-        for card, trigger_key in zip(answer.cards, answer.trigger_keys)
+        for card, trigger_key in zip(answer.cards, answer.trigger_keys, strict=True)
     ]
     shown = _not_recently_overridden(app_state, records, now)
-    cards = [card for card, record in zip(answer.cards, records) if record in shown]
+    cards = [card for card, record in zip(answer.cards, records, strict=True) if record in shown]
     g.log_fields["cards"] = [[c["source"]["topic"]["code"], c["indicator"]] for c in cards]
     if len(cards) < len(answer.cards):
         g.log_fields["suppressed"] = len(answer.cards) - len(cards)

@@ -142,7 +142,6 @@ def unchecked_note(snapshot: PatientSnapshot, fhir_server_refused: bool) -> str 
 
 def _interaction_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
     top = findings[0]
-    other: MedicationOrder = top.evidence[0]
     facts = top.facts
     verb = "raises" if facts["effect"] == "inhibitor" else "lowers"
     summary = (
