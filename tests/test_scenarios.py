@@ -43,3 +43,20 @@ def test_one_malformed_field_does_not_drop_the_mtor_order(call_hook):
     everolimus["dosageInstruction"][0]["timing"]["repeat"]["periodUnit"] = ["d"]  # not a code: ignore the field only
     everolimus["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["code"] = 5
     assert topics_of(call_hook(body).get_json()) == ["cyp3a4-interaction"]
+
+
+@pytest.mark.parametrize(("answer", "fires"), [("Pregnant", True), ("Not pregnant", False), ("Possible pregnancy", False)])
+def test_text_only_pregnancy_status_is_read_by_its_whole_answer(call_hook, answer, fires):
+    body = load_fixture("fires-pregnancy-hcg-order-select.json")
+    hcg = body["prefetch"]["observations"]["entry"][0]["resource"]
+    hcg["code"] = {"coding": [{"system": "http://loinc.org", "code": "82810-3", "display": "Pregnancy status"}]}
+    hcg["valueCodeableConcept"] = {"text": answer}
+    assert ("pregnancy" in topics_of(call_hook(body).get_json())) is fires
+
+
+@pytest.mark.parametrize("unit", ["ug/l", "NG/ML", "mcg/L"])
+def test_trough_units_are_read_whatever_their_case(call_hook, unit):
+    body = load_fixture("fires-trough-high-patient-view.json")
+    level = next(e["resource"] for e in body["prefetch"]["observations"]["entry"] if e["resource"]["id"] == "lvl-10b")
+    level["valueQuantity"] = {"value": 18.2, "unit": unit}
+    assert topics_of(call_hook(body).get_json()) == ["trough-high"]

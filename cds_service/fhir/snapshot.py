@@ -295,14 +295,20 @@ class _Reader:
             return self._quantity(resource, ref, text, effective, kind, analyte, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
         if kind == "pregnancy-status":
             values = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
-            result = "pregnant" if values & self.k.pregnant_codes else "not-pregnant" if values & self.k.not_pregnant_codes else None
+            answer = normalize_text(str(_get(resource, "valueCodeableConcept", "text") or resource.get("valueString") or ""))
+            if values & self.k.pregnant_codes or (not values and answer in self.k.pregnant_words):
+                result = "pregnant"
+            elif values & self.k.not_pregnant_codes or (not values and answer in self.k.not_pregnant_words):
+                result = "not-pregnant"
+            else:
+                result = None
             return LabResult(ref, kind, effective, text, result=result)
         if kind == "hcg":
             return LabResult(ref, kind, effective, text, result=self._test_result(resource))
         if kind == "lipid":
             per_mmol = self.k.lipids[analyte]["mg_dl_per_mmol_l"]
             return self._quantity(resource, ref, text, effective, kind, analyte, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
-        table = self.k.body_units["height_to_cm" if kind == "height" else "weight_to_kg"]
+        table = self.k.cm_factor if kind == "height" else self.k.kg_factor
         return self._quantity(resource, ref, text, effective, kind, None, lambda v, u: v * table[u] if u in table else None)
 
     def _quantity(self, resource: Mapping, ref: str, text: str, effective, kind: str, analyte: str | None, convert) -> LabResult:
@@ -317,7 +323,7 @@ class _Reader:
         converted = None
         for unit in dict.fromkeys((quantity.get("code"), quantity.get("unit"))):
             if isinstance(unit, str) and converted is None:
-                converted = convert(float(value), unit.strip().replace("μ", "µ"))
+                converted = convert(float(value), unit.strip().replace("μ", "µ").lower())
         written = f"{quantity.get('value'):g} {unit_label}".strip()
         return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=written,
                          unreadable_unit=None if converted is not None else unit_label or "no unit")
@@ -445,18 +451,17 @@ def _dose_mg(dosage: Mapping) -> float | None:
 
 
 def _to_ng_per_ml(value: float, unit: str, grams_per_mol: float, knowledge: Knowledge) -> float | None:
-    units = knowledge.mass_units
-    if unit in units["to_ng_per_ml"]:
-        return value * units["to_ng_per_ml"][unit]
-    if unit in units["molar_to_nmol_per_l"]:
-        return value * units["molar_to_nmol_per_l"][unit] * grams_per_mol / 1000
+    if unit in knowledge.ng_per_ml_factor:
+        return value * knowledge.ng_per_ml_factor[unit]
+    if unit in knowledge.nmol_per_l_factor:
+        return value * knowledge.nmol_per_l_factor[unit] * grams_per_mol / 1000
     return None
 
 
 def _to_mg_dl(value: float, unit: str, mg_dl_per_mmol_l: float, knowledge: Knowledge) -> float | None:
-    if unit in knowledge.lipid_units:
-        return value * knowledge.lipid_units[unit]
-    if unit in ("mmol/L", "mmol/l"):
+    if unit in knowledge.mg_dl_factor:
+        return value * knowledge.mg_dl_factor[unit]
+    if unit == "mmol/l":
         return value * mg_dl_per_mmol_l
     return None
 

@@ -129,9 +129,13 @@ class Knowledge:
         self.result_negative = _coding_set(results["negative"]) | _coding_set(results["negative_interpretations"])
         self.result_positive_words = frozenset(results["positive_words"])
         self.result_negative_words = frozenset(results["negative_words"])
-        self.mass_units = obs["mass_concentration_units"]
-        self.body_units = obs["body_units"]
-        self.lipid_units = obs["lipid_units"]["to_mg_dl"]
+        # Unit look-ups ignore case: EHRs send "ng/ml", "ug/l" as often as UCUM's "ng/mL", "ug/L".
+        mass = obs["mass_concentration_units"]
+        self.ng_per_ml_factor = {u.lower(): f for u, f in mass["to_ng_per_ml"].items()}
+        self.nmol_per_l_factor = {u.lower(): f for u, f in mass["molar_to_nmol_per_l"].items()}
+        self.cm_factor = {u.lower(): f for u, f in obs["body_units"]["height_to_cm"].items()}
+        self.kg_factor = {u.lower(): f for u, f in obs["body_units"]["weight_to_kg"].items()}
+        self.mg_dl_factor = {u.lower(): f for u, f in obs["lipid_units"]["to_mg_dl"].items()}
         self._index_conditions(files)
         self.indications: Mapping[str, Mapping] = {e["key"]: e for e in files["indications.json"]["indications"]}
         monitoring = files["monitoring.json"]
@@ -156,6 +160,8 @@ class Knowledge:
         }
         self.pregnant_codes = _coding_set(self.pregnancy_status["pregnant_codes"])
         self.not_pregnant_codes = _coding_set(self.pregnancy_status["not_pregnant_codes"])
+        self.pregnant_words = frozenset(normalize_text(w) for w in self.pregnancy_status["pregnant_words"])
+        self.not_pregnant_words = frozenset(normalize_text(w) for w in self.pregnancy_status["not_pregnant_words"])
         self.condition_advice = tuple(files["clinical_conditions.json"]["label_advice"])
         procedures = files["procedures.json"]
         self.surgical_categories = _coding_set(procedures["surgical_categories"])
