@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from cds_service import create_app
 
@@ -20,6 +22,22 @@ SERVICE_FOR_HOOK = {
     "order-select": "mtor-safety-order-select",
     "order-sign": "mtor-safety-order-sign",
 }
+
+
+POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "")
+SKIP_POSTGRES = 'CDS_TEST_POSTGRES_URL is not set (run: eval "$(.ci/postgres.sh)")'
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason=SKIP_POSTGRES))])
+def empty_database_url(request, tmp_path):
+    """The URL of an empty database with no tables: a SQLite file, or the CI's PostgreSQL wiped clean."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cards.sqlite3'}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS card_feedback, issued_card, jwt_replay, cds_store_version"))
+    engine.dispose()
+    return POSTGRES_URL
 
 
 def load_fixture(name: str) -> dict:

@@ -5,7 +5,6 @@ For PostgreSQL run `eval "$(.ci/postgres.sh)"` first; without it those tests are
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -18,8 +17,6 @@ from cds_service.store.models import jwt_replay
 from cds_service.store.replay_cache import DatabaseReplayCache, token_key
 from tests.jwt_helpers import cds_claims, jwk_from_key, jwks_of, make_ec_key, sign_jwt
 
-POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "")
-SKIP_POSTGRES = 'CDS_TEST_POSTGRES_URL is not set (run: eval "$(.ci/postgres.sh)")'
 ISS = "https://ehr.example.org"
 T0 = 1_800_000_000.0
 
@@ -32,21 +29,10 @@ class Clock:
         return self.now
 
 
-def _reset_postgres(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS card_feedback, issued_card, jwt_replay, cds_store_version"))
-    engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason=SKIP_POSTGRES))])
-def database_url(request, tmp_path):
+@pytest.fixture
+def database_url(empty_database_url):
     """A migrated, empty database; the URL, so that tests can open several engines ("replicas") on it."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cards.sqlite3'}"
-    else:
-        url = POSTGRES_URL
-        _reset_postgres(url)
+    url = empty_database_url
     store = CardStore.from_url(url)
     store.migrate()
     store.close()

@@ -6,7 +6,6 @@ For PostgreSQL run `eval "$(.ci/postgres.sh)"` first; without it those tests are
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -22,28 +21,15 @@ from cds_service.store import card_store as card_store_module
 from cds_service.store import CardRecord, CardStore, FeedbackEntry
 from cds_service.store.models import card_feedback, issued_card, metadata
 
-POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "")
-SKIP_POSTGRES = 'CDS_TEST_POSTGRES_URL is not set (run: eval "$(.ci/postgres.sh)")'
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)  # a Monday
 PATIENT = "a3f1" * 16  # a salted SHA-256 hex, as the API layer computes it
 SERVICE = "mtor-inhibitor-safety"
 
 
-def _reset_postgres(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS card_feedback, issued_card, jwt_replay, cds_store_version"))
-    engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason=SKIP_POSTGRES))])
-def store(request, tmp_path):
+@pytest.fixture
+def store(empty_database_url):
     """A migrated, empty store."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cards.sqlite3'}"
-    else:
-        url = POSTGRES_URL
-        _reset_postgres(url)
+    url = empty_database_url
     card_store = CardStore.from_url(url)
     card_store.migrate()
     yield card_store
