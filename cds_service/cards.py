@@ -260,6 +260,10 @@ def _trough_card(findings: list[Finding], snapshot: PatientSnapshot) -> dict:
     summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {date} is above the {limit:g} ng/mL limit"
     lines = [_level_line(lab, drug), f"- Order: **{top.mtor.text}** ({_order_state(top.mtor)}, `{top.mtor.ref}`).",
              f"\nThe label's trough target is 5-{limit:g} ng/mL ({top.section}; {_cite(top.source)})."]
+    assumed = top.facts.get("assumed_indication")
+    if assumed and "proposed_dose_mg" in top.facts:
+        lines.append(f"Indication: {_indication_text(top.facts['indication'])}. The dose below assumes trough-guided use "
+                     f"({assumed}); it does not apply to fixed-dose TSC-AML, where the label sets no trough target.")
     lines += _dose_lines(top, "reduce")
     lines.append("Recheck the trough about 2 weeks after the change; confirm the sample was drawn just before a dose.")
     return _card(Topic.TROUGH_HIGH, top, _summary(summary, 1), "\n".join(lines), _dose_suggestions(top))
@@ -512,7 +516,7 @@ def _level_line(lab: LabResult, drug: str) -> str:
 
 def _indication_text(indication) -> str:
     if indication is None or not indication.evidence:
-        return "not on record (the card assumes no specific indication)"
+        return "not on record"
     names = ", ".join(f"{c.text} (`{c.ref}`)" for c in indication.evidence)
     if indication.key is None:
         return f"more than one on record ({names}); the card lists the advice for each"

@@ -266,3 +266,14 @@ def test_child_under_the_label_age_gets_the_infection_note_even_when_the_dose_fi
         K,
     )
     assert finding.facts["fits"] and finding.facts["pediatric"]["below_age_years"] == 3
+
+
+def test_high_trough_with_no_indication_on_record_proposes_a_dose_and_names_the_assumption():
+    [finding] = check_trough_high(snapshot([order(dose=10)], [level(20)], [TSC]), K)
+    assert finding.facts["assumed_indication"] == K.indications["tsc-sega"]["display"]
+    assert finding.facts["proposed_dose_mg"] == 5
+
+
+def test_high_trough_for_fixed_dose_aml_proposes_no_formula_dose():
+    [finding] = check_trough_high(snapshot([order(dose=10)], [level(20)], [TSC, AML]), K)
+    assert "proposed_dose_mg" not in finding.facts

@@ -34,8 +34,12 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[F
             continue
         indication = infer_indication(snapshot, knowledge, drug)
         facts = {"limit_ng_per_ml": limit["upper_ng_per_ml"], "drug": drug, "indication": indication}
-        if latest.value is not None:
-            facts |= _dose_proposal(mtor, latest.value, indication.key, knowledge, lower=True)
+        if latest.value is not None and indication.dosing != "fixed":
+            # Indication unknown: propose the trough-guided dose and say so (the card names the assumption).
+            assumed = indication.key or _trough_guided_indication(knowledge, drug, indication)
+            facts |= _dose_proposal(mtor, latest.value, assumed, knowledge, lower=True)
+            if assumed != indication.key:
+                facts["assumed_indication"] = knowledge.indications[assumed]["display"] if assumed else None
         findings.append(
             Finding(Topic.TROUGH_HIGH, severity, mtor, (latest,), limit["source"], limit.get("section", ""), facts)
         )
@@ -118,6 +122,13 @@ def _due_event(snapshot, mtor, timing, latest, knowledge):
     if routine and last_trough and (today - last_trough).days > routine["interval_days"]:
         return "routine", last_trough, last_trough + timedelta(days=routine["interval_days"]), routine
     return None
+
+
+def _trough_guided_indication(knowledge: Knowledge, drug: str, indication) -> str | None:
+    """The trough-guided indication to assume: one of several on record, else the drug's first with a target."""
+    keys = [c for e in indication.evidence for c in e.kinds if c in knowledge.indications]
+    candidates = [*keys, *(t["indication"] for t in knowledge.trough_targets if t["drug"] == drug)]
+    return next((k for k in candidates if trough_target(knowledge, drug, k)), None)
 
 
 def _level_test(knowledge: Knowledge, drug: str) -> tuple[str, str]:
