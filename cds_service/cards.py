@@ -421,7 +421,8 @@ def _incomplete_card(note: str) -> dict:
         "detail": note,
         "indicator": "info",
         "source": {
-            "label": "mtor-cds: data access",
+            "label": "mtor-cds data access (CDS Hooks 2.0: providing FHIR resources to a CDS service)",
+            "url": "https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service",
             "topic": {"system": TOPIC_SYSTEM, "code": Topic.CHECKS_INCOMPLETE.value, "display": _TOPIC_TITLES[Topic.CHECKS_INCOMPLETE]},
         },
     }
