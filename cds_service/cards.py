@@ -23,7 +23,7 @@ OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
 SUMMARY_MAX = 139
 _DATA_LABELS = {
     "patient": "demographics (Patient)",
-    "medications": "current medications",
+    "medications": "current medications (all, or some that could not be identified or fetched)",
     "observations": "lab results (trough levels, pregnancy tests, lipids, height and weight)",
     "conditions": "conditions (pregnancy, indication, hepatic impairment, infection)",
     "procedures": "procedures (recent or planned surgery)",

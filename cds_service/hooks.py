@@ -34,6 +34,11 @@ def answer_hook(
     data = gather(call, service, settings)
     snapshot = build_snapshot(data, call, knowledge, now or datetime.now(timezone.utc))
     if not snapshot.mtor_orders:
+        if "medications" in snapshot.unavailable and call.hook != "order-select":
+            # Some medications could not be identified (unresolved references, pages not fetched): an empty
+            # answer would read as "not on an mTOR inhibitor", so say what could not be checked instead.
+            cards = render_cards([], snapshot, unchecked_note(snapshot, data.fhir_server_refused))
+            return HookAnswer(cards, [""] * len(cards), data.timings)
         return HookAnswer([], [], data.timings)  # this service speaks only about mTOR inhibitors
     findings = _in_focus(evaluate(snapshot, knowledge), call, snapshot)
     note = unchecked_note(snapshot, data.fhir_server_refused)

@@ -60,3 +60,13 @@ def test_trough_units_are_read_whatever_their_case(call_hook, unit):
     level = next(e["resource"] for e in body["prefetch"]["observations"]["entry"] if e["resource"]["id"] == "lvl-10b")
     level["valueQuantity"] = {"value": 18.2, "unit": unit}
     assert topics_of(call_hook(body).get_json()) == ["trough-high"]
+
+
+def test_unidentifiable_medication_is_not_answered_with_an_all_clear(call_hook):
+    body = load_fixture("fires-live-vaccine-mmr-order-sign.json")
+    entries = body["prefetch"]["medications"]["entry"]
+    body["prefetch"]["medications"]["entry"] = [e for e in entries if e["resource"]["resourceType"] != "Medication"]
+    body["prefetch"]["medications"]["entry"][0]["resource"]["medicationReference"].pop("display")
+    cards = call_hook(body).get_json()["cards"]  # no fhirServer: Medication/rapa-1 cannot be read
+    assert topics_of({"cards": cards}) == ["checks-incomplete"]
+    assert "current medications" in cards[0]["detail"]
