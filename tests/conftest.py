@@ -11,6 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from cds_service import create_app
+from cds_service.knowledge import load_knowledge
+from cds_service.services import prefetch_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fhir_fixtures"
@@ -24,6 +26,10 @@ SERVICE_FOR_HOOK = {
 }
 
 
+# Each prefetch key's resource type, read off the service's own templates ("Observation?patient=...").
+TYPE_OF_PREFETCH_KEY = {
+    key: template.split("?")[0].split("/")[0] for key, template in prefetch_templates(load_knowledge()).items()
+}
 POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "")
 SKIP_POSTGRES = 'CDS_TEST_POSTGRES_URL is not set (run: eval "$(.ci/postgres.sh)")'
 

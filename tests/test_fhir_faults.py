@@ -14,21 +14,13 @@ import requests
 import responses
 
 from cds_service import create_app
-from conftest import FIXTURE_NOW, load_fixture
+from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
 from cds_assertions import assert_valid_cds_response, topics_of
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "fhir-access-token-abc123"
 ORDER_SELECT = "/cds-services/mtor-safety-order-select"
-TYPE_OF_KEY = {
-    "patient": "Patient",
-    "medications": "MedicationRequest",
-    "observations": "Observation",
-    "conditions": "Condition",
-    "procedures": "Procedure",
-    "serviceRequests": "ServiceRequest",
-    "appointments": "Appointment",
-}
+TYPE_OF_KEY = TYPE_OF_PREFETCH_KEY
 
 
 def make_app(tmp_path, **overrides):

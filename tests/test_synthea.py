@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cds_assertions import assert_valid_cds_response, topics_of
-from conftest import FIXTURES
+from conftest import FIXTURES, TYPE_OF_PREFETCH_KEY
 from snapshots import RXNORM, make_app
 
 
@@ -27,14 +27,7 @@ def app(tmp_path_factory):
 SHARED_SYNTHEA = Path("/work/shared/data/synthea-r4")
 LOCAL = sorted((FIXTURES / "synthea").glob("*.json"))
 SHARED = sorted(SHARED_SYNTHEA.glob("*.json")) if SHARED_SYNTHEA.is_dir() else []
-PREFETCH_TYPES = {
-    "medications": "MedicationRequest",
-    "observations": "Observation",
-    "conditions": "Condition",
-    "procedures": "Procedure",
-    "serviceRequests": "ServiceRequest",
-    "appointments": "Appointment",
-}
+PREFETCH_TYPES = {key: rtype for key, rtype in TYPE_OF_PREFETCH_KEY.items() if key != "patient"}
 
 
 def _rewrite(node: Any, ids: dict[str, str]) -> Any:
