@@ -6,7 +6,6 @@ One card per topic per call, the most severe finding first; a card's details lis
 from __future__ import annotations
 
 import copy
-import random
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -569,11 +568,9 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
     return suggestions
 
 
-_UUIDS = random.Random()  # seeded from os.urandom once; card ids need uniqueness, not secrecy
-
-
 def _new_uuid() -> str:
-    return str(uuid.UUID(int=_UUIDS.getrandbits(128), version=4))
+    # uuid4 reads os.urandom on every call: no generator state is created at import and copied by gunicorn's fork.
+    return str(uuid.uuid4())
 
 
 def _summary(text: str, count: int) -> str:
