@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -53,43 +52,28 @@ def call_service(service_id: str) -> Response:
     call = parse_hook_call(read_json_body(), service)
     g.log_fields.update(hook=call.hook, hookInstance=call.hook_instance[:80], patient=app_state.hash_patient(call.patient_id))
     now = app_state.clock()
-    answer = answer_hook(call, service, app_state.knowledge, app_state.settings, now)
+    answer = answer_hook(
+        call, service, app_state.knowledge, app_state.settings, now, app_state.store, g.log_fields["patient"]
+    )
     g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in answer.fhir_timings]
-    records = [
+    g.log_fields["cards"] = [[card.topic.value, card.indicator] for card in answer.cards]
+    if answer.suppressed:
+        g.log_fields["suppressed"] = answer.suppressed
+    app_state.store.record_cards([
         CardRecord(
-            uuid=card["uuid"],
+            uuid=card.uuid,
             service_id=service.id,
             hook=call.hook,
-            topic=card["source"]["topic"]["code"],
-            indicator=card["indicator"],
+            topic=card.topic.value,
+            indicator=card.indicator,
             hook_instance=call.hook_instance[:200],
             patient_hash=g.log_fields["patient"],
-            trigger_key=trigger_key,
+            trigger_key=card.trigger_key,
             issued_at=now,
         )
-        for card, trigger_key in zip(answer.cards, answer.trigger_keys, strict=True)
-    ]
-    shown = _not_recently_overridden(app_state, records, now)
-    cards = [card for card, record in zip(answer.cards, records, strict=True) if record in shown]
-    g.log_fields["cards"] = [[c["source"]["topic"]["code"], c["indicator"]] for c in cards]
-    if len(cards) < len(answer.cards):
-        g.log_fields["suppressed"] = len(answer.cards) - len(cards)
-    app_state.store.record_cards(shown)
-    return json_response({"cards": cards})
-
-
-def _not_recently_overridden(app_state: AppState, records: list[CardRecord], now) -> list[CardRecord]:
-    """CDS_SUPPRESS_OVERRIDDEN_HOURS: an identical card (patient, topic, triggering resources) that a clinician
-    overrode with a reason is not shown again for that long. Critical cards and the incomplete-checks card always are."""
-    hours = app_state.settings.suppress_overridden_hours
-    if hours <= 0:
-        return records
-    since = now - timedelta(hours=hours)
-    return [
-        r for r in records
-        if r.indicator == "critical" or r.topic == "checks-incomplete"
-        or not app_state.store.overridden_recently(r.patient_hash, r.topic, r.trigger_key, since)
-    ]
+        for card in answer.cards
+    ])
+    return json_response({"cards": [card.to_json() for card in answer.cards]})
 
 
 @bp.post("/cds-services/<service_id>/feedback")

@@ -1,14 +1,33 @@
-"""What rules return: findings are data (topic, severity, evidence, numbers, source), not cards."""
+"""What rules return: findings are data (topic, severity, evidence, numbers, source), not cards.
+
+Each topic has its own small frozen finding type, filled by its rule and read by its renderer in cards.py. The
+common part (the mTOR order concerned, the evidence, the source) is `Finding`; a topic's numbers and the knowledge
+records its card quotes are the subclass's fields, so the card never re-types a number the knowledge holds.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
-from typing import Any
+from datetime import date
+from typing import Any, ClassVar
 
 from cds_service.knowledge import Source
-from cds_service.patient import MedicationOrder
+from cds_service.knowledge.records import (
+    ConditionAdvice,
+    HepaticDose,
+    InteractionAdvice,
+    LabelStatement,
+    LevelTest,
+    LipidAction,
+    PediatricNote,
+    StartingDose,
+    SurgeryWindow,
+    TroughLimit,
+    TroughTarget,
+    TroughTiming,
+)
+from cds_service.patient import ConditionRecord, LabResult, MedicationOrder
 
 TOPIC_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/card-topic"
 
@@ -43,14 +62,28 @@ class Severity(enum.IntEnum):
 
 
 @dataclasses.dataclass(frozen=True)
+class Indication:
+    """Which indication an mTOR inhibitor is for, as read from the patient's Conditions."""
+
+    key: str | None  # "tsc-aml", "tsc-sega", "tsc-seizures", "lam"; None when unknown or ambiguous
+    dosing: str | None  # "fixed" | "tdm"; None when it cannot be told
+    evidence: tuple[ConditionRecord, ...] = ()
+
+    @property
+    def known(self) -> bool:
+        return self.key is not None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Finding:
-    topic: Topic
+    """The part every finding shares. Subclasses set `topic` and add the topic's own fields."""
+
+    topic: ClassVar[Topic]
     severity: Severity
     mtor: MedicationOrder | None  # the mTOR inhibitor order concerned
-    evidence: tuple[Any, ...]  # MedicationOrder / LabResult / ConditionRecord / ProcedureEvent
+    evidence: tuple[Any, ...] = ()  # MedicationOrder / LabResult / ConditionRecord / ProcedureEvent
     source: Source
     section: str = ""
-    facts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     label: Source | None = None  # the drug's prescribing information: what the card's source names
 
     @property
@@ -64,3 +97,176 @@ class Finding:
     @property
     def trigger_key(self) -> str:
         return "|".join(sorted(self.refs))
+
+    @property
+    def drug(self) -> str:
+        return self.mtor.mtor_drug if self.mtor else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TroughRecheck:
+    """When to recheck a trough after an event, and the label's rule that says so."""
+
+    due: date
+    timing: TroughTiming
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InteractionFinding(Finding):
+    topic: ClassVar[Topic] = Topic.CYP3A4_INTERACTION
+    perpetrator: str  # display name of the interacting product
+    effect: str  # "inhibitor" | "inducer"
+    strength: str  # "strong" | "moderate"
+    kind: str  # "drug" | "food" | "herbal"
+    advice: tuple[InteractionAdvice, ...]
+    classification_source: Source
+    indication: Indication
+    trough_recheck: TroughRecheck | None
+    level_test: LevelTest
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LiveVaccineFinding(Finding):
+    topic: ClassVar[Topic] = Topic.LIVE_VACCINE
+    vaccine: str
+    ambiguous: bool  # the name may be a live or a non-live product
+    statement: LabelStatement
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PregnancyFinding(Finding):
+    topic: ClassVar[Topic] = Topic.PREGNANCY
+    contraception_weeks: int | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SurgeryTiming(Finding):
+    topic: ClassVar[Topic] = Topic.SURGERY_TIMING
+    kind: str  # "planned" (ahead) | "recent" (done)
+    days: int  # days until (planned) or since (recent) the surgery
+    window: SurgeryWindow
+
+
+@dataclasses.dataclass(frozen=True)
+class DoseProposal:
+    """The label's proportional formula applied to a trough, rounded to doses the product's strengths make."""
+
+    current_dose_mg: float
+    aim_ng_per_ml: float
+    raw_dose_mg: float
+    formula_source: Source  # the drug's own label section on titration
+    max_increment_mg: float | None = None  # the label's per-step cap, where it sets one (applied to increases)
+    proposed_dose_mg: float | None = None  # None: the strengths cannot do better than the current dose
+    product: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TroughHighFinding(Finding):
+    topic: ClassVar[Topic] = Topic.TROUGH_HIGH
+    limit: TroughLimit
+    indication: Indication
+    proposal: DoseProposal | None = None
+    assumed_indication: str | None = None  # display name, when the dose assumes trough-guided use
+    recheck: TroughTiming | None = None  # the label's timing of a trough after a dose change
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TroughLowFinding(Finding):
+    topic: ClassVar[Topic] = Topic.TROUGH_LOW
+    target: TroughTarget
+    indication: Indication
+    proposal: DoseProposal | None = None
+    recheck: TroughTiming | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TroughMonitoringFinding(Finding):
+    topic: ClassVar[Topic] = Topic.TROUGH_MONITORING
+    event: str  # "start", "start or dose change", "<drug> started", "hepatic impairment recorded", "routine"
+    event_date: date
+    due_date: date
+    timing: TroughTiming
+    latest: LabResult | None
+    indication: Indication
+    level_test: LevelTest
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LipidGradeFinding(Finding):
+    topic: ClassVar[Topic] = Topic.LIPIDS
+    analyte: str  # "triglycerides" | "cholesterol"
+    grade: int  # CTCAE v5
+    action: LipidAction
+    grade_source: Source
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LipidPanelMissing(Finding):
+    topic: ClassVar[Topic] = Topic.LIPIDS
+    missing_panel_days: int
+    last: LabResult | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HepaticFinding(Finding):
+    topic: ClassVar[Topic] = Topic.HEPATIC_IMPAIRMENT
+    child_pugh: str | None  # the worst class on record
+    doses: tuple[HepaticDose, ...]
+    indication: Indication
+    advice: ConditionAdvice | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InfectionFinding(Finding):
+    topic: ClassVar[Topic] = Topic.INFECTION
+    kind: str  # "severe-infection" | "pneumonitis"
+    advice: ConditionAdvice
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AngioedemaFinding(Finding):
+    topic: ClassVar[Topic] = Topic.ANGIOEDEMA
+    ace_inhibitor: str
+    statement: LabelStatement
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContraceptionFinding(Finding):
+    topic: ClassVar[Topic] = Topic.CONTRACEPTION
+    weeks: int
+    sex: str
+    age: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BodySurface:
+    bsa_m2: float
+    height: LabResult
+    weight: LabResult
+    source: Source
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DoseCheckFinding(Finding):
+    topic: ClassVar[Topic] = Topic.DOSE_CHECK
+    indication: Indication
+    start: StartingDose
+    ordered_mg: float
+    pediatric: PediatricNote | None
+    expected_mg: float | None = None  # None when height and weight are missing for a per-m² dose
+    fits: bool = False
+    bsa: BodySurface | None = None
+
+    @property
+    def missing_measurements(self) -> bool:
+        return self.expected_mg is None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChecksIncomplete(Finding):
+    """Some data could not be had or read: the checks that need it did not run, and the card says which."""
+
+    topic: ClassVar[Topic] = Topic.CHECKS_INCOMPLETE
+    unavailable: tuple[str, ...]  # snapshot keys: "medications", "observations", ...
+    skipped_resources: int = 0
+    fhir_server_refused: bool = False

@@ -98,7 +98,7 @@ def test_high_trough_for_sega_proposes_the_label_formula_dose_rounded_down_to_a_
     mtor = order(dose=10)
     [finding] = check_trough_high(snapshot([mtor], [level(18)], [TSC, SEGA]), K)
     # 10 mg x 10 / 18 = 5.56 mg -> 5 mg with Afinitor tablets
-    assert finding.facts["proposed_dose_mg"] == 5 and finding.severity is Severity.WARNING
+    assert finding.proposal.proposed_dose_mg == 5 and finding.severity is Severity.WARNING
 
 
 def test_trough_of_exactly_15_is_not_high():
@@ -108,8 +108,8 @@ def test_trough_of_exactly_15_is_not_high():
 def test_low_trough_for_sega_proposes_an_increase_capped_at_5_mg():
     [finding] = check_trough_low(snapshot([order(dose=5, code="845515")], [level(2)], [TSC, SEGA]), K)
     assert finding.topic is Topic.TROUGH_LOW
-    assert finding.facts["raw_dose_mg"] == pytest.approx(10)  # 5 x 10/2 = 25, capped at 5 + 5
-    assert finding.facts["proposed_dose_mg"] == 10
+    assert finding.proposal.raw_dose_mg == pytest.approx(10)  # 5 x 10/2 = 25, capped at 5 + 5
+    assert finding.proposal.proposed_dose_mg == 10
 
 
 def test_low_trough_for_fixed_dose_aml_does_not_fire():
@@ -123,7 +123,7 @@ def test_low_trough_at_the_lower_bound_does_not_fire():
 def test_trough_due_two_weeks_after_a_dose_change_with_no_trough_since():
     mtor = order(authored=NOW - timedelta(days=20))
     [finding] = check_trough_monitoring(snapshot([mtor], [level(8, days_ago=60)], [TSC, SEGA]), K)
-    assert finding.facts["due_date"] == (NOW - timedelta(days=6)).date()
+    assert finding.due_date == (NOW - timedelta(days=6)).date()
 
 
 def test_trough_not_yet_due_ten_days_after_a_change():
@@ -139,7 +139,7 @@ def test_trough_after_the_change_means_nothing_is_due():
 def test_draft_order_for_sega_plans_a_trough_two_weeks_out():
     mtor = order(draft=True, authored=NOW)
     [finding] = check_trough_monitoring(snapshot([mtor], [], [TSC, SEGA]), K)
-    assert finding.facts["due_date"] == (NOW + timedelta(days=14)).date()
+    assert finding.due_date == (NOW + timedelta(days=14)).date()
 
 
 def test_no_trough_claim_when_observations_could_not_be_fetched():
@@ -158,7 +158,7 @@ def test_no_trough_claim_when_observations_could_not_be_fetched():
 def test_lipid_grade_sets_the_label_action(analyte, mg_dl, grade, severity):
     labs = [lipid(a, 100) for a in ("triglycerides", "cholesterol") if a != analyte] + [lipid(analyte, mg_dl)]
     [finding] = check_lipids(snapshot([order()], labs), K)
-    assert (finding.facts["grade"], finding.severity) == (grade, severity)
+    assert (finding.grade, finding.severity) == (grade, severity)
 
 
 def test_triglycerides_at_exactly_300_are_not_grade_2():
@@ -168,7 +168,7 @@ def test_triglycerides_at_exactly_300_are_not_grade_2():
 def test_no_lipid_panel_within_the_interval_gives_an_info_card():
     days = K.lipids["panel_interval_days"]
     [finding] = check_lipids(snapshot([order()], [lipid("triglycerides", 120, days_ago=days + 5)]), K)
-    assert finding.severity is Severity.INFO and finding.facts["missing_panel_days"] == days
+    assert finding.severity is Severity.INFO and finding.missing_panel_days == days
 
 
 def test_missing_panel_is_not_claimed_when_observations_were_unavailable():
@@ -180,8 +180,8 @@ def test_missing_panel_is_not_claimed_when_observations_were_unavailable():
 
 def test_cirrhosis_with_fixed_dose_everolimus_lists_child_pugh_doses():
     [finding] = check_hepatic_impairment(snapshot([order()], [], [TSC, AML, condition("19943007")]), K)
-    assert {d["child_pugh"] for d in finding.facts["doses"]} == {"A", "B", "C"}
-    assert all(d["dosing"] == "fixed" for d in finding.facts["doses"])
+    assert {d.child_pugh for d in finding.doses} == {"A", "B", "C"}
+    assert all(d.dosing == "fixed" for d in finding.doses)
 
 
 def test_icd10_cirrhosis_prefix_is_recognised():
@@ -191,12 +191,12 @@ def test_icd10_cirrhosis_prefix_is_recognised():
 def test_resolved_sepsis_does_not_fire_but_active_sepsis_does():
     assert check_infection(snapshot([order()], [], [condition("91302008", active=False)]), K) == []
     [finding] = check_infection(snapshot([order()], [], [condition("91302008")]), K)
-    assert finding.facts["kind"] == "severe-infection"
+    assert finding.kind == "severe-infection"
 
 
 def test_pneumonitis_fires_with_its_own_advice():
     [finding] = check_infection(snapshot([order()], [], [condition("205237003")]), K)
-    assert finding.facts["advice"]["topic"] == "pneumonitis"
+    assert finding.advice.topic == "pneumonitis"
 
 
 def test_lam_is_not_taken_for_pneumonitis():
@@ -221,7 +221,7 @@ def test_sirolimus_with_ace_inhibitor_has_no_angioedema_card():
 
 def test_contraception_advice_when_everolimus_is_ordered_for_a_woman_of_30():
     [finding] = check_contraception(snapshot([order(draft=True)], birth=date(1996, 5, 1)), K)
-    assert finding.facts["weeks"] == 8
+    assert finding.weeks == 8
 
 
 def test_no_contraception_card_for_a_current_order_or_a_woman_of_70():
@@ -242,7 +242,7 @@ def _child(height_cm=128, weight_kg=26):
 
 def test_sega_dose_above_the_bsa_dose_warns():
     [finding] = check_dose(snapshot([order(draft=True, dose=10)], _child(), [TSC, SEGA], birth=date(2018, 4, 1), gender="male"), K)
-    assert finding.severity is Severity.WARNING and finding.facts["expected_mg"] == pytest.approx(4.5 * 0.9614, abs=0.01)
+    assert finding.severity is Severity.WARNING and finding.expected_mg == pytest.approx(4.5 * 0.9614, abs=0.01)
 
 
 def test_sega_dose_within_tolerance_is_quiet():
@@ -251,7 +251,7 @@ def test_sega_dose_within_tolerance_is_quiet():
 
 def test_sega_dose_without_height_and_weight_says_it_cannot_check():
     [finding] = check_dose(snapshot([order(draft=True, dose=5, code="845515")], [], [TSC, SEGA], birth=date(2018, 4, 1)), K)
-    assert finding.facts["missing_measurements"] and finding.severity is Severity.INFO
+    assert finding.missing_measurements and finding.severity is Severity.INFO
 
 
 def test_aml_fixed_dose_of_10_mg_fits():
@@ -265,15 +265,15 @@ def test_child_under_the_label_age_gets_the_infection_note_even_when_the_dose_fi
                  [TSC, SEGA], birth=date(2024, 3, 1)),
         K,
     )
-    assert finding.facts["fits"] and finding.facts["pediatric"]["below_age_years"] == 3
+    assert finding.fits and finding.pediatric.below_age_years == 3
 
 
 def test_high_trough_with_no_indication_on_record_proposes_a_dose_and_names_the_assumption():
     [finding] = check_trough_high(snapshot([order(dose=10)], [level(20)], [TSC]), K)
-    assert finding.facts["assumed_indication"] == K.indications["tsc-sega"]["display"]
-    assert finding.facts["proposed_dose_mg"] == 5
+    assert finding.assumed_indication == K.indications["tsc-sega"]["display"]
+    assert finding.proposal.proposed_dose_mg == 5
 
 
 def test_high_trough_for_fixed_dose_aml_proposes_no_formula_dose():
     [finding] = check_trough_high(snapshot([order(dose=10)], [level(20)], [TSC, AML]), K)
-    assert "proposed_dose_mg" not in finding.facts
+    assert finding.proposal is None or finding.proposal.proposed_dose_mg is None

@@ -13,11 +13,11 @@ def interactions(*medications, drafts=(), hook="order-sign"):
 
 
 def advice_indications(finding):
-    return {a.get("indication") for a in finding.facts["advice"]}
+    return {a.indication for a in finding.advice}
 
 
 def advice_sources(finding):
-    return {a["source"].key for a in finding.facts["advice"]}
+    return {a.source.key for a in finding.advice}
 
 
 def test_strong_inhibitor_with_everolimus_is_critical_and_says_avoid():
@@ -25,8 +25,8 @@ def test_strong_inhibitor_with_everolimus_is_critical_and_says_avoid():
     [finding] = interactions(everolimus(), clarithromycin)
     assert finding.topic is Topic.CYP3A4_INTERACTION
     assert finding.severity is Severity.CRITICAL
-    assert finding.facts["strength"] == "strong" and finding.facts["effect"] == "inhibitor"
-    assert any("Avoid" in a["action"] for a in finding.facts["advice"])
+    assert finding.strength == "strong" and finding.effect == "inhibitor"
+    assert any("Avoid" in a.action for a in finding.advice)
     assert ref(clarithromycin) in finding.refs
 
 
@@ -40,21 +40,21 @@ def test_strong_inhibitor_with_sirolimus_is_critical_and_cites_rapamune():
 def test_strong_inducer_with_everolimus_warns():
     [finding] = interactions(everolimus(), med("carbamazepine 200 MG Oral Tablet", rxnorm="308979"))
     assert finding.severity is Severity.WARNING
-    assert (finding.facts["effect"], finding.facts["strength"]) == ("inducer", "strong")
+    assert (finding.effect, finding.strength) == ("inducer", "strong")
 
 
 def test_strong_inducer_with_sirolimus_warns():
     [finding] = interactions(sirolimus(), med("rifampin 300 MG Oral Capsule"))
     assert finding.severity is Severity.WARNING
-    assert finding.facts["strength"] == "strong"
+    assert finding.strength == "strong"
 
 
 def test_moderate_inhibitor_with_everolimus_gives_both_fixed_dose_and_trough_guided_advice():
     [finding] = interactions(everolimus(), med("fluconazole 150 MG Oral Tablet", rxnorm="197698"))
     assert finding.severity is Severity.WARNING
-    assert finding.facts["strength"] == "moderate"
+    assert finding.strength == "moderate"
     assert advice_indications(finding) == {"fixed-dose", "tdm"}
-    actions = " ".join(a["action"] for a in finding.facts["advice"])
+    actions = " ".join(a.action for a in finding.advice)
     assert "2.5 mg" in actions  # fixed dose: reduce to 2.5 mg daily
     assert "50%" in actions and "trough" in actions  # TDM: halve the dose, recheck the trough
 
@@ -62,56 +62,56 @@ def test_moderate_inhibitor_with_everolimus_gives_both_fixed_dose_and_trough_gui
 def test_moderate_inhibitor_with_sirolimus_warns_and_cites_rapamune():
     [finding] = interactions(sirolimus(), med("diltiazem 120 MG Oral Capsule"))
     assert finding.severity is Severity.WARNING
-    assert finding.facts["strength"] == "moderate"
+    assert finding.strength == "moderate"
     assert advice_sources(finding) == {"RAPAMUNE-PI"}
-    assert any("§7.4" in a.get("section", "") for a in finding.facts["advice"])
+    assert any("§7.4" in a.section for a in finding.advice)
 
 
 def test_moderate_inducer_with_everolimus_is_info_only():
     [finding] = interactions(everolimus(), med("efavirenz 600 MG Oral Tablet"))
     assert finding.severity is Severity.INFO
-    assert (finding.facts["effect"], finding.facts["strength"]) == ("inducer", "moderate")
+    assert (finding.effect, finding.strength) == ("inducer", "moderate")
 
 
 def test_rifabutin_counts_as_strong_inducer_for_everolimus_per_its_label():
     [finding] = interactions(everolimus(), med("rifabutin 150 MG Oral Capsule", rxnorm="198200"))
-    assert finding.facts["strength"] == "strong"  # the FDA table says moderate; the Afinitor label says strong
+    assert finding.strength == "strong"  # the FDA table says moderate; the Afinitor label says strong
     assert finding.severity is Severity.WARNING  # strong-inducer advice, not the moderate-inducer info
 
 
 def test_rifapentine_is_strong_for_everolimus_but_moderate_for_sirolimus():
     [with_everolimus] = interactions(everolimus(), med("rifapentine 150 MG Oral Tablet"))
     [with_sirolimus] = interactions(sirolimus(), med("rifapentine 150 MG Oral Tablet"))
-    assert with_everolimus.facts["strength"] == "strong"
-    assert with_sirolimus.facts["strength"] == "moderate"
+    assert with_everolimus.strength == "strong"
+    assert with_sirolimus.strength == "moderate"
 
 
 def test_erythromycin_is_a_strong_inhibitor_for_sirolimus_per_rapamune_label():
     [finding] = interactions(sirolimus(), med("erythromycin 250 MG Oral Tablet", rxnorm="686355"))
-    assert finding.facts["strength"] == "strong"
+    assert finding.strength == "strong"
     assert finding.severity is Severity.CRITICAL
 
 
 def test_erythromycin_stays_moderate_for_everolimus():
     [finding] = interactions(everolimus(), med("erythromycin 250 MG Oral Tablet", rxnorm="686355"))
-    assert finding.facts["strength"] == "moderate"
+    assert finding.strength == "moderate"
     assert finding.severity is Severity.WARNING
 
 
 def test_grapefruit_with_everolimus_gets_only_the_grapefruit_advice():
     [finding] = interactions(everolimus(), med("Grapefruit juice"))
-    assert finding.facts["kind"] == "food"
+    assert finding.kind == "food"
     assert finding.severity is Severity.WARNING
-    [advice] = finding.facts["advice"]  # the product-specific advice replaces the moderate-inhibitor dose advice
-    assert "grapefruit" in advice["action"].lower()
-    assert advice["source"].key == "AFINITOR-PI"
+    [advice] = finding.advice  # the product-specific advice replaces the moderate-inhibitor dose advice
+    assert "grapefruit" in advice.action.lower()
+    assert advice.source.key == "AFINITOR-PI"
 
 
 def test_grapefruit_with_sirolimus_gets_the_rapamune_grapefruit_advice():
     [finding] = interactions(sirolimus(), med("grapefruit juice 240 mL"))
-    [advice] = finding.facts["advice"]
-    assert "Grapefruit juice must not be taken with sirolimus" in advice["action"]
-    assert advice["source"].key == "RAPAMUNE-PI"
+    [advice] = finding.advice
+    assert "Grapefruit juice must not be taken with sirolimus" in advice.action
+    assert advice.source.key == "RAPAMUNE-PI"
 
 
 def test_grapefruit_seed_extract_is_not_grapefruit():
@@ -121,9 +121,9 @@ def test_grapefruit_seed_extract_is_not_grapefruit():
 def test_st_johns_wort_with_everolimus_says_avoid_and_warns():
     [finding] = interactions(everolimus(), med("St. John's Wort 300 mg capsule"))
     assert finding.severity is Severity.WARNING  # a moderate inducer, yet the label says avoid it
-    [advice] = finding.facts["advice"]
-    assert "St. John's wort" in advice["action"]
-    assert advice["source"].key == "AFINITOR-DDI"
+    [advice] = finding.advice
+    assert "St. John's wort" in advice.action
+    assert advice.source.key == "AFINITOR-DDI"
 
 
 def test_st_johns_wort_with_sirolimus_warns_with_the_moderate_inducer_advice():
@@ -170,7 +170,7 @@ def test_dexamethasone_swish_and_spit_in_the_dosage_is_excluded():
 
 def test_oral_dexamethasone_tablet_still_counts_as_moderate_inducer():
     [finding] = interactions(everolimus(), med("dexamethasone 4 MG Oral Tablet"))
-    assert (finding.facts["effect"], finding.facts["strength"]) == ("inducer", "moderate")
+    assert (finding.effect, finding.strength) == ("inducer", "moderate")
 
 
 def test_topical_ketoconazole_cream_is_excluded():
@@ -179,7 +179,7 @@ def test_topical_ketoconazole_cream_is_excluded():
 
 def test_each_interacting_order_is_its_own_finding():
     findings = interactions(everolimus(), med("clarithromycin 500 MG Oral Tablet"), med("carbamazepine 200 MG Oral Tablet"))
-    assert sorted(f.facts["effect"] for f in findings) == ["inducer", "inhibitor"]
+    assert sorted(f.effect for f in findings) == ["inducer", "inhibitor"]
 
 
 def test_rule_works_on_a_snapshot_built_by_hand():

@@ -191,13 +191,13 @@ def test_pregnancy_finding_prefers_the_draft_mtor_order():
 def test_pregnancy_with_sirolimus_cites_rapamune_and_12_weeks_contraception():
     [finding] = pregnancy(observations=[hcg("positive", 1)], medications=[sirolimus()])
     assert finding.source.key == "RAPAMUNE-POP"
-    assert finding.facts["contraception_weeks"] == 12
+    assert finding.contraception_weeks == 12
 
 
 def test_pregnancy_with_everolimus_cites_afinitor_and_8_weeks_contraception():
     [finding] = pregnancy(observations=[hcg("positive", 1)])
     assert finding.source.key == "AFINITOR-PI"
-    assert finding.facts["contraception_weeks"] == 8
+    assert finding.contraception_weeks == 8
 
 
 def test_pregnancy_without_any_evidence_gives_no_finding():

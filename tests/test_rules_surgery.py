@@ -45,7 +45,7 @@ def test_surgery_planned_within_7_days_warns(in_days):
     [finding] = surgery(service_requests=[planned])
     assert finding.topic is Topic.SURGERY_TIMING
     assert finding.severity is Severity.WARNING
-    assert finding.facts["kind"] == "planned" and finding.facts["days"] == in_days
+    assert finding.kind == "planned" and finding.days == in_days
     assert finding.evidence[0].ref == ref(planned)
 
 
@@ -56,12 +56,12 @@ def test_surgery_planned_8_or_more_days_ahead_or_in_the_past_does_not_fire(in_da
 
 def test_procedure_in_preparation_counts_as_planned():
     [finding] = surgery(procedures=[procedure("Laparoscopic cholecystectomy", 3, status="preparation")])
-    assert finding.facts["kind"] == "planned"
+    assert finding.kind == "planned"
 
 
 def test_booked_appointment_for_surgery_counts_as_planned():
     [finding] = surgery(appointments=[appointment("Knee arthroplasty", 5)])
-    assert finding.facts["kind"] == "planned"
+    assert finding.kind == "planned"
 
 
 def test_cancelled_appointment_does_not_fire():
@@ -112,7 +112,7 @@ def test_non_surgical_snomed_code_without_surgical_words_does_not_fire():
 def test_recent_completed_surgery_with_a_draft_mtor_order_warns(days_ago):
     draft = everolimus(draft=True)
     [finding] = surgery(procedures=[procedure("Nephrectomy", -days_ago)], medications=[], drafts=[draft])
-    assert finding.facts["kind"] == "recent"
+    assert finding.kind == "recent"
     assert finding.mtor.ref == ref(draft)
 
 
@@ -124,7 +124,7 @@ def test_surgery_14_or_more_days_ago_does_not_fire(days_ago):
 def test_recent_surgery_uses_the_end_of_the_performed_period():
     done = procedure("Craniotomy", None, performedPeriod={"start": "2026-10-01", "end": "2026-11-20"})
     [finding] = surgery(procedures=[done], medications=[sirolimus()])
-    assert finding.facts["kind"] == "recent" and finding.facts["days"] == 3
+    assert finding.kind == "recent" and finding.days == 3
 
 
 def test_sirolimus_surgery_finding_cites_the_tsc_summary():

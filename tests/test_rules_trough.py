@@ -24,7 +24,7 @@ def findings_for(*observations, medications=None):
 def summary_for(*observations, medications=None):
     findings, snapshot = trough(*observations, medications=medications)
     [card] = render_cards(findings, snapshot)
-    return card["summary"]
+    return card.summary
 
 
 def test_level_above_15_ng_per_ml_warns():
@@ -33,7 +33,7 @@ def test_level_above_15_ng_per_ml_warns():
     assert finding.topic is Topic.TROUGH_HIGH
     assert finding.severity is Severity.WARNING
     assert finding.evidence[0].ref == ref(high)
-    assert finding.facts["limit_ng_per_ml"] == 15
+    assert finding.limit.upper_ng_per_ml == 15
 
 
 def test_level_of_exactly_15_does_not_fire():
@@ -116,7 +116,7 @@ def test_everolimus_level_does_not_count_for_a_sirolimus_patient():
 def test_high_sirolimus_level_for_sirolimus_patient_cites_rapamune():
     [finding] = findings_for(level("sirolimus", 17), medications=[sirolimus()])
     assert finding.source.key == "RAPAMUNE-PI"
-    assert finding.facts["drug"] == "sirolimus"
+    assert finding.drug == "sirolimus"
 
 
 def test_level_with_a_local_code_named_after_the_drug_counts():

@@ -27,7 +27,7 @@ def test_mmr_by_cvx_code_warns():
 def test_live_influenza_by_rxnorm_code_warns():
     [finding] = vaccine_findings(med(rxnorm="1801825", draft=True))  # FluMist, no text
     assert finding.severity is Severity.WARNING
-    assert finding.facts["vaccine"]
+    assert finding.vaccine
 
 
 def test_varicella_by_brand_name_warns():
@@ -66,7 +66,7 @@ def test_non_live_vaccines_never_fire(vaccine):
 def test_zoster_unspecified_cvx_188_is_only_info():
     [finding] = vaccine_findings(med("zoster vaccine, unspecified formulation", cvx="188", draft=True))
     assert finding.severity is Severity.INFO
-    assert finding.facts["ambiguous"] is True
+    assert finding.ambiguous is True
 
 
 def test_typhoid_vaccine_of_unknown_product_is_only_info():
@@ -95,7 +95,7 @@ def test_live_vaccine_for_a_patient_starting_sirolimus_cites_the_sirolimus_state
 def test_live_vaccine_for_a_patient_on_everolimus_cites_the_afinitor_label():
     [finding] = vaccine_findings(med("MMR", cvx="03", draft=True))
     assert finding.source.key == "AFINITOR-HL"
-    assert "live vaccines" in finding.facts["statement"]
+    assert "live vaccines" in finding.statement.text
 
 
 def test_stopped_live_vaccine_order_is_ignored():

@@ -9,5 +9,6 @@ from cds_service.knowledge.loader import (
     load_knowledge,
     normalize_text,
 )
+from cds_service.knowledge import records
 
 __all__ = ["DrugConcept", "DrugRole", "Knowledge", "KnowledgeError", "Source", "load_knowledge", "normalize_text"]

@@ -17,6 +17,28 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from cds_service.knowledge.codes import code_problems
+from cds_service.knowledge.records import (
+    ConditionAdvice,
+    ContraceptionAdvice,
+    HepaticDose,
+    InteractionAdvice,
+    LabelStatement,
+    LevelTest,
+    LipidAction,
+    PediatricNote,
+    PregnancyAdvice,
+    ProductStrengths,
+    Source,
+    StartingDose,
+    SurgeryWindow,
+    Titration,
+    TroughLimit,
+    TroughTarget,
+    TroughTiming,
+    build,
+)
+
 KNOWLEDGE_DIR = Path(__file__).parent
 FILES = (
     "mtor_drugs.json",
@@ -39,14 +61,6 @@ LOINC = "http://loinc.org"
 
 class KnowledgeError(ValueError):
     """The knowledge files are missing, malformed or cite unknown sources; lists every problem."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    key: str
-    label: str
-    url: str | None = None  # the official document (e.g. the DailyMed label)
-    read_at: str | None = None  # where the text was actually read, when that was a mirror
 
 
 class DrugRole(str, enum.Enum):
@@ -114,13 +128,20 @@ class Knowledge:
         self.mtor_products: Mapping[str, Mapping] = {p["rxnorm"]: p for p in drugs["products"]}
         interactions = files["interactions.json"]
         self.perpetrators: Mapping[str, Mapping] = {e["key"]: e for e in interactions["perpetrators"]}
-        self.interaction_advice = tuple(interactions["advice"])
-        self.live_vaccine_statements: Mapping[str, Mapping] = {
-            s["drug"]: s for s in files["vaccines.json"]["label_statements"]
+        self.interaction_advice = tuple(build(InteractionAdvice, a) for a in interactions["advice"])
+        self.live_vaccine_statements: Mapping[str, LabelStatement] = {
+            s["drug"]: build(LabelStatement, s) for s in files["vaccines.json"]["label_statements"]
         }
+        self.angioedema_statement = build(LabelStatement, files["ace_inhibitors.json"]["label_statement"])
+        self.label_sources: Mapping[str, Source] = {k: e["label_source"] for k, e in self.mtor_drugs.items()}
+        self.surgery_windows = {k: build(SurgeryWindow, e["surgery"]) for k, e in self.mtor_drugs.items()}
+        self.trough_limits = {k: build(TroughLimit, e["trough_limit"]) for k, e in self.mtor_drugs.items()}
+        self.pregnancy_advice = {k: build(PregnancyAdvice, e["pregnancy"]) for k, e in self.mtor_drugs.items()}
         obs = files["observations.json"]
         self.drug_level_loinc: Mapping[str, str] = {c: e["drug"] for e in obs["drug_levels"] for c in e["loinc"]}
-        self.drug_level_test: Mapping[str, Mapping] = {e["drug"]: e for e in obs["drug_levels"]}
+        self.level_tests: Mapping[str, LevelTest] = {
+            e["drug"]: LevelTest(e["drug"], e["loinc"][0], e["display"]) for e in obs["drug_levels"]
+        }
         self.pregnancy_status = obs["pregnancy_status"]
         self.hcg_tests = obs["hcg_tests"]
         self.hcg_loinc = frozenset(self.hcg_tests["qualitative_loinc"]) | frozenset(self.hcg_tests["quantitative_loinc"])
@@ -139,9 +160,10 @@ class Knowledge:
         self._index_conditions(files)
         self.indications: Mapping[str, Mapping] = {e["key"]: e for e in files["indications.json"]["indications"]}
         monitoring = files["monitoring.json"]
-        self.trough_targets = tuple(monitoring["trough_targets"])
-        self.trough_timing = tuple(monitoring["trough_timing"])
+        self.trough_targets = tuple(build(TroughTarget, t) for t in monitoring["trough_targets"])
+        self.trough_timing = tuple(build(TroughTiming, t) for t in monitoring["trough_timing"])
         self.lipids = monitoring["lipids"]
+        self.lipid_actions = tuple(build(LipidAction, a) for a in self.lipids["actions"])
         self.lipid_loinc: Mapping[str, str] = {
             code: analyte for analyte in ("triglycerides", "cholesterol") for code in self.lipids[analyte]["loinc"]
         }
@@ -150,6 +172,7 @@ class Knowledge:
             **{c: "height" for c in body["height_loinc"]}, **{c: "weight" for c in body["weight_loinc"]}
         }
         self.dosing = files["dosing.json"]
+        self._build_dosing(self.dosing)
         # One LOINC look-up tells which kind of observation a rule reads (and of which analyte).
         self.observation_kinds: Mapping[str, tuple[str, str | None]] = {
             **{c: ("drug-level", drug) for c, drug in self.drug_level_loinc.items()},
@@ -162,7 +185,7 @@ class Knowledge:
         self.not_pregnant_codes = _coding_set(self.pregnancy_status["not_pregnant_codes"])
         self.pregnant_words = frozenset(normalize_text(w) for w in self.pregnancy_status["pregnant_words"])
         self.not_pregnant_words = frozenset(normalize_text(w) for w in self.pregnancy_status["not_pregnant_words"])
-        self.condition_advice = tuple(files["clinical_conditions.json"]["label_advice"])
+        self.condition_advice = tuple(build(ConditionAdvice, a) for a in files["clinical_conditions.json"]["label_advice"])
         procedures = files["procedures.json"]
         self.surgical_categories = _coding_set(procedures["surgical_categories"])
         self.surgical_words = frozenset(procedures["surgical_words"]["words"])
@@ -173,6 +196,18 @@ class Knowledge:
             alias: s["uri"] for s in files["code_systems.json"]["systems"] for alias in s["aliases"]
         }
         self._index_drugs(files)
+
+    def _build_dosing(self, dosing: Mapping[str, Any]) -> None:
+        self.product_strengths = tuple(build(ProductStrengths, e) for e in dosing["strengths"])
+        self.starting_doses = tuple(build(StartingDose, e) for e in dosing["starting_doses"])
+        self.hepatic_doses = tuple(build(HepaticDose, e) for e in dosing["hepatic"])
+        self.pediatric_notes = tuple(build(PediatricNote, e) for e in dosing["pediatric"])
+        self.contraception_advice = tuple(build(ContraceptionAdvice, e) for e in dosing["contraception"])
+        # The titration entry cites the Afinitor label (§2.8: +5 mg cap) and names no drug: it is everolimus's.
+        # Sirolimus has no titration entry, so no cap and no Afinitor citation reach a sirolimus card.
+        titration = build(Titration, dosing["titration"], drug=dosing["titration"].get("drug", "everolimus"))
+        self.titrations: Mapping[str, Titration] = {titration.drug: titration}
+        self.bsa_source: Source = dosing["bsa"]["source"]
 
     def _index_conditions(self, files: Mapping[str, Mapping]) -> None:
         """Condition kinds ("pregnancy", "tsc", "tsc-aml", "hepatic-impairment", ...) by code, code prefix or name."""
@@ -277,16 +312,18 @@ class Knowledge:
                 found = [c for c in found if c.role is not DrugRole.AMBIGUOUS_VACCINE]
         return tuple(c for c in found if not any(contains_phrase(words, w) for w in c.exclude_words))
 
-    def advice_for(self, drug: str, effect: str, strength: str, perpetrator: str, indication: str | None = None) -> list[Mapping]:
+    def advice_for(
+        self, drug: str, effect: str, strength: str, perpetrator: str, indication: str | None = None
+    ) -> list[InteractionAdvice]:
         """The label's advice for an mTOR drug and interacting product: product-specific advice (grapefruit,
         St John's wort) wins over the class advice; with no known indication, every indication's advice."""
         matches = [
             a for a in self.interaction_advice
-            if a["drug"] == drug and a["effect"] == effect and a["strength"] == strength
-            and a.get("perpetrator") in (None, perpetrator)
-            and (indication is None or a.get("indication") in (None, "all", indication))
+            if a.drug == drug and a.effect == effect and a.strength == strength
+            and a.perpetrator in (None, perpetrator)
+            and (indication is None or a.indication in (None, "all", indication))
         ]
-        specific = [a for a in matches if a.get("perpetrator") == perpetrator]
+        specific = [a for a in matches if a.perpetrator == perpetrator]
         return specific or matches
 
     def strength_for(self, perpetrator: Mapping, drug: str) -> str:
@@ -310,6 +347,7 @@ def load_knowledge(directory: Path = KNOWLEDGE_DIR) -> Knowledge:
             problems.append(f"{name}: cannot be read: {exc}")
             continue
         files[name] = _resolve_sources(name, raw, problems)
+        problems += [f"{name}: {problem}" for problem in code_problems(raw)]
     if not problems:
         try:
             knowledge = Knowledge(files)

@@ -1,6 +1,7 @@
 """Rules: small pure functions, snapshot + knowledge in, findings out. No I/O, no Flask, no JSON.
 
-RULES is the order rules run in; a new rule is one function added here. SUPERSEDED_BY keeps cards from
+RULES is the order rules run in; a new rule is one function added here (its finding type lives in findings.py,
+its renderer and override reasons in cards.TOPICS). SUPERSEDED_BY keeps cards from
 repeating each other's advice: a finding of the key topic is dropped when one of the listed topics fired
 for the same drug.
 """
@@ -8,7 +9,7 @@ for the same drug.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cds_service.findings import Finding, Topic
 from cds_service.knowledge import Knowledge
@@ -23,7 +24,7 @@ from cds_service.rules.surgery import check_surgery_timing
 from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
 from cds_service.rules.vaccines import check_live_vaccines
 
-Rule = Callable[[PatientSnapshot, Knowledge], list[Finding]]
+Rule = Callable[[PatientSnapshot, Knowledge], Sequence[Finding]]
 
 RULES: tuple[Rule, ...] = (
     check_cyp3a4_interactions,
@@ -55,7 +56,7 @@ def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
     findings = [finding for rule in RULES for finding in rule(snapshot, knowledge)]
     fired = {(f.topic, f.mtor.mtor_drug if f.mtor else None) for f in findings}
     return [
-        dataclasses.replace(f, label=knowledge.mtor_drugs[f.mtor.mtor_drug]["label_source"]) if f.mtor else f
+        dataclasses.replace(f, label=knowledge.label_sources[f.mtor.mtor_drug]) if f.mtor else f
         for f in findings
         if not any((t, f.mtor.mtor_drug if f.mtor else None) in fired for t in SUPERSEDED_BY.get(f.topic, ()))
     ]

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from cds_service.findings import Finding, Severity, Topic
+from cds_service.findings import AngioedemaFinding, Severity
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.patient import PatientSnapshot
 
 
-def check_angioedema(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
-    statement = knowledge.files["ace_inhibitors.json"]["label_statement"]
+def check_angioedema(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[AngioedemaFinding]:
+    statement = knowledge.angioedema_statement
     findings = []
     for mtor in snapshot.mtor_orders:
-        if mtor.mtor_drug != statement["drug"]:
+        if mtor.mtor_drug != statement.drug:
             continue
         for order in snapshot.medications:
             ace = order.concepts_with(DrugRole.ACE_INHIBITOR)
             if ace:
                 findings.append(
-                    Finding(Topic.ANGIOEDEMA, Severity.WARNING, mtor, (order,), statement["source"],
-                            statement.get("section", ""), {"ace_inhibitor": ace[0].display, "statement": statement["text"]})
+                    AngioedemaFinding(severity=Severity.WARNING, mtor=mtor, evidence=(order,), source=statement.source,
+                                      section=statement.section, ace_inhibitor=ace[0].display, statement=statement)
                 )
     return findings

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 from cds_service.knowledge import Knowledge
+from cds_service.knowledge.records import ProductStrengths, TroughTarget, TroughTiming
 from cds_service.patient import MedicationOrder, PatientSnapshot
 
 
@@ -16,25 +17,25 @@ def preferred_mtor(snapshot: PatientSnapshot, prefer_draft: bool) -> MedicationO
     return (wanted or list(snapshot.mtor_orders))[0]
 
 
-def product_strengths(order: MedicationOrder, knowledge: Knowledge) -> Mapping | None:
-    """The dosing.json strengths entry for the order's product (brand or form), else the drug's first product."""
+def product_strengths(order: MedicationOrder, knowledge: Knowledge) -> ProductStrengths | None:
+    """The strengths entry for the order's product (brand or form), else the drug's first product."""
     product = knowledge.mtor_products.get(order.product_rxnorm or "", {})
     text = order.text.lower()
-    entries = [e for e in knowledge.dosing["strengths"] if e["drug"] == order.mtor_drug and e.get("strengths_mg")]
+    entries = [e for e in knowledge.product_strengths if e.drug == order.mtor_drug and e.strengths_mg]
     for entry in entries:  # most specific first: brand names, then the product's form
-        names = [n.lower() for n in entry.get("names", ())]
-        if product.get("brand") in entry.get("names", ()) or any(n in text for n in names if " " in n):
+        names = [n.lower() for n in entry.names]
+        if product.get("brand") in entry.names or any(n in text for n in names if " " in n):
             return entry
     for entry in entries:
-        if product.get("form") and product.get("form") == entry.get("form"):
+        if product.get("form") and product.get("form") == entry.form:
             return entry
     for entry in entries:
-        if any(n in text for n in (n.lower() for n in entry.get("names", ()))):
+        if any(n.lower() in text for n in entry.names):
             return entry
     return entries[0] if entries else None
 
 
-def achievable_doses(strengths_mg: list[float], max_units: int = 4) -> list[float]:
+def achievable_doses(strengths_mg: Iterable[float], max_units: int = 4) -> list[float]:
     """Daily doses made of up to `max_units` units of one product's strengths (never mixing products)."""
     doses = {round(sum(combo), 3) for n in range(1, max_units + 1) for combo in itertools.combinations_with_replacement(strengths_mg, n)}
     return sorted(doses)
@@ -58,7 +59,9 @@ def mosteller_bsa(height_cm: float, weight_kg: float) -> float:
     return math.sqrt(height_cm * weight_kg / 3600)
 
 
-def trough_target(knowledge: Knowledge, drug: str, indication: str | None) -> Mapping | None:
-    return next(
-        (t for t in knowledge.trough_targets if t["drug"] == drug and t["indication"] == indication), None
-    )
+def trough_target(knowledge: Knowledge, drug: str, indication: str | None) -> TroughTarget | None:
+    return next((t for t in knowledge.trough_targets if t.drug == drug and t.indication == indication), None)
+
+
+def trough_timing(knowledge: Knowledge, drug: str, event: str) -> TroughTiming | None:
+    return next((t for t in knowledge.trough_timing if t.drug == drug and t.event == event), None)

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+from cds_service.findings import Indication
 from cds_service.knowledge import Knowledge
-from cds_service.patient import ConditionRecord, PatientSnapshot
+from cds_service.patient import PatientSnapshot
 
-
-@dataclasses.dataclass(frozen=True)
-class Indication:
-    key: str | None  # "tsc-aml", "tsc-sega", "tsc-seizures", "lam"; None when unknown or ambiguous
-    dosing: str | None  # "fixed" | "tdm"; None when it cannot be told
-    evidence: tuple[ConditionRecord, ...] = ()
-
-    @property
-    def known(self) -> bool:
-        return self.key is not None
+__all__ = ["Indication", "infer_indication"]
 
 
 def infer_indication(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> Indication:

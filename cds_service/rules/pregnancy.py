@@ -4,29 +4,28 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cds_service.findings import Finding, Severity, Topic
+from cds_service.findings import PregnancyFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
 from cds_service.rules.common import preferred_mtor
 
 
-def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[PregnancyFinding]:
     if not snapshot.mtor_orders:
         return []
     evidence = current_pregnancy_evidence(snapshot, knowledge)
     if evidence is None:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=True)
-    pregnancy = knowledge.mtor_drugs[mtor.mtor_drug]["pregnancy"]
+    pregnancy = knowledge.pregnancy_advice[mtor.mtor_drug]
     return [
-        Finding(
-            topic=Topic.PREGNANCY,
+        PregnancyFinding(
             severity=Severity.CRITICAL,
             mtor=mtor,
             evidence=(evidence,),
-            source=pregnancy["source"],
-            section=pregnancy.get("section", ""),
-            facts={"contraception_weeks": pregnancy.get("contraception_weeks_after_last_dose")},
+            source=pregnancy.source,
+            section=pregnancy.section,
+            contraception_weeks=pregnancy.contraception_weeks_after_last_dose,
         )
     ]
 

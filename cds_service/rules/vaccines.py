@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from cds_service.findings import Finding, Severity, Topic
-from cds_service.knowledge import DrugRole, Knowledge
+from cds_service.findings import LiveVaccineFinding, Severity
+from cds_service.knowledge import DrugConcept, DrugRole, Knowledge
 from cds_service.patient import MedicationOrder, PatientSnapshot
 from cds_service.rules.common import preferred_mtor
 
 
-def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
+def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LiveVaccineFinding]:
     if not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
@@ -21,20 +21,21 @@ def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
         if vaccine is None:
             continue
         findings.append(
-            Finding(
-                topic=Topic.LIVE_VACCINE,
+            LiveVaccineFinding(
                 severity=severity,
                 mtor=mtor,
                 evidence=(order,),
-                source=statement["source"],
-                section=statement.get("section", ""),
-                facts={"vaccine": vaccine.display, "ambiguous": severity is Severity.INFO, "statement": statement["text"]},
+                source=statement.source,
+                section=statement.section,
+                vaccine=vaccine.display,
+                ambiguous=severity is Severity.INFO,
+                statement=statement,
             )
         )
     return findings
 
 
-def _vaccine_in(order: MedicationOrder):
+def _vaccine_in(order: MedicationOrder) -> tuple[DrugConcept, Severity] | tuple[None, None]:
     """One finding per order, however many live antigens its name matches (MMR names measles and rubella)."""
     for role, severity in ((DrugRole.LIVE_VACCINE, Severity.WARNING), (DrugRole.AMBIGUOUS_VACCINE, Severity.INFO)):
         found = order.concepts_with(role)

@@ -1,0 +1,184 @@
+"""Typed records for the knowledge entries that reach cards, built (and checked) when the knowledge is loaded.
+
+Rules and cards read these attributes instead of raw JSON by string keys, so a missing or misspelt field fails
+at load, not in a card. Field names are the JSON keys; extra JSON keys (notes, secondary sources) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    key: str
+    label: str
+    url: str | None = None  # the official document (e.g. the DailyMed label)
+    read_at: str | None = None  # where the text was actually read, when that was a mirror
+
+
+def build(cls: type[R], entry: Mapping[str, Any], **extra: Any) -> R:
+    """A record from a JSON entry: its fields by name (lists become tuples); a missing required field raises."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items() if k in names}
+    return cls(**(values | extra))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cited:
+    """Every record names the document it comes from and where in it."""
+
+    source: Source
+    section: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, Source):
+            raise ValueError(f"{type(self).__name__}: source {self.source!r} is not a known source")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelStatement(Cited):
+    """A sentence of a label a card quotes (live vaccines, ACE inhibitors)."""
+
+    drug: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InteractionAdvice(Cited):
+    drug: str
+    effect: str  # "inhibitor" | "inducer"
+    strength: str  # "strong" | "moderate"
+    indicator: str  # "critical" | "warning" | "info"
+    action: str
+    indication: str | None = None  # "all", "fixed-dose", "tdm"; None: any
+    perpetrator: str | None = None  # a product-specific entry (grapefruit, St John's wort)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SurgeryWindow(Cited):
+    withhold_before_days: int
+    avoid_after_major_days: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TroughLimit(Cited):
+    upper_ng_per_ml: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PregnancyAdvice(Cited):
+    contraception_weeks_after_last_dose: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TroughTarget(Cited):
+    drug: str
+    indication: str
+    low_ng_per_ml: float
+    high_ng_per_ml: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.low_ng_per_ml < self.high_ng_per_ml:
+            raise ValueError(f"trough target {self.drug}/{self.indication}: low must be below high")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TroughTiming(Cited):
+    """When the label asks for a trough after an event: `days_after` (to `days_after_latest` when it gives a range)."""
+
+    drug: str
+    event: str  # "start", "dose-change", "hepatic-change", "interacting-drug-change", "routine"
+    days_after: int = 0
+    days_after_latest: int | None = None
+    interval_days: int | None = None  # "routine": at least this often once stable
+
+    @property
+    def days_text(self) -> str:
+        """The label's own interval in words: "14 days", "10 to 20 days"."""
+        if self.days_after_latest and self.days_after_latest != self.days_after:
+            return f"{self.days_after} to {self.days_after_latest} days"
+        return f"{self.days_after} days"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Titration(Cited):
+    """The label's titration rule for one drug: proportional formula, with a per-step cap where the label sets one."""
+
+    drug: str
+    max_increment_mg: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProductStrengths(Cited):
+    product: str
+    drug: str
+    form: str = ""
+    strengths_mg: tuple[float, ...] = ()
+    names: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LipidAction(Cited):
+    grade: int
+    indicator: str
+    action: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HepaticDose(Cited):
+    drug: str
+    child_pugh: str
+    dosing: str | None = None  # "fixed" | "tdm"; None: any use
+    dose_mg: float | None = None
+    dose_mg_per_m2: float | None = None
+    action: str | None = None
+    note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConditionAdvice(Cited):
+    topic: str  # "hepatic-impairment", "infection", "pneumonitis"
+    drug: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContraceptionAdvice(Cited):
+    drug: str
+    sex: str
+    weeks_after_last_dose: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StartingDose(Cited):
+    drug: str
+    indication: str
+    dose_mg: float | None = None
+    dose_mg_per_m2: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.dose_mg is None) == (self.dose_mg_per_m2 is None):
+            raise ValueError(f"starting dose {self.drug}/{self.indication}: give exactly one of dose_mg, dose_mg_per_m2")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PediatricNote(Cited):
+    drug: str
+    below_age_years: float
+    note_text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelTest:
+    """The LOINC test a trough order asks for."""
+
+    drug: str
+    loinc: str
+    display: str
