@@ -252,13 +252,20 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
         return CardText(_summary(summary, 1), "\n".join(lines))
     summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {when} is above the {limit:g} ng/mL limit"
     lines = [_level_line(lab, drug), f"- Order: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`).",
-             f"\nThe label's trough target is 5-{limit:g} ng/mL ({top.section}; {_cite(top.source)})."]
+             f"\n{_target_range(top)} ({top.section}; {_cite(top.source)})."]
     if top.assumed_indication and top.proposal and top.proposal.proposed_dose_mg is not None:
         lines.append(f"Indication: {_indication_text(top.indication)}. The dose below assumes trough-guided use "
                      f"({top.assumed_indication}); it does not apply to fixed-dose TSC-AML, where the label sets no trough target.")
     lines += _dose_lines(top.proposal, lab, "reduce")
     lines.append(f"{_cap(_recheck_text(top.recheck, 'the change'))}; confirm the sample was drawn just before a dose.")
     return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, top.proposal))
+
+
+def _target_range(finding: TroughHighFinding) -> str:
+    """The target range of the indication on record (or assumed); with none, the label's upper limit."""
+    if finding.target is not None and finding.target.high_ng_per_ml == finding.limit.upper_ng_per_ml:
+        return f"The label's trough target is {finding.target.low_ng_per_ml:g}-{finding.target.high_ng_per_ml:g} ng/mL"
+    return f"The label's upper trough limit is {finding.limit.upper_ng_per_ml:g} ng/mL"
 
 
 def _trough_low_card(findings: list[TroughLowFinding], snapshot: PatientSnapshot) -> CardText:

@@ -165,6 +165,7 @@ class TroughHighFinding(Finding):
     topic: ClassVar[Topic] = Topic.TROUGH_HIGH
     limit: TroughLimit
     indication: Indication
+    target: TroughTarget | None = None  # the target range of the (assumed) trough-guided indication
     proposal: DoseProposal | None = None
     assumed_indication: str | None = None  # display name, when the dose assumes trough-guided use
     recheck: TroughTiming | None = None  # the label's timing of a trough after a dose change

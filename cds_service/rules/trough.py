@@ -42,17 +42,18 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         else:
             continue
         indication = infer_indication(snapshot, knowledge, drug)
-        proposal, assumed_display = None, None
+        proposal, assumed_display, target = None, None, trough_target(knowledge, drug, indication.key)
         if latest.value is not None and indication.dosing != "fixed":
             # Indication unknown: propose the trough-guided dose and say so (the card names the assumption).
             assumed = indication.key or _trough_guided_indication(knowledge, drug, indication)
             proposal = _dose_proposal(mtor, latest.value, assumed, knowledge, lower=True)
+            target = trough_target(knowledge, drug, assumed)
             if assumed != indication.key and assumed:
                 assumed_display = knowledge.indications[assumed]["display"]
         findings.append(
             TroughHighFinding(
                 severity=severity, mtor=mtor, evidence=(latest,), source=limit.source, section=limit.section,
-                limit=limit, indication=indication, proposal=proposal, assumed_indication=assumed_display,
+                limit=limit, indication=indication, target=target, proposal=proposal, assumed_indication=assumed_display,
                 recheck=trough_timing(knowledge, drug, "dose-change"),
             )
         )
