@@ -1,0 +1,79 @@
+"""Knowledge entries that reach cards are typed records, built and checked when the knowledge loads: a bad code or
+a missing field fails at start-up, not in a card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cds_service.knowledge import KnowledgeError, load_knowledge
+from cds_service.knowledge.codes import code_problem
+from cds_service.knowledge.loader import FILES, KNOWLEDGE_DIR
+from cds_service.knowledge.records import InteractionAdvice, Source, TroughTarget, TroughTiming
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+
+
+@pytest.fixture
+def knowledge_copy(tmp_path) -> Path:
+    for name in FILES:
+        shutil.copy(KNOWLEDGE_DIR / name, tmp_path / name)
+    return tmp_path
+
+
+def edit(directory: Path, name: str, change) -> None:
+    document = json.loads((directory / name).read_text())
+    change(document)
+    (directory / name).write_text(json.dumps(document))
+
+
+def test_shipped_knowledge_gives_typed_records():
+    knowledge = load_knowledge()
+    assert all(isinstance(a, InteractionAdvice) and isinstance(a.source, Source) for a in knowledge.interaction_advice)
+    assert all(isinstance(t, TroughTarget) for t in knowledge.trough_targets)
+    assert {t.event for t in knowledge.trough_timing if t.drug == "sirolimus"} >= {"start", "dose-change"}
+    assert knowledge.level_tests["everolimus"].loinc == "50544-6"
+
+
+def test_a_wrong_loinc_check_digit_is_refused_at_load(knowledge_copy):
+    edit(knowledge_copy, "observations.json", lambda d: d["drug_levels"][0].update(loinc=["50544-7"]))
+    with pytest.raises(KnowledgeError, match=r"observations.json: \$.drug_levels\[0\].loinc\[0\].*check digit"):
+        load_knowledge(knowledge_copy)
+
+
+def test_a_wrong_snomed_check_digit_is_refused_at_load(knowledge_copy):
+    edit(knowledge_copy, "indications.json", lambda d: d["tsc"]["codes"][0].update(code="7199001"))
+    with pytest.raises(KnowledgeError, match="indications.json.*Verhoeff"):
+        load_knowledge(knowledge_copy)
+
+
+def test_a_record_missing_a_field_a_card_needs_is_refused_at_load(knowledge_copy):
+    edit(knowledge_copy, "interactions.json", lambda d: d["advice"][0].pop("action"))
+    with pytest.raises(KnowledgeError, match="action"):
+        load_knowledge(knowledge_copy)
+
+
+def test_an_inverted_trough_target_is_refused_at_load(knowledge_copy):
+    edit(knowledge_copy, "monitoring.json", lambda d: d["trough_targets"][0].update(low_ng_per_ml=20))
+    with pytest.raises(KnowledgeError, match="low must be below high"):
+        load_knowledge(knowledge_copy)
+
+
+@pytest.mark.parametrize(("system", "code"), [(LOINC, "2106-4"), (SNOMED, "77386007"), (LOINC, " 2106-3")])
+def test_code_checker_names_what_is_wrong(system, code):
+    assert code_problem(system, code)
+
+
+@pytest.mark.parametrize(("system", "code"), [(LOINC, "2106-3"), (LOINC, "LA6576-8"), (SNOMED, "387713003")])
+def test_code_checker_accepts_well_formed_codes(system, code):
+    assert code_problem(system, code) is None
+
+
+def test_trough_timing_states_the_labels_range_in_words():
+    source = Source("S", "label")
+    assert TroughTiming(source, drug="sirolimus", event="start", days_after=10, days_after_latest=20).days_text == "10 to 20 days"
+    assert TroughTiming(source, drug="everolimus", event="start", days_after=14).days_text == "14 days"
