@@ -20,10 +20,10 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from cds_service.findings import (
     TOPIC_SYSTEM,
     AngioedemaFinding,
-    DoseProposal,
     ChecksIncomplete,
     ContraceptionFinding,
     DoseCheckFinding,
+    DoseProposal,
     Finding,
     HepaticFinding,
     Indication,
@@ -230,7 +230,8 @@ def _surgery_card(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> C
         resume = d + timedelta(days=f.window.avoid_after_major_days)
         if f.kind == "planned":
             lines.append(f"- **{e.text}** (`{e.ref}`) is planned for **{d.isoformat()}**: hold {f.drug} from "
-                         f"**{hold_from.isoformat()}**; after major surgery resume no earlier than **{resume.isoformat()}** and only once the wound has healed.")
+                         f"**{hold_from.isoformat()}**; after major surgery resume no earlier than **{resume.isoformat()}** "
+                         "and only once the wound has healed.")
         else:
             lines.append(f"- **{e.text}** (`{e.ref}`) was performed on **{d.isoformat()}**; if it was major surgery, do not give "
                          f"{f.drug} before **{resume.isoformat()}** and until the wound has healed.")
@@ -648,11 +649,11 @@ def _cap(text: str) -> str:
 def _without_empty(value: Any) -> Any:
     """CDS Hooks forbids null, "", [] and {}: drop them wherever they would appear."""
     if isinstance(value, dict):
-        cleaned = {k: _without_empty(v) for k, v in value.items()}
-        return {k: v for k, v in cleaned.items() if v not in (None, "", [], {})}
+        items = {k: _without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v not in (None, "", [], {})}
     if isinstance(value, list):
-        cleaned = [_without_empty(v) for v in value]
-        return [v for v in cleaned if v not in (None, "", [], {})]
+        elements = [_without_empty(v) for v in value]
+        return [v for v in elements if v not in (None, "", [], {})]
     return value
 
 

@@ -100,7 +100,7 @@ class Finding:
 
     @property
     def drug(self) -> str:
-        return self.mtor.mtor_drug if self.mtor else ""
+        return (self.mtor.mtor_drug or "") if self.mtor else ""
 
 
 @dataclasses.dataclass(frozen=True)

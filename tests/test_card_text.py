@@ -12,7 +12,7 @@ import pytest
 from cds_service.cards import TOPICS, Card, render_cards
 from cds_service.findings import Topic
 from cds_service.rules import evaluate
-from snapshots import NOW, SNOMED, condition, med, everolimus, knowledge, level, sirolimus, snapshot_of
+from snapshots import NOW, SNOMED, condition, everolimus, knowledge, level, med, sirolimus, snapshot_of
 
 LAM = condition(SNOMED, "277844007", "Pulmonary lymphangioleiomyomatosis (disorder)")
 TSC = condition(SNOMED, "7199000", "Tuberous sclerosis syndrome (disorder)")
@@ -59,7 +59,8 @@ def test_sirolimus_low_trough_card_has_no_everolimus_titration_cap_and_names_no_
 def test_everolimus_low_trough_card_states_the_cap_the_afinitor_label_sets():
     cap = knowledge().titrations["everolimus"].max_increment_mg
     tsc_seizures = condition(SNOMED, "84757009", "Epilepsy (disorder)")
-    card = cards_for(medications=[med("everolimus 5 MG Oral Tablet", rxnorm="845509", dose_mg=5)], observations=[level("everolimus", 2)], conditions=[TSC, tsc_seizures])["trough-low"]
+    five_mg = med("everolimus 5 MG Oral Tablet", rxnorm="845509", dose_mg=5)
+    card = cards_for(medications=[five_mg], observations=[level("everolimus", 2)], conditions=[TSC, tsc_seizures])["trough-low"]
     assert f"capped at +{cap:g} mg per step" in card.detail
 
 

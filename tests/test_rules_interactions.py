@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cds_service.findings import Severity, Topic
 from cds_service.rules.interactions import check_cyp3a4_interactions
-
 from snapshots import everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
 
 

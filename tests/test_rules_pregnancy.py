@@ -8,7 +8,6 @@ import pytest
 
 from cds_service.findings import Severity, Topic
 from cds_service.rules.pregnancy import check_pregnancy
-
 from snapshots import (
     ICD10CM,
     INTERPRETATION,

@@ -6,7 +6,6 @@ import pytest
 
 from cds_service.findings import Severity, Topic
 from cds_service.rules.surgery import check_surgery_timing
-
 from snapshots import (
     SNOMED,
     SURGICAL_PROCEDURE,

@@ -7,7 +7,6 @@ import pytest
 from cds_service.cards import render_cards
 from cds_service.findings import Severity, Topic
 from cds_service.rules.trough import check_trough_high
-
 from snapshots import everolimus, knowledge, level, observation, ref, sirolimus, snapshot_of
 
 

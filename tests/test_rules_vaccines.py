@@ -7,7 +7,6 @@ import pytest
 from cds_service.findings import Severity, Topic
 from cds_service.rules import evaluate
 from cds_service.rules.vaccines import check_live_vaccines
-
 from snapshots import everolimus, immunization, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus, snapshot_of
 
 

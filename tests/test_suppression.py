@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cds_assertions import topics_of
 from cds_service import create_app
 from conftest import FIXTURE_NOW, SERVICE_FOR_HOOK, load_fixture
-from cds_assertions import topics_of
 
 FIXTURE = "fires-trough-high-patient-view.json"
 

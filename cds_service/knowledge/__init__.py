@@ -5,10 +5,9 @@ from cds_service.knowledge.loader import (
     DrugRole,
     Knowledge,
     KnowledgeError,
-    Source,
     load_knowledge,
     normalize_text,
 )
-from cds_service.knowledge import records
+from cds_service.knowledge.records import Source
 
 __all__ = ["DrugConcept", "DrugRole", "Knowledge", "KnowledgeError", "Source", "load_knowledge", "normalize_text"]

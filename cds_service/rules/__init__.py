@@ -15,6 +15,7 @@ from cds_service.findings import Finding, Topic
 from cds_service.knowledge import Knowledge
 from cds_service.patient import PatientSnapshot
 from cds_service.rules.angioedema import check_angioedema
+from cds_service.rules.common import drug_of
 from cds_service.rules.conditions import check_hepatic_impairment, check_infection
 from cds_service.rules.interactions import check_cyp3a4_interactions
 from cds_service.rules.lipids import check_lipids
@@ -54,9 +55,9 @@ def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
     if not snapshot.mtor_orders:
         return []
     findings = [finding for rule in RULES for finding in rule(snapshot, knowledge)]
-    fired = {(f.topic, f.mtor.mtor_drug if f.mtor else None) for f in findings}
+    fired = {(f.topic, drug_of(f.mtor) if f.mtor else None) for f in findings}
     return [
-        dataclasses.replace(f, label=knowledge.label_sources[f.mtor.mtor_drug]) if f.mtor else f
+        dataclasses.replace(f, label=knowledge.label_sources[drug_of(f.mtor)]) if f.mtor else f
         for f in findings
-        if not any((t, f.mtor.mtor_drug if f.mtor else None) in fired for t in SUPERSEDED_BY.get(f.topic, ()))
+        if not any((t, drug_of(f.mtor) if f.mtor else None) in fired for t in SUPERSEDED_BY.get(f.topic, ()))
     ]

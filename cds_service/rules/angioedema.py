@@ -5,13 +5,14 @@ from __future__ import annotations
 from cds_service.findings import AngioedemaFinding, Severity
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.patient import PatientSnapshot
+from cds_service.rules.common import drug_of
 
 
 def check_angioedema(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[AngioedemaFinding]:
     statement = knowledge.angioedema_statement
     findings = []
     for mtor in snapshot.mtor_orders:
-        if mtor.mtor_drug != statement.drug:
+        if drug_of(mtor) != statement.drug:
             continue
         for order in snapshot.medications:
             ace = order.concepts_with(DrugRole.ACE_INHIBITOR)

@@ -11,6 +11,13 @@ from cds_service.knowledge.records import ProductStrengths, TroughTarget, Trough
 from cds_service.patient import MedicationOrder, PatientSnapshot
 
 
+def drug_of(order: MedicationOrder) -> str:
+    """The mTOR drug of an order from `snapshot.mtor_orders` (which holds only orders that have one)."""
+    if order.mtor_drug is None:
+        raise ValueError(f"{order.ref} is not an mTOR inhibitor order")
+    return order.mtor_drug
+
+
 def preferred_mtor(snapshot: PatientSnapshot, prefer_draft: bool) -> MedicationOrder:
     """The mTOR order a card is about: the draft being ordered, or the current one."""
     wanted = [m for m in snapshot.mtor_orders if m.is_draft == prefer_draft]
@@ -21,7 +28,7 @@ def product_strengths(order: MedicationOrder, knowledge: Knowledge) -> ProductSt
     """The strengths entry for the order's product (brand or form), else the drug's first product."""
     product = knowledge.mtor_products.get(order.product_rxnorm or "", {})
     text = order.text.lower()
-    entries = [e for e in knowledge.product_strengths if e.drug == order.mtor_drug and e.strengths_mg]
+    entries = [e for e in knowledge.product_strengths if e.drug == drug_of(order) and e.strengths_mg]
     for entry in entries:  # most specific first: brand names, then the product's form
         names = [n.lower() for n in entry.names]
         if product.get("brand") in entry.names or any(n in text for n in names if " " in n):

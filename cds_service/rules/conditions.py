@@ -6,7 +6,7 @@ from cds_service.findings import HepaticFinding, InfectionFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.records import ConditionAdvice
 from cds_service.patient import PatientSnapshot
-from cds_service.rules.common import preferred_mtor
+from cds_service.rules.common import drug_of, preferred_mtor
 from cds_service.rules.indication import infer_indication
 
 
@@ -15,7 +15,7 @@ def check_hepatic_impairment(snapshot: PatientSnapshot, knowledge: Knowledge) ->
     if not conditions or not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=True)
-    drug = mtor.mtor_drug
+    drug = drug_of(mtor)
     classes = sorted({k[-1] for c in conditions for k in c.kinds if k.startswith("child-pugh-")})
     child_pugh = classes[-1] if classes else None  # the worst class on record
     indication = infer_indication(snapshot, knowledge, drug)
@@ -48,7 +48,7 @@ def check_infection(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Inf
     mtor = preferred_mtor(snapshot, prefer_draft=False)
     for kind in ("severe-infection", "pneumonitis"):
         conditions = snapshot.active_conditions(kind)
-        advice = _advice(knowledge, "pneumonitis" if kind == "pneumonitis" else "infection", mtor.mtor_drug)
+        advice = _advice(knowledge, "pneumonitis" if kind == "pneumonitis" else "infection", drug_of(mtor))
         if not conditions or advice is None:
             continue
         findings.append(

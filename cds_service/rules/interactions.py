@@ -7,7 +7,7 @@ from datetime import timedelta
 from cds_service.findings import InteractionFinding, Severity, TroughRecheck
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.patient import PatientSnapshot
-from cds_service.rules.common import trough_target
+from cds_service.rules.common import drug_of, trough_target
 from cds_service.rules.indication import infer_indication
 
 _DEFAULT_SEVERITY = {"strong": Severity.WARNING, "moderate": Severity.WARNING}
@@ -18,7 +18,7 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
     findings = []
     seen = set()
     for mtor in snapshot.mtor_orders:
-        drug = mtor.mtor_drug
+        drug = drug_of(mtor)
         indication = infer_indication(snapshot, knowledge, drug)
         for other in snapshot.medications:
             if other.ref == mtor.ref:

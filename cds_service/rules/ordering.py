@@ -6,7 +6,7 @@ from cds_service.findings import BodySurface, ContraceptionFinding, DoseCheckFin
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.records import PediatricNote
 from cds_service.patient import PatientSnapshot
-from cds_service.rules.common import mosteller_bsa
+from cds_service.rules.common import drug_of, mosteller_bsa
 from cds_service.rules.indication import infer_indication
 
 
@@ -22,7 +22,7 @@ def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
         if not mtor.is_draft:
             continue
         advice = next(
-            (c for c in knowledge.contraception_advice if c.drug == mtor.mtor_drug and c.sex == snapshot.gender), None
+            (c for c in knowledge.contraception_advice if c.drug == drug_of(mtor) and c.sex == snapshot.gender), None
         )
         if advice:
             findings.append(
@@ -39,14 +39,14 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         ordered = mtor.daily_dose_mg
         if not mtor.is_draft or ordered is None:
             continue
-        indication = infer_indication(snapshot, knowledge, mtor.mtor_drug)
+        indication = infer_indication(snapshot, knowledge, drug_of(mtor))
         start = next(
-            (s for s in knowledge.starting_doses if s.drug == mtor.mtor_drug and s.indication == indication.key), None
+            (s for s in knowledge.starting_doses if s.drug == drug_of(mtor) and s.indication == indication.key), None
         )
         if start is None:
             continue
         common = dict(mtor=mtor, source=start.source, section=start.section, indication=indication, start=start,
-                      ordered_mg=ordered, pediatric=_pediatric_note(snapshot, knowledge, mtor.mtor_drug))
+                      ordered_mg=ordered, pediatric=_pediatric_note(snapshot, knowledge, drug_of(mtor)))
         bsa = None
         if start.dose_mg_per_m2 is not None:
             height, weight = snapshot.latest_lab("height"), snapshot.latest_lab("weight")

@@ -7,7 +7,7 @@ from datetime import timedelta
 from cds_service.findings import PregnancyFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
-from cds_service.rules.common import preferred_mtor
+from cds_service.rules.common import drug_of, preferred_mtor
 
 
 def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[PregnancyFinding]:
@@ -17,7 +17,7 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
     if evidence is None:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=True)
-    pregnancy = knowledge.pregnancy_advice[mtor.mtor_drug]
+    pregnancy = knowledge.pregnancy_advice[drug_of(mtor)]
     return [
         PregnancyFinding(
             severity=Severity.CRITICAL,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from cds_service.findings import Severity, SurgeryTiming
 from cds_service.knowledge import Knowledge
 from cds_service.patient import PatientSnapshot
+from cds_service.rules.common import drug_of
 
 
 def check_surgery_timing(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[SurgeryTiming]:
     findings = []
     for mtor in snapshot.mtor_orders:
-        window = knowledge.surgery_windows[mtor.mtor_drug]
+        window = knowledge.surgery_windows[drug_of(mtor)]
         for event in snapshot.procedures:
             if not event.is_surgery or event.when is None:
                 continue

@@ -17,6 +17,7 @@ from cds_service.knowledge.records import TroughTiming
 from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot
 from cds_service.rules.common import (
     achievable_doses,
+    drug_of,
     product_strengths,
     proportional_dose,
     round_down_to,
@@ -30,7 +31,7 @@ from cds_service.rules.indication import infer_indication
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[TroughHighFinding]:
     findings = []
     for mtor in _one_order_per_drug(snapshot):
-        drug = mtor.mtor_drug
+        drug = drug_of(mtor)
         latest = snapshot.latest_lab("drug-level", drug)
         if latest is None:
             continue
@@ -64,7 +65,7 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
     """Below the target range of a trough-guided indication on record (fixed-dose use has no target)."""
     findings = []
     for mtor in _one_order_per_drug(snapshot):
-        drug = mtor.mtor_drug
+        drug = drug_of(mtor)
         latest = snapshot.latest_lab("drug-level", drug)
         indication = infer_indication(snapshot, knowledge, drug)
         target = trough_target(knowledge, drug, indication.key)
@@ -88,7 +89,7 @@ def check_trough_monitoring(snapshot: PatientSnapshot, knowledge: Knowledge) -> 
         return []  # we cannot tell "no trough" from "could not look"; the incomplete-checks card says so
     findings = []
     for mtor in _one_order_per_drug(snapshot):
-        drug = mtor.mtor_drug
+        drug = drug_of(mtor)
         indication = infer_indication(snapshot, knowledge, drug)
         if trough_target(knowledge, drug, indication.key) is None:
             continue  # fixed-dose or unknown use: the label sets no trough schedule
@@ -153,12 +154,12 @@ def _dose_proposal(
 
     The per-step cap and the formula's citation are the drug's own: the +5 mg cap is the Afinitor label's
     (everolimus); a drug with no titration entry cites its trough target's label section and has no cap."""
-    target = trough_target(knowledge, mtor.mtor_drug, indication)
+    target = trough_target(knowledge, drug_of(mtor), indication)
     strengths = product_strengths(mtor, knowledge)
     current = mtor.daily_dose_mg
     if target is None or strengths is None or current is None or measured <= 0:
         return None
-    titration = knowledge.titrations.get(mtor.mtor_drug)
+    titration = knowledge.titrations.get(drug_of(mtor))
     cap = titration.max_increment_mg if titration else None
     aim = (target.low_ng_per_ml + target.high_ng_per_ml) / 2
     raw = proportional_dose(current, aim, measured)

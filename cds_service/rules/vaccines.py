@@ -5,20 +5,20 @@ from __future__ import annotations
 from cds_service.findings import LiveVaccineFinding, Severity
 from cds_service.knowledge import DrugConcept, DrugRole, Knowledge
 from cds_service.patient import MedicationOrder, PatientSnapshot
-from cds_service.rules.common import preferred_mtor
+from cds_service.rules.common import drug_of, preferred_mtor
 
 
 def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LiveVaccineFinding]:
     if not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
-    statement = knowledge.live_vaccine_statements[mtor.mtor_drug]
+    statement = knowledge.live_vaccine_statements[drug_of(mtor)]
     findings = []
     for order in snapshot.medications:
         if order.mtor_drug or not (order.is_draft or order.status in ("active", "on-hold")):
             continue
         vaccine, severity = _vaccine_in(order)
-        if vaccine is None:
+        if vaccine is None or severity is None:
             continue
         findings.append(
             LiveVaccineFinding(

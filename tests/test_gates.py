@@ -1,0 +1,19 @@
+"""The gates DEVELOPERS.md documents: CI runs ruff and mypy before the tests, with tools the `test` extra installs."""
+
+from __future__ import annotations
+
+import tomllib
+
+from conftest import ROOT
+
+
+def test_ci_runs_ruff_and_mypy_before_the_tests():
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert lines.index("ruff check .") < lines.index("mypy cds_service") < lines.index("python -m pytest")
+
+
+def test_the_test_extra_installs_the_gate_tools():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = {requirement.split(">")[0] for requirement in pyproject["project"]["optional-dependencies"]["test"]}
+    assert {"ruff", "mypy"} <= extra
+    assert {"E", "F", "I", "B"} <= set(pyproject["tool"]["ruff"]["lint"]["select"])
