@@ -12,6 +12,7 @@ import functools
 import itertools
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import date as date_
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from cds_service.fhir.snapshot import build_snapshot, gather
 from cds_service.findings import Finding
 from cds_service.knowledge import Knowledge, load_knowledge
-from cds_service.patient import MedicationOrder, PatientSnapshot
+from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot
 from cds_service.services import HookCall, build_services
 from cds_service.settings import Settings
 
@@ -346,6 +347,54 @@ def order(text: str, *, ref: str | None = None, draft: bool = False, selected: b
 
 def plain_snapshot(*medications: MedicationOrder, now: datetime = NOW, **fields: Any) -> PatientSnapshot:
     return PatientSnapshot(now=now, patient_id=PATIENT_ID, medications=tuple(medications), **fields)
+
+
+# --- plain records with codes, doses and dates, for the rules' clinical-depth tests ------------------
+
+
+def mtor_order(ref: str = "MedicationRequest/eve", text: str = "everolimus 10 MG Oral Tablet", code: str | None = "845507",
+               draft: bool = False, dose: float | None = 10.0, authored: datetime | None = NOW - timedelta(days=200),
+               resource: Mapping[str, Any] | None = None) -> MedicationOrder:
+    """A MedicationOrder as the reader makes it from an RxNorm-coded request (everolimus 10 mg by default)."""
+    k = knowledge()
+    concepts = k.recognize_medication([{"system": RXNORM, "code": code}] if code else [], [text])
+    return MedicationOrder(ref, text, concepts, "draft" if draft else "active", is_draft=draft, authored_on=authored,
+                           dose_mg=dose, product_rxnorm=code if code in k.mtor_products else None, resource=resource or {})
+
+
+def condition_record(kind_code: str | None, system: str = SNOMED, text: str = "", ref: str | None = None, active: bool = True,
+                     asserted: datetime | None = NOW - timedelta(days=400)) -> ConditionRecord:
+    """A ConditionRecord with the kinds the knowledge recognises in its code (or, with no code, its text)."""
+    codes = frozenset({(system, kind_code)}) if kind_code else frozenset()
+    return ConditionRecord(ref or f"Condition/{kind_code or 'text'}", text or kind_code or "", codes, active, asserted,
+                           knowledge().condition_kinds(codes, text))
+
+
+TSC_RECORD = condition_record("7199000")
+SEGA_RECORD = condition_record(None, text="Subependymal giant cell astrocytoma")
+AML_RECORD = condition_record("D17.71", ICD10CM)
+
+
+def drug_level(value: float, days_ago: float = 3, drug: str = "everolimus", ref: str = "Observation/lvl") -> LabResult:
+    return LabResult(ref, "drug-level", NOW - timedelta(days=days_ago), "level", analyte=drug, value=value,
+                     value_as_written=f"{value} ng/mL")
+
+
+def lipid_result(analyte: str, mg_dl: float, days_ago: float = 10) -> LabResult:
+    return LabResult(f"Observation/{analyte}", "lipid", NOW - timedelta(days=days_ago), analyte, analyte=analyte, value=mg_dl,
+                     value_as_written=f"{mg_dl} mg/dL")
+
+
+def body_measurements(height_cm: float = 128, weight_kg: float = 26) -> tuple[LabResult, LabResult]:
+    """Height and weight 20 days ago (a child of about 0.96 m² by default)."""
+    return (LabResult("Observation/h", "height", NOW - timedelta(days=20), "Body height", value=height_cm),
+            LabResult("Observation/w", "weight", NOW - timedelta(days=20), "Body weight", value=weight_kg))
+
+
+def record_snapshot(meds: Iterable[MedicationOrder] = (), labs: Iterable[LabResult] = (), conditions: Iterable[ConditionRecord] = (),
+                    birth: date_ | None = date_(1990, 1, 1), gender: str = "female", unavailable: Iterable[str] = ()) -> PatientSnapshot:
+    """A PatientSnapshot of plain records (a woman born in 1990 by default)."""
+    return PatientSnapshot(NOW, "p1", birth, gender, tuple(meds), tuple(labs), tuple(conditions), (), tuple(unavailable))
 
 
 # --- responses -----------------------------------------------------------------------------------

@@ -1,13 +1,31 @@
-"""check_trough_high in isolation: the latest blood level of the mTOR inhibitor taken, against 15 ng/mL."""
+"""Trough rules in isolation: the latest blood level against the 15 ng/mL limit (from FHIR JSON), and the dose proposals,
+low troughs and due troughs of the clinical depth (from plain records)."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pytest
 
 from cds_service.cards import render_cards
 from cds_service.findings import Severity, Topic
-from cds_service.rules.trough import check_trough_high
-from snapshots import everolimus, knowledge, level, observation, ref, sirolimus, snapshot_of
+from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
+from snapshots import (
+    AML_RECORD,
+    NOW,
+    SEGA_RECORD,
+    TSC_RECORD,
+    drug_level,
+    everolimus,
+    knowledge,
+    level,
+    mtor_order,
+    observation,
+    record_snapshot,
+    ref,
+    sirolimus,
+    snapshot_of,
+)
 
 
 def trough(*observations, medications=None):
@@ -141,3 +159,72 @@ def test_no_mtor_inhibitor_gives_no_finding():
 def test_entered_in_error_level_is_ignored():
     wrong = level("everolimus", 40, days_ago=1, status="entered-in-error")
     assert findings_for(level("everolimus", 9, days_ago=5), wrong) == []
+
+
+# --- dose proposals, low troughs and due troughs (plain records) ---------------------------------
+
+K = knowledge()
+
+
+def test_high_trough_for_sega_proposes_the_label_formula_dose_rounded_down_to_a_strength():
+    mtor = mtor_order(dose=10)
+    [finding] = check_trough_high(record_snapshot([mtor], [drug_level(18)], [TSC_RECORD, SEGA_RECORD]), K)
+    # 10 mg x 10 / 18 = 5.56 mg -> 5 mg with Afinitor tablets
+    assert finding.proposal.proposed_dose_mg == 5 and finding.severity is Severity.WARNING
+
+
+def test_trough_of_exactly_15_is_not_high():
+    assert check_trough_high(record_snapshot([mtor_order()], [drug_level(15)], [TSC_RECORD, SEGA_RECORD]), K) == []
+
+
+def test_low_trough_for_sega_proposes_an_increase_capped_at_5_mg():
+    [finding] = check_trough_low(record_snapshot([mtor_order(dose=5, code="845515")], [drug_level(2)], [TSC_RECORD, SEGA_RECORD]), K)
+    assert finding.topic is Topic.TROUGH_LOW
+    assert finding.proposal.raw_dose_mg == pytest.approx(10)  # 5 x 10/2 = 25, capped at 5 + 5
+    assert finding.proposal.proposed_dose_mg == 10
+
+
+def test_low_trough_for_fixed_dose_aml_does_not_fire():
+    assert check_trough_low(record_snapshot([mtor_order()], [drug_level(2)], [TSC_RECORD, AML_RECORD]), K) == []
+
+
+def test_low_trough_at_the_lower_bound_does_not_fire():
+    assert check_trough_low(record_snapshot([mtor_order()], [drug_level(5)], [TSC_RECORD, SEGA_RECORD]), K) == []
+
+
+def test_trough_due_two_weeks_after_a_dose_change_with_no_trough_since():
+    mtor = mtor_order(authored=NOW - timedelta(days=20))
+    [finding] = check_trough_monitoring(record_snapshot([mtor], [drug_level(8, days_ago=60)], [TSC_RECORD, SEGA_RECORD]), K)
+    assert finding.due_date == (NOW - timedelta(days=6)).date()
+
+
+def test_trough_not_yet_due_ten_days_after_a_change():
+    mtor = mtor_order(authored=NOW - timedelta(days=10))
+    assert check_trough_monitoring(record_snapshot([mtor], [drug_level(8, days_ago=60)], [TSC_RECORD, SEGA_RECORD]), K) == []
+
+
+def test_trough_after_the_change_means_nothing_is_due():
+    mtor = mtor_order(authored=NOW - timedelta(days=30))
+    assert check_trough_monitoring(record_snapshot([mtor], [drug_level(8, days_ago=5)], [TSC_RECORD, SEGA_RECORD]), K) == []
+
+
+def test_draft_order_for_sega_plans_a_trough_two_weeks_out():
+    mtor = mtor_order(draft=True, authored=NOW)
+    [finding] = check_trough_monitoring(record_snapshot([mtor], [], [TSC_RECORD, SEGA_RECORD]), K)
+    assert finding.due_date == (NOW + timedelta(days=14)).date()
+
+
+def test_no_trough_claim_when_observations_could_not_be_fetched():
+    mtor = mtor_order(authored=NOW - timedelta(days=30))
+    assert check_trough_monitoring(record_snapshot([mtor], [], [TSC_RECORD, SEGA_RECORD], unavailable=["observations"]), K) == []
+
+
+def test_high_trough_with_no_indication_on_record_proposes_a_dose_and_names_the_assumption():
+    [finding] = check_trough_high(record_snapshot([mtor_order(dose=10)], [drug_level(20)], [TSC_RECORD]), K)
+    assert finding.assumed_indication == K.indications["tsc-sega"]["display"]
+    assert finding.proposal.proposed_dose_mg == 5
+
+
+def test_high_trough_for_fixed_dose_aml_proposes_no_formula_dose():
+    [finding] = check_trough_high(record_snapshot([mtor_order(dose=10)], [drug_level(20)], [TSC_RECORD, AML_RECORD]), K)
+    assert finding.proposal is None or finding.proposal.proposed_dose_mg is None

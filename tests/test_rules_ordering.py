@@ -1,0 +1,86 @@
+"""Checks made when an mTOR inhibitor is ordered: contraception advice, the dose against the label, dose arithmetic."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from cds_service.findings import Severity, Topic
+from cds_service.patient import LabResult
+from cds_service.rules import evaluate
+from cds_service.rules.common import achievable_doses, mosteller_bsa, round_down_to
+from cds_service.rules.ordering import check_contraception, check_dose
+from snapshots import (
+    AML_RECORD,
+    NOW,
+    SEGA_RECORD,
+    TSC_RECORD,
+    body_measurements,
+    knowledge,
+    lipid_result,
+    mtor_order,
+    record_snapshot,
+)
+
+K = knowledge()
+
+SEGA_CHILD = [TSC_RECORD, SEGA_RECORD]
+RECENT_LIPIDS = (lipid_result("triglycerides", 120), lipid_result("cholesterol", 170))
+
+
+def test_achievable_doses_combine_one_products_strengths():
+    doses = achievable_doses([2.5, 5, 7.5, 10])
+    assert {2.5, 7.5, 12.5, 40} <= set(doses) and 1 not in doses
+
+
+def test_mosteller_bsa_of_a_child():
+    assert mosteller_bsa(128, 26) == pytest.approx(0.9614, abs=1e-3)
+
+
+def test_round_down_never_exceeds_the_computed_dose():
+    assert round_down_to([2.5, 5, 7.5, 10], 5.6) == 5 and round_down_to([2.5, 5], 1.0) is None
+
+
+def test_contraception_advice_when_everolimus_is_ordered_for_a_woman_of_30():
+    [finding] = check_contraception(record_snapshot([mtor_order(draft=True)], birth=date(1996, 5, 1)), K)
+    assert finding.weeks == 8
+
+
+def test_no_contraception_card_for_a_current_order_or_a_woman_of_70():
+    assert check_contraception(record_snapshot([mtor_order()], birth=date(1996, 5, 1)), K) == []
+    assert check_contraception(record_snapshot([mtor_order(draft=True)], birth=date(1956, 5, 1)), K) == []
+
+
+def test_pregnancy_card_supersedes_contraception():
+    hcg = LabResult("Observation/hcg", "hcg", NOW - timedelta(days=2), "hCG", result="positive")
+    topics = [f.topic for f in evaluate(record_snapshot([mtor_order(draft=True)], [hcg, *RECENT_LIPIDS], birth=date(1996, 5, 1)), K)]
+    assert Topic.PREGNANCY in topics and Topic.CONTRACEPTION not in topics
+
+
+def test_sega_dose_above_the_bsa_dose_warns():
+    [finding] = check_dose(record_snapshot([mtor_order(draft=True, dose=10)], body_measurements(), SEGA_CHILD, birth=date(2018, 4, 1), gender="male"), K)
+    assert finding.severity is Severity.WARNING and finding.expected_mg == pytest.approx(4.5 * 0.9614, abs=0.01)
+
+
+def test_sega_dose_within_tolerance_is_quiet():
+    assert check_dose(record_snapshot([mtor_order(draft=True, dose=5, code="845515")], body_measurements(), SEGA_CHILD, birth=date(2018, 4, 1)), K) == []
+
+
+def test_sega_dose_without_height_and_weight_says_it_cannot_check():
+    [finding] = check_dose(record_snapshot([mtor_order(draft=True, dose=5, code="845515")], [], SEGA_CHILD, birth=date(2018, 4, 1)), K)
+    assert finding.missing_measurements and finding.severity is Severity.INFO
+
+
+def test_aml_fixed_dose_of_10_mg_fits():
+    assert check_dose(record_snapshot([mtor_order(draft=True, dose=10)], [], [TSC_RECORD, AML_RECORD]), K) == []
+
+
+def test_child_under_the_label_age_gets_the_infection_note_even_when_the_dose_fits():
+    height, weight = 95, 14  # BSA ~0.61 m2 -> 4.5 x 0.61 = 2.7 mg
+    [finding] = check_dose(
+        record_snapshot([mtor_order(draft=True, dose=2.5, code="998189", text="everolimus 2.5 MG Oral Tablet")], body_measurements(height, weight),
+                 [TSC_RECORD, SEGA_RECORD], birth=date(2024, 3, 1)),
+        K,
+    )
+    assert finding.fits and finding.pediatric.below_age_years == 3
