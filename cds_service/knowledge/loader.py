@@ -203,10 +203,13 @@ class Knowledge:
         self.hepatic_doses = tuple(build(HepaticDose, e) for e in dosing["hepatic"])
         self.pediatric_notes = tuple(build(PediatricNote, e) for e in dosing["pediatric"])
         self.contraception_advice = tuple(build(ContraceptionAdvice, e) for e in dosing["contraception"])
-        # The titration entry cites the Afinitor label (§2.8: +5 mg cap) and names no drug: it is everolimus's.
-        # Sirolimus has no titration entry, so no cap and no Afinitor citation reach a sirolimus card.
-        titration = build(Titration, dosing["titration"], drug=dosing["titration"].get("drug", "everolimus"))
-        self.titrations: Mapping[str, Titration] = {titration.drug: titration}
+        # One titration entry per drug (an object or a list). The shipped entry cites the Afinitor label (§2.8, the
+        # +5 mg cap) and names no drug: it is everolimus's. A drug without an entry gets no cap and no Afinitor
+        # citation; its dose proposal cites its own trough target's label section.
+        entries = dosing["titration"] if isinstance(dosing["titration"], list) else [dosing["titration"]]
+        self.titrations: Mapping[str, Titration] = {
+            t.drug: t for t in (build(Titration, e, drug=e.get("drug", "everolimus")) for e in entries)
+        }
         self.bsa_source: Source = dosing["bsa"]["source"]
 
     def _index_conditions(self, files: Mapping[str, Mapping]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from cds_service.findings import BodySurface, ContraceptionFinding, DoseCheckFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.records import PediatricNote
@@ -39,19 +41,19 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         ordered = mtor.daily_dose_mg
         if not mtor.is_draft or ordered is None:
             continue
-        indication = infer_indication(snapshot, knowledge, drug_of(mtor))
-        start = next(
-            (s for s in knowledge.starting_doses if s.drug == drug_of(mtor) and s.indication == indication.key), None
-        )
+        drug = drug_of(mtor)
+        indication = infer_indication(snapshot, knowledge, drug)
+        start = next((s for s in knowledge.starting_doses if s.drug == drug and s.indication == indication.key), None)
         if start is None:
             continue
-        common = dict(mtor=mtor, source=start.source, section=start.section, indication=indication, start=start,
-                      ordered_mg=ordered, pediatric=_pediatric_note(snapshot, knowledge, drug_of(mtor)))
+        pediatric = _pediatric_note(snapshot, knowledge, drug)
+        finding = functools.partial(DoseCheckFinding, mtor=mtor, source=start.source, section=start.section,
+                                    indication=indication, start=start, ordered_mg=ordered, pediatric=pediatric)
         bsa = None
         if start.dose_mg_per_m2 is not None:
             height, weight = snapshot.latest_lab("height"), snapshot.latest_lab("weight")
             if not (height and weight and height.value and weight.value):
-                findings.append(DoseCheckFinding(severity=Severity.INFO, **common))  # type: ignore[arg-type]
+                findings.append(finding(severity=Severity.INFO))
                 continue
             bsa = BodySurface(mosteller_bsa(height.value, weight.value), height, weight, knowledge.bsa_source)
             expected = start.dose_mg_per_m2 * bsa.bsa_m2
@@ -61,12 +63,10 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         evidence = (bsa.height, bsa.weight) if bsa else ()
         tolerance = knowledge.dosing["dose_check_tolerance"]["fraction"]
         fits = abs(ordered - expected) <= tolerance * expected
-        if fits and not common["pediatric"]:
+        if fits and not pediatric:
             continue
         severity = Severity.WARNING if not fits and ordered > expected else Severity.INFO
-        findings.append(
-            DoseCheckFinding(severity=severity, evidence=evidence, expected_mg=expected, fits=fits, bsa=bsa, **common)  # type: ignore[arg-type]
-        )
+        findings.append(finding(severity=severity, evidence=evidence, expected_mg=expected, fits=fits, bsa=bsa))
     return findings
 
 
