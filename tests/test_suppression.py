@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from cds_assertions import topics_of
@@ -44,3 +46,58 @@ def test_card_is_shown_again_when_suppression_is_off_or_no_reason_was_given(tmp_
     [card] = call(client)["cards"]
     override(client, card, with_reason=with_reason)
     assert topics_of(call(client)) == ["trough-high"]
+
+
+# --- in the hook flow, on Card objects (no HTTP) -----------------------------------------------------
+
+
+class History:
+    """An override history that says every card was overridden, and records what it was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def overridden_recently(self, patient_hash, topic, trigger_key, since):
+        self.asked.append((patient_hash, topic, trigger_key, since))
+        return True
+
+
+def answer(history, hours=24, **resources):
+    from cds_service.hooks import answer_hook
+    from cds_service.services import build_services
+    from cds_service.settings import Settings
+    from snapshots import NOW, call_of, hook_request, knowledge
+
+    request = hook_request(**resources)
+    call = call_of(request)
+    service = next(s for s in build_services(knowledge()).values() if s.hook == call.hook)
+    settings = Settings(require_jwt=False, suppress_overridden_hours=hours)
+    return answer_hook(call, service, knowledge(), settings, NOW, history, "patient-hash")
+
+
+def test_hook_flow_suppresses_overridden_cards_by_patient_topic_and_trigger():
+    from snapshots import NOW, everolimus, level, ref
+
+    history, drug, high = History(), everolimus(), level("everolimus", 20)
+    result = answer(history, medications=[drug], observations=[high])
+    assert result.cards == [] and result.suppressed == len(history.asked) >= 1
+    [(patient, trigger, since)] = [(p, k, s) for p, topic, k, s in history.asked if topic == "trough-high"]
+    assert (patient, since) == ("patient-hash", NOW - timedelta(hours=24))
+    assert trigger == "|".join(sorted([ref(drug), ref(high)]))
+
+
+def test_hook_flow_never_suppresses_critical_cards_or_the_incomplete_checks_card():
+    from snapshots import everolimus, hcg
+
+    result = answer(History(), hook="order-sign", drafts=[everolimus(draft=True)], observations=[hcg("positive", 2)],
+                    prefetch={"conditions": None})
+    assert {c.topic.value for c in result.cards} >= {"pregnancy"}
+    assert all(c.indicator == "critical" or c.topic.value == "checks-incomplete" for c in result.cards)
+
+
+def test_hook_flow_asks_no_history_when_suppression_is_off():
+    from snapshots import everolimus, level
+
+    history = History()
+    result = answer(history, hours=0, medications=[everolimus()], observations=[level("everolimus", 20)])
+    assert "trough-high" in [c.topic.value for c in result.cards] and result.suppressed == 0 and history.asked == []
