@@ -63,7 +63,8 @@ class Card:
     summary: str
     detail: str
     source: Source  # what the card rests on: the drug's label, or for checks-incomplete the CDS Hooks spec
-    trigger_key: str  # the resources it rests on, sorted and joined (card store and suppression)
+    trigger_key: str  # each finding's resources, sorted and joined: the card store's and suppression's key
+    trigger_refs: frozenset[str] = frozenset()  # every resource the card rests on (mTOR orders included)
     suggestions: tuple[dict[str, Any], ...] = ()
     override_reasons: tuple[tuple[str, str], ...] = ()
     uuid: str = dataclasses.field(default_factory=_new_uuid)
@@ -126,6 +127,7 @@ def render_cards(findings: Sequence[Finding], snapshot: PatientSnapshot) -> list
             detail=text.detail,
             source=top.label or top.source,  # the card rests on the drug's label; details cite each fact's own source
             trigger_key="|".join(sorted({f.trigger_key for f in topic_findings}))[:500],
+            trigger_refs=frozenset().union(*(f.refs for f in topic_findings)),
             suggestions=tuple(text.suggestions),
             override_reasons=entry.override_reasons,
         ))

@@ -12,7 +12,7 @@ import pytest
 from cds_service.cards import TOPICS, Card, render_cards
 from cds_service.findings import Topic
 from cds_service.rules import evaluate
-from snapshots import NOW, SNOMED, condition, everolimus, knowledge, level, med, sirolimus, snapshot_of
+from snapshots import NOW, SNOMED, condition, everolimus, knowledge, level, med, ref, sirolimus, snapshot_of
 
 LAM = condition(SNOMED, "277844007", "Pulmonary lymphangioleiomyomatosis (disorder)")
 TSC = condition(SNOMED, "7199000", "Tuberous sclerosis syndrome (disorder)")
@@ -91,3 +91,11 @@ def test_every_topic_has_one_registry_entry_with_a_title_and_a_renderer():
     for topic, entry in TOPICS.items():
         assert entry.title and callable(entry.render), topic
         assert topic is Topic.CHECKS_INCOMPLETE or entry.override_reasons, topic
+
+
+def test_a_card_carries_its_topic_indicator_and_the_resources_it_rests_on():
+    drug, high = sirolimus(), level("sirolimus", 20)
+    card = cards_for(medications=[drug], observations=[high], conditions=[LAM])["trough-high"]
+    assert (card.topic, card.indicator) == (Topic.TROUGH_HIGH, "warning")
+    assert card.trigger_refs == {ref(drug), ref(high)} and card.trigger_key == "|".join(sorted(card.trigger_refs))
+    assert card.to_json()["source"]["topic"]["code"] == "trough-high"
