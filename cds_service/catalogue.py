@@ -159,7 +159,7 @@ def _incomplete_checks_request(requests: list[tuple[dict, dict]]) -> tuple[dict,
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
 _CODE = re.compile(r"`([^`\n]+)`")
-_LINK = re.compile(r"\[([^\[\]\n]+)\]\(([^()\s]+)\)")
+_LINK = re.compile(r"\[([^\[\]\n]+)\]\(((?:[^()\s]|\([^()\s]*\))+)\)")  # a URL may hold one level of (...)
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
 _ITALIC_UNDERSCORE = re.compile(r"(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)")
 _ITALIC_STAR = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
