@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cds_service.findings import Topic
 from cds_service.knowledge.manifest import MANIFEST
@@ -384,9 +385,17 @@ def _card(entry: Entry) -> str:
 <div class="detail">{render_markdown(card.get("detail", ""))}</div>
 {_suggestions(card)}{_links(card)}{_overrides(card)}
 <div class="source">Source: {_link(source.get("url"), source.get("label", ""))}
-<span class="topic-code">topic <code>{_e(source_topic.get("code", ""))}</code> · {_e(source_topic.get("display", ""))}</span></div>
+<span class="line">Sites linked: {_e(" · ".join(_linked_sites(card)) or "none")}</span>
+<span class="line">topic <code>{_e(source_topic.get("code", ""))}</code> · {_e(source_topic.get("display", ""))}</span></div>
 </div>
 </article>"""
+
+
+def _linked_sites(card: dict) -> list[str]:
+    """The sites a card sends a clinician to (source, detail links, card links), so reviewers see the publishers."""
+    urls = [card.get("source", {}).get("url"), *(url for _, url in _LINK.findall(card.get("detail", "")))]
+    urls += [link.get("url") for link in card.get("links") or []]
+    return sorted({urlsplit(url).hostname or "" for url in urls if isinstance(url, str) and SAFE_URL.match(url)} - {""})
 
 
 def _trigger(trigger: Trigger) -> str:
@@ -396,7 +405,7 @@ def _trigger(trigger: Trigger) -> str:
     )
     fires = ", ".join(trigger.expect_topics) or "no card expected"
     return (
-        f'<div class="trigger"><span class="hook">{_e(trigger.hook)}</span> '
+        f'<div class="trigger"><span class="label">Trigger</span> <span class="hook">{_e(trigger.hook)}</span> '
         f'<span class="what">{origin}</span>'
         f'<span class="fires">scenario fires: {_e(fires)}</span></div>'
     )
@@ -541,7 +550,8 @@ table.grid { border-collapse: collapse; width: 100%; font-size: 13.5px; }
 .behaviour { text-transform: none; letter-spacing: 0; font-weight: normal; }
 .overrides ul, .links ul { margin: 0; padding-left: 20px; font-size: 13.5px; }
 .source { border-top: 1px solid #edf0f3; margin-top: 8px; padding-top: 6px; font-size: 13px; color: var(--muted); }
-.topic-code { display: block; }
+.source .line { display: block; }
+.trigger .label { font-weight: 700; color: #334155; }
 .signoff td { height: 34px; }
 @media print { body { background: #fff; } .panel, .topic { break-inside: auto; border: none; } .entry { break-inside: avoid; } }
 """

@@ -171,6 +171,7 @@ def test_page_shows_each_card_with_its_trigger_source_suggestions_and_override_r
                  clari.card["suggestions"][0]["label"], clari.card["overrideReasons"][0]["display"]):
         assert html.escape(text) in page, text
     assert '<div class="card critical">' in page
+    assert "Sites linked: dailymed.nlm.nih.gov · www.fda.gov" in page
     assert "2026.11.0" in page and "next_review" not in page and "2027-05-23" in page
 
 
