@@ -10,6 +10,7 @@ subset renderer (paragraphs, line breaks, bullet lists, bold, italic, inline cod
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import json
 import re
@@ -61,6 +62,20 @@ class Entry:
     @property
     def topic(self) -> str:
         return self.card["source"]["topic"]["code"]
+
+
+def fingerprint(entries: Iterable[Entry]) -> str:
+    """SHA-256 of every card's content and trigger, uuids left out: equal exactly when the reviewed text is."""
+
+    def without_uuids(value):
+        if isinstance(value, dict):
+            return {k: without_uuids(v) for k, v in value.items() if k != "uuid"}
+        if isinstance(value, list):
+            return [without_uuids(v) for v in value]
+        return value
+
+    content = [[dataclasses.asdict(e.trigger), without_uuids(e.card)] for e in entries]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +347,8 @@ triggers it and where its content comes from. Cards are the service's own JSON a
 <dt>Service version</dt><dd>{_e(service_version)}</dd>
 <dt>Knowledge version</dt><dd>{_e(", ".join(versions))} ({len(catalogue.manifest["files"])} files, below)</dd>
 <dt>Cards</dt><dd>{len(catalogue.entries)} cards in {len(grouped)} topics</dd>
+<dt>Card fingerprint</dt><dd><code>{fingerprint(catalogue.entries)}</code> (SHA-256 of the cards and their triggers; it
+changes whenever any card text does)</dd>
 </dl>
 <p class="note">Single line breaks in a card's detail are shown as line breaks; some EHRs join such lines into one
 paragraph. Links in details open the cited source.</p>
@@ -552,6 +569,7 @@ table.grid { border-collapse: collapse; width: 100%; font-size: 13.5px; }
 .source { border-top: 1px solid #edf0f3; margin-top: 8px; padding-top: 6px; font-size: 13px; color: var(--muted); }
 .source .line { display: block; }
 .trigger .label { font-weight: 700; color: #334155; }
-.signoff td { height: 34px; }
+#quiet td:nth-child(-n+2) { white-space: nowrap; }
+.signoff th { width: 25%; height: 40px; }
 @media print { body { background: #fff; } .panel, .topic { break-inside: auto; border: none; } .entry { break-inside: avoid; } }
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cds_service.catalogue import (
-    UNKNOWN_USE, Catalogue, Entry, Trigger, collect, group, infer_use, render_inline, render_markdown, render_page,
+    INCOMPLETE_FROM, UNKNOWN_USE, Catalogue, Entry, Trigger, collect, fingerprint, group, infer_use, render_inline, render_markdown, render_page,
 )
 from cds_service.cli import main
 from cds_service.findings import Topic
@@ -153,9 +153,18 @@ def test_every_fires_topic_has_a_card_and_every_fires_fixture_triggers_one(catal
     assert not [t.file for t in catalogue.quiet if t.file.startswith("fires-")]
 
 
-def test_checks_incomplete_card_says_which_data_was_missing(catalogue):
+def test_checks_incomplete_card_comes_from_a_fixture_without_its_lab_results(catalogue):
     [incomplete] = [e for e in catalogue.entries if e.topic == "checks-incomplete"]
-    assert incomplete.trigger.derived_from and "lab results" in incomplete.card["detail"]
+    assert incomplete.trigger.derived_from == INCOMPLETE_FROM and incomplete.card["indicator"] == "info"
+
+
+def test_page_is_the_same_on_every_build_and_its_fingerprint_follows_card_text(catalogue, page):
+    again = collect(FIXTURES)
+    assert render_page(again) == page
+    assert fingerprint(again.entries) in page
+    changed = list(again.entries)
+    changed[0] = Entry(changed[0].trigger, {**changed[0].card, "summary": changed[0].card["summary"] + "."})
+    assert fingerprint(changed) != fingerprint(again.entries)
 
 
 def test_page_is_self_contained(page):
@@ -171,8 +180,20 @@ def test_page_shows_each_card_with_its_trigger_source_suggestions_and_override_r
                  clari.card["suggestions"][0]["label"], clari.card["overrideReasons"][0]["display"]):
         assert html.escape(text) in page, text
     assert '<div class="card critical">' in page
-    assert "Sites linked: dailymed.nlm.nih.gov · www.fda.gov" in page
-    assert "2026.11.0" in page and "next_review" not in page and "2027-05-23" in page
+    for entry in catalogue.manifest["files"].values():
+        assert all(html.escape(entry[key]) in page for key in ("subject", "version", "reviewed", "next_review"))
+
+
+def test_each_card_names_the_sites_it_links_to():
+    card = {
+        "summary": "s", "indicator": "info",
+        "detail": "See [label](https://www.fda.gov/x) and [bad](javascript:alert(1)) and [again](https://www.fda.gov/y).",
+        "source": {"label": "PI", "url": "https://dailymed.nlm.nih.gov/dailymed/x", "topic": {"code": "lipids", "display": "Lipids"}},
+        "links": [{"label": "SmPC", "url": "https://www.ema.europa.eu/en/x", "type": "absolute"}],
+    }
+    trigger = Trigger(file="f.json", hook="patient-view", description="d", expect_topics=("lipids",), use="TSC")
+    page = render_page(Catalogue(datetime(2026, 11, 23, tzinfo=timezone.utc), (Entry(trigger, card),), (), {"files": {}}))
+    assert "Sites linked: dailymed.nlm.nih.gov · www.ema.europa.eu · www.fda.gov" in page
 
 
 def test_card_text_cannot_inject_markup():
