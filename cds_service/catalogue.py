@@ -30,16 +30,15 @@ UNKNOWN_USE = "TSC/other"
 # Words in a scenario's file name or description that say which use it serves; the first use that matches wins
 # (a transplant or oncology patient who also has TSC is governed by that label).
 _USE_WORDS = (
-    ("transplant", re.compile(r"transplant|zortress|allograft|rejection", re.I)),
-    ("oncology", re.compile(r"oncology|cancer|carcinoma|\brcc\b|pecoma|fyarro|neuroendocrine|\bnet\b", re.I)),
-    ("LAM", re.compile(r"\blam\b|lymphangioleiomyomatosis", re.I)),
-    ("TSC", re.compile(r"\btsc\b|tuberous|\bsega\b|\baml\b|angiomyolipoma|seizure", re.I)),
+    ("transplant", re.compile(r"transplant|zortress|allograft|rejection", re.IGNORECASE)),
+    ("oncology", re.compile(r"oncology|cancer|carcinoma|\brcc\b|pecoma|fyarro|neuroendocrine|\bnet\b", re.IGNORECASE)),
+    ("LAM", re.compile(r"\blam\b|lymphangioleiomyomatosis", re.IGNORECASE)),
+    ("TSC", re.compile(r"\btsc\b|tuberous|\bsega\b|\baml\b|angiomyolipoma|seizure", re.IGNORECASE)),
 )
-INCOMPLETE_FROM = "fires-cyp3a4-carbamazepine-patient-view.json"  # a patient-view request to strip a prefetch key from
 
 
 class CatalogueError(Exception):
-    """The fixtures cannot be read, or the service did not answer a scenario with cards."""
+    """The fixtures cannot be read, or the service did not answer a scenario with 200 and cards."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +63,14 @@ class Entry:
         return self.card["source"]["topic"]["code"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Catalogue:
+    now: datetime
+    entries: tuple[Entry, ...]
+    quiet: tuple[Trigger, ...]  # scenarios that answer no card at all
+    manifest: dict
+
+
 def fingerprint(entries: Iterable[Entry]) -> str:
     """SHA-256 of every card's content and trigger, uuids left out: equal exactly when the reviewed text is."""
 
@@ -76,14 +83,6 @@ def fingerprint(entries: Iterable[Entry]) -> str:
 
     content = [[dataclasses.asdict(e.trigger), without_uuids(e.card)] for e in entries]
     return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class Catalogue:
-    now: datetime
-    entries: tuple[Entry, ...]
-    quiet: tuple[Trigger, ...]  # scenarios that answer no card at all
-    manifest: dict
 
 
 # --- collecting cards -----------------------------------------------------------------------------
@@ -112,8 +111,9 @@ def collect(fixture_dir: Path) -> Catalogue:
     with tempfile.TemporaryDirectory(prefix="mtor-cds-catalogue-") as scratch:
         app = _trial_app(Path(scratch), now)
         client = app.test_client()
+        service_for_hook = {service["hook"]: service["id"] for service in client.get("/cds-services").get_json()["services"]}
         for scenario, body in requests:
-            response = client.post(f"/cds-services/mtor-safety-{body.get('hook')}", json=body)
+            response = client.post(f"/cds-services/{service_for_hook.get(body.get('hook'), 'none')}", json=body)
             if response.status_code != 200:
                 raise CatalogueError(f"{scenario['file']}: the service answered {response.status_code}")
             trigger = Trigger(
@@ -154,16 +154,20 @@ def _close_store(app) -> None:
 
 
 def _incomplete_checks_request(requests: list[tuple[dict, dict]]) -> tuple[dict, dict]:
-    """A fixture whose lab results are neither prefetched nor fetchable (no fhirServer): checks-incomplete."""
-    base = next((body for scenario, body in requests if scenario["file"] == INCOMPLETE_FROM), None)
+    """The first firing patient-view fixture with its lab results neither prefetched nor fetchable (no fhirServer):
+    the service answers the checks-incomplete card."""
+    base_file, base = next(
+        ((s["file"], body) for s, body in requests if s["file"].startswith("fires-") and body.get("hook") == "patient-view"),
+        (None, None),
+    )
     if base is None:
-        raise CatalogueError(f"scenarios.json no longer lists {INCOMPLETE_FROM}, the base of the checks-incomplete card")
+        raise CatalogueError("scenarios.json lists no fires- patient-view fixture to derive the checks-incomplete card from")
     body = json.loads(json.dumps(base))
     body.get("prefetch", {}).pop("observations", None)
     body.pop("fhirServer", None)
     scenario = {
-        "file": INCOMPLETE_FROM,
-        "derived_from": INCOMPLETE_FROM,
+        "file": base_file,
+        "derived_from": base_file,
         "what": "the same request without the observations (lab results) prefetch and with no FHIR server to fetch it from",
         "expect_topics": [Topic.CHECKS_INCOMPLETE.value],
         "only_topic": Topic.CHECKS_INCOMPLETE.value,
@@ -180,7 +184,7 @@ _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
 _ITALIC_UNDERSCORE = re.compile(r"(?<!\w)_(?=\S)(.+?)(?<=\S)_(?!\w)")
 _ITALIC_STAR = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
 _BULLET = re.compile(r"^( *)[-*] +(.*)$")
-SAFE_URL = re.compile(r"^(https?://|mailto:)", re.I)
+SAFE_URL = re.compile(r"^(https?://|mailto:)", re.IGNORECASE)
 
 
 def render_inline(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cds_service.catalogue import (
-    INCOMPLETE_FROM, UNKNOWN_USE, Catalogue, Entry, Trigger, collect, fingerprint, group, infer_use, render_inline, render_markdown, render_page,
+    UNKNOWN_USE, Catalogue, Entry, Trigger, collect, fingerprint, group, infer_use, render_inline,
+    render_markdown, render_page,
 )
 from cds_service.cli import main
 from cds_service.findings import Topic
@@ -155,7 +157,8 @@ def test_every_fires_topic_has_a_card_and_every_fires_fixture_triggers_one(catal
 
 def test_checks_incomplete_card_comes_from_a_fixture_without_its_lab_results(catalogue):
     [incomplete] = [e for e in catalogue.entries if e.topic == "checks-incomplete"]
-    assert incomplete.trigger.derived_from == INCOMPLETE_FROM and incomplete.card["indicator"] == "info"
+    assert incomplete.trigger.derived_from.startswith("fires-") and incomplete.trigger.hook == "patient-view"
+    assert incomplete.card["indicator"] == "info"
 
 
 def test_page_is_the_same_on_every_build_and_its_fingerprint_follows_card_text(catalogue, page):
@@ -233,6 +236,19 @@ def test_catalogue_command_without_fixtures_is_a_usage_error(tmp_path, capsys):
     assert main(["catalogue", "--out", str(tmp_path / "c.html"), "--fixtures", str(tmp_path)]) == 2
     assert "cannot read the scenarios" in capsys.readouterr().err
     assert not (tmp_path / "c.html").exists()
+
+
+def test_catalogue_command_names_a_fixture_the_service_refuses(tmp_path, capsys):
+    good = "fires-trough-high-patient-view.json"
+    refused = json.loads((FIXTURES / good).read_text())
+    del refused["prefetch"]["medications"]  # and no fhirServer to fetch them from: 412
+    (tmp_path / good).write_text((FIXTURES / good).read_text())
+    (tmp_path / "fires-refused.json").write_text(json.dumps(refused))
+    scenarios = {"now": SCENARIOS["now"], "scenarios": [{"file": good, "expect_topics": ["trough-high"], "what": "w"},
+                                                        {"file": "fires-refused.json", "expect_topics": [], "what": "r"}]}
+    (tmp_path / "scenarios.json").write_text(json.dumps(scenarios))
+    assert main(["catalogue", "--out", str(tmp_path / "c.html"), "--fixtures", str(tmp_path)]) == 2
+    assert "fires-refused.json: the service answered 412" in capsys.readouterr().err
 
 
 # --- in a real browser ----------------------------------------------------------------------------
