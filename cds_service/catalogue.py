@@ -106,30 +106,37 @@ def collect(fixture_dir: Path) -> Catalogue:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CatalogueError(f"cannot read the scenarios in {fixture_dir}: {exc}") from None
     requests.append(_incomplete_checks_request(requests))
-    entries: list[Entry] = []
-    quiet: list[Trigger] = []
-    with tempfile.TemporaryDirectory(prefix="mtor-cds-catalogue-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="mtor-cds-catalogue-", ignore_cleanup_errors=True) as scratch:
         app = _trial_app(Path(scratch), now)
-        client = app.test_client()
-        service_for_hook = {service["hook"]: service["id"] for service in client.get("/cds-services").get_json()["services"]}
-        for scenario, body in requests:
-            response = client.post(f"/cds-services/{service_for_hook.get(body.get('hook'), 'none')}", json=body)
-            if response.status_code != 200:
-                raise CatalogueError(f"{scenario['file']}: the service answered {response.status_code}")
-            trigger = Trigger(
-                file=scenario["file"], hook=body["hook"], description=scenario.get("what", ""),
-                expect_topics=tuple(scenario.get("expect_topics") or ()), use=infer_use(scenario),
-                derived_from=scenario.get("derived_from", ""),
-            )
-            cards = response.get_json()["cards"]
-            if scenario.get("only_topic"):
-                cards = [c for c in cards if c["source"]["topic"]["code"] == scenario["only_topic"]]
-            entries += [Entry(trigger, card) for card in cards]
-            if not cards:
-                quiet.append(trigger)
-        _close_store(app)
+        try:
+            entries, quiet = _answer_every_scenario(app, requests)
+        finally:
+            _close_store(app)
     manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
     return Catalogue(now=now, entries=tuple(entries), quiet=tuple(quiet), manifest=manifest)
+
+
+def _answer_every_scenario(app, requests: list[tuple[dict, dict]]) -> tuple[list[Entry], list[Trigger]]:
+    entries: list[Entry] = []
+    quiet: list[Trigger] = []
+    client = app.test_client()
+    service_for_hook = {service["hook"]: service["id"] for service in client.get("/cds-services").get_json()["services"]}
+    for scenario, body in requests:
+        response = client.post(f"/cds-services/{service_for_hook.get(body.get('hook'), 'none')}", json=body)
+        if response.status_code != 200:
+            raise CatalogueError(f"{scenario['file']}: the service answered {response.status_code}")
+        trigger = Trigger(
+            file=scenario["file"], hook=body["hook"], description=scenario.get("what", ""),
+            expect_topics=tuple(scenario.get("expect_topics") or ()), use=infer_use(scenario),
+            derived_from=scenario.get("derived_from", ""),
+        )
+        cards = response.get_json()["cards"]
+        if scenario.get("only_topic"):
+            cards = [c for c in cards if c["source"]["topic"]["code"] == scenario["only_topic"]]
+        entries += [Entry(trigger, card) for card in cards]
+        if not cards:
+            quiet.append(trigger)
+    return entries, quiet
 
 
 def _trial_app(scratch: Path, now: datetime):
