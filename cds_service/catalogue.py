@@ -319,7 +319,7 @@ def _link(url: str, label: str) -> str:
 def render_page(catalogue: Catalogue) -> str:
     grouped = group(catalogue.entries)
     topic_names = {e.topic: e.card["source"]["topic"].get("display", e.topic) for e in catalogue.entries}
-    uses = use_order(e.trigger.use for e in catalogue.entries)
+    uses = use_order([*USES, *(e.trigger.use for e in catalogue.entries)])  # every named use, so gaps show
     parts = [
         _header(catalogue, grouped, topic_names),
         _coverage(grouped, uses, topic_names),
@@ -368,7 +368,7 @@ paragraph. Links in details open the cited source.</p>
 
 
 def _coverage(grouped: dict, uses: list[str], topic_names: dict) -> str:
-    head = "".join(f"<th>{_e(_use_label(u) if u != UNKNOWN_USE else 'TSC / other')}</th>" for u in uses)
+    head = "".join(f'<th class="num">{_e("TSC / other" if u == UNKNOWN_USE else u)}</th>' for u in uses)
     rows = []
     for topic, by_use in grouped.items():
         cells = "".join(
@@ -548,7 +548,7 @@ nav h2 { font-size: 15px; margin: 12px 0 4px; }
 table.grid { border-collapse: collapse; width: 100%; font-size: 13.5px; }
 .grid th, .grid td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
 .grid thead th { background: #f6f8fa; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); }
-.grid td.num { text-align: center; } .grid td.none { color: #a0a8b3; }
+.grid .num { text-align: center; } .grid td.none { color: #a0a8b3; }
 .knowledge td:first-child, .knowledge td:nth-child(n+3) { white-space: nowrap; }
 .grid th[scope=row] { width: 40%; }
 .grid td.overdue { color: var(--critical); font-weight: 600; }

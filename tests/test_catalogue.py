@@ -199,6 +199,11 @@ def test_each_card_names_the_sites_it_links_to():
     assert "Sites linked: dailymed.nlm.nih.gov · www.ema.europa.eu · www.fda.gov" in page
 
 
+def test_coverage_table_lists_every_named_use_even_without_cards(page):
+    table = page[page.index("Cards by topic and use"):page.index("Knowledge the cards rest on")]
+    assert all(f'<th class="num">{use}</th>' in table for use in ("TSC", "LAM", "transplant", "oncology"))
+
+
 def test_card_text_cannot_inject_markup():
     evil = "<script>alert(1)</script>"
     card = {
