@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_call(commands)
     _add_dev_key(commands)
     _add_fixtures(commands)
+    _add_catalogue(commands)
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -210,12 +211,36 @@ def _fixtures(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- catalogue ----------------------------------------------------------------------------------
+
+
+def _add_catalogue(commands) -> None:
+    catalogue = commands.add_parser(
+        "catalogue",
+        help="write one self-contained HTML page of every card the fixtures produce, for clinical governance review",
+    )
+    catalogue.add_argument("--out", default="card-catalogue.html", metavar="FILE", help="HTML file (default %(default)s)")
+    catalogue.add_argument("--fixtures", default="fhir_fixtures", metavar="DIR", help="fixture directory (default %(default)s)")
+
+
+def _catalogue(args: argparse.Namespace) -> int:
+    from cds_service.catalogue import CatalogueError, write_catalogue
+
+    try:
+        catalogue = write_catalogue(Path(args.out), Path(args.fixtures))
+    except (CatalogueError, OSError) as exc:
+        return _usage(str(exc))
+    topics = len({entry.topic for entry in catalogue.entries})
+    print(f"card catalogue written to {args.out}: {len(catalogue.entries)} cards in {topics} topics", file=sys.stderr)
+    return 0
+
+
 def _usage(message: str) -> int:
     print(f"mtor-cds: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
-COMMANDS = {"serve": _serve, "report": _report, "call": _call, "dev-key": _dev_key, "fixtures": _fixtures}
+COMMANDS = {"serve": _serve, "report": _report, "call": _call, "dev-key": _dev_key, "fixtures": _fixtures, "catalogue": _catalogue}
 
 if __name__ == "__main__":
     sys.exit(main())
