@@ -66,6 +66,11 @@ def call_service(service_id: str) -> Response:
             patient_hash=g.log_fields["patient"],
             trigger_key=trigger_key,
             issued_at=now,
+            issuer=_caller_issuer(),
+            fhir_server=call.fhir_server or "",
+            topic_display=card["source"]["topic"].get("display", ""),
+            suggestion_ids=tuple(s["uuid"] for s in card.get("suggestions", ()) if "uuid" in s),
+            override_reasons=tuple((r["system"], r["code"]) for r in card.get("overrideReasons", ())),
         )
         for card, trigger_key in zip(answer.cards, answer.trigger_keys, strict=True)
     ]
@@ -74,6 +79,7 @@ def call_service(service_id: str) -> Response:
     g.log_fields["cards"] = [[c["source"]["topic"]["code"], c["indicator"]] for c in cards]
     if len(cards) < len(answer.cards):
         g.log_fields["suppressed"] = len(answer.cards) - len(cards)
+        app_state.store.record_suppressed([r for r in records if r not in shown])
     app_state.store.record_cards(shown)
     return json_response({"cards": cards})
 
@@ -88,7 +94,7 @@ def _not_recently_overridden(app_state: AppState, records: list[CardRecord], now
     return [
         r for r in records
         if r.indicator == "critical" or r.topic == "checks-incomplete"
-        or not app_state.store.overridden_recently(r.patient_hash, r.topic, r.trigger_key, since)
+        or not app_state.store.overridden_recently(r, since)
     ]
 
 
@@ -98,8 +104,8 @@ def feedback(service_id: str) -> Response:
     if service_id not in app_state.services:
         raise UnknownService(f"no CDS service with id {service_id[:80]!r}")
     g.log_fields["service"] = service_id
-    entries = parse_feedback(read_json_body())
-    app_state.store.record_feedback(service_id, entries)
+    entries = parse_feedback(read_json_body(), app_state.clock())
+    app_state.store.record_feedback(service_id, _caller_issuer(), entries)
     g.log_fields["feedback"] = [[e.outcome, bool(e.reason_code)] for e in entries]
     return Response(status=200)
 
@@ -229,8 +235,13 @@ def _start_request() -> Response | None:
     app_state = state()
     if app_state.verifier is not None and request.path.startswith("/cds-services"):
         audience = (app_state.settings.public_base_url + request.path) if app_state.settings.public_base_url else request.base_url
-        app_state.verifier.verify(request.headers.get("Authorization"), audience)
+        g.caller_issuer = app_state.verifier.verify(request.headers.get("Authorization"), audience)["iss"]
     return None
+
+
+def _caller_issuer() -> str:
+    """Who is calling: the JWT's iss, or "" when JWTs are off. Cards and feedback are bound to it."""
+    return getattr(g, "caller_issuer", "")
 
 
 def _finish_request(response: Response) -> Response:
