@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from cds_service.store import CardStore
 from cds_service.store.models import card_feedback, issued_card
 
-COMMENTS_SHOWN = 10  # free-text comments listed per topic and override reason (the most recent)
+COMMENTS_SHOWN = 10  # distinct free-text comments listed per topic and override reason (the most recent)
 COMMENT_CHARS = 200  # each comment is cut to this length in the report
 CHART_COLUMNS = 4  # small multiples per row
 NO_SUGGESTION = "n/a*"
@@ -116,7 +116,15 @@ class OverrideReason:
         return f"{self.display} [{self.code}]" if self.display else self.code
 
     def recent_comments(self) -> list[str]:
-        return [text for _, text in sorted(self.comments, reverse=True)[:COMMENTS_SHOWN]]
+        """The distinct comments, most recent first, each with how often it was given when more than once."""
+        counts: dict[str, int] = defaultdict(int)
+        for _, text in sorted(self.comments, reverse=True):
+            counts[text] += 1  # dicts keep insertion order: the most recent use of each text first
+        return [text if n == 1 else f"{text} (×{n})" for text, n in counts.items()][:COMMENTS_SHOWN]
+
+    @property
+    def comments_not_shown(self) -> int:
+        return max(len({text for _, text in self.comments}) - COMMENTS_SHOWN, 0)
 
 
 @dataclass(frozen=True)
@@ -344,28 +352,30 @@ def override_rate_chart_png(report: Report) -> bytes:
         axes.text(0.5, 0.5, "No cards issued in this period", ha="center", va="center", transform=axes.transAxes)
         return _png(figure)
     all_weeks = sorted({w.week for points in by_topic.values() for w in points})
+    ticks = list(range(0, len(all_weeks), max(1, math.ceil(len(all_weeks) / 4))))
     grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
     for index, axes in enumerate(grid.flat):
         if index >= len(topics):
             axes.set_axis_off()
             continue
         topic = topics[index]
-        points = by_topic[topic.topic]
-        x = [all_weeks.index(p.week) for p in points]
-        y = [100 * p.outcomes.override_rate for p in points]
-        axes.plot(x, y, marker="o", markersize=4, linewidth=1.2, color="#b03a2e")
-        for xi, yi, p in zip(x, y, points):
-            axes.annotate(str(p.outcomes.issued), (xi, yi), textcoords="offset points", xytext=(0, 5),
-                          ha="center", fontsize=7, color="#333333")
+        issued = {p.week: p.outcomes for p in by_topic[topic.topic]}
+        # A week without cards is a gap in the line (NaN), not a straight line across it.
+        y = [100 * issued[week].override_rate if week in issued else math.nan for week in all_weeks]
+        axes.plot(range(len(all_weeks)), y, marker="o", markersize=4, linewidth=1.2, color="#b03a2e")
+        for x, week in enumerate(all_weeks):
+            if week in issued:
+                axes.annotate(str(issued[week].issued), (x, y[x]), textcoords="offset points", xytext=(0, 5),
+                              ha="center", fontsize=7, color="#222222",
+                              bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         axes.set_title(_wrap(topic.display), fontsize=9)
-        axes.set_ylim(-5, 115)  # room above 100% for the n labels
-        axes.set_yticks([0, 50, 100])
-        axes.grid(True, alpha=0.3)
-    ticks = list(range(0, len(all_weeks), max(1, math.ceil(len(all_weeks) / 4))))
-    for axes in grid.flat:
+        axes.set_ylim(-5, 118)  # room above 100% for the n labels
+        axes.set_yticks([0, 50, 100], ["0%", "50%", "100%"], fontsize=7)
         axes.set_xticks(ticks, [all_weeks[i].strftime("%d %b") for i in ticks], fontsize=7)
-        axes.tick_params(axis="y", labelsize=7)
         axes.set_xlim(-0.5, len(all_weeks) - 0.5)
+        axes.grid(True, alpha=0.3)
+        if index + columns >= len(topics):  # no panel below: this one carries the week labels
+            axes.xaxis.set_tick_params(labelbottom=True)
     figure.supylabel("Overridden, % of cards issued", fontsize=9)
     figure.supxlabel("Week of issue (Monday, UTC); numbers at points: cards issued that week (n)", fontsize=9)
     figure.suptitle("Override rate per topic and week", fontsize=11)
@@ -400,9 +410,8 @@ def _reasons_html(report: Report) -> str:
     rows = []
     for r in report.reasons:
         comments = "".join(f"<li>{html.escape(c)}</li>" for c in r.recent_comments())
-        more = len(r.comments) - COMMENTS_SHOWN
-        if more > 0:
-            comments += f"<li>… and {more} more</li>"
+        if r.comments_not_shown:
+            comments += f"<li>… and {r.comments_not_shown} other comment(s)</li>"
         rows.append(
             f"<tr><td>{html.escape(report.display_of(r.topic))}</td><td>{html.escape(r.label)}</td>"
             f"<td>{r.count}</td><td>{f'<ul>{comments}</ul>' if comments else ''}</td></tr>\n"
