@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from datetime import datetime, timezone
 
 import pytest
+import yaml
 
 from cds_service.errors import BadRequest, PayloadTooLarge
 from cds_service.store.feedback import MAX_COMMENT_CHARS, MAX_FEEDBACK_ITEMS, FeedbackEntry, parse_feedback
@@ -164,7 +166,9 @@ def overridden_entry(n: int = 0, **fields) -> dict:
 
 
 def test_at_most_max_feedback_items_entries_per_post():
-    assert MAX_FEEDBACK_ITEMS == 100  # documented in docs/feedback.md
+    assert MAX_FEEDBACK_ITEMS == 100  # documented in docs/feedback.md and the OpenAPI document
+    openapi = yaml.safe_load((pathlib.Path(__file__).parents[1] / "cds_service" / "openapi.yaml").read_text())
+    assert openapi["components"]["schemas"]["FeedbackRequest"]["properties"]["feedback"]["maxItems"] == 100
     assert len(parse_feedback({"feedback": [overridden_entry(n) for n in range(100)]}, NOW)) == 100
     with pytest.raises(PayloadTooLarge, match="101 entries; at most 100 per request"):
         parse_feedback({"feedback": [overridden_entry(n) for n in range(101)]}, NOW)
@@ -190,6 +194,7 @@ def test_free_text_is_kept_bounded():
     comment = "x" * 5000
     [entry] = parse_feedback({"feedback": [overridden_entry(overrideReason={
         "reason": {"system": "s", "code": "c", "display": "d" * 5000}, "userComment": comment})]}, NOW)
+    assert MAX_COMMENT_CHARS == 1000  # documented in docs/feedback.md
     assert len(entry.user_comment) == MAX_COMMENT_CHARS and entry.user_comment.endswith("…")
     assert len(entry.reason_display) == MAX_COMMENT_CHARS
 
@@ -203,3 +208,4 @@ def test_errors_never_echo_megabytes_of_input(entry):
     with pytest.raises(BadRequest) as raised:
         parse_feedback({"feedback": [entry]}, NOW)
     assert len(raised.value.message) < 200
+    assert re.search(r"'(u{56}|o{56}|2{56})\.\.\.$", raised.value.message)  # 60 characters quoted (docs/feedback.md)

@@ -111,7 +111,8 @@ def test_override_reasons_come_with_their_comments(store):
     ]
 
 
-def test_only_the_most_recent_comments_are_listed(store):
+def test_only_the_most_recent_distinct_comments_are_listed(store):
+    assert COMMENTS_SHOWN == 10  # docs/feedback.md
     store.record_cards([card(f"c{n}", issued_at=T0 + timedelta(days=2)) for n in range(COMMENTS_SHOWN + 3)])
     store.flush()
     store.record_feedback(SERVICE, EHR, [
@@ -268,3 +269,11 @@ def test_matplotlib_is_an_optional_extra_not_a_base_dependency():
     assert not [d for d in project["dependencies"] if d.startswith("matplotlib")]
     assert [d for d in project["optional-dependencies"]["report"] if d.startswith("matplotlib")]
     assert "mtor-cds[report]" in project["optional-dependencies"]["test"]  # so that the chart tests can run
+
+
+def test_repeated_comments_are_listed_once_with_their_count(store):
+    store.record_cards([card(f"r{n}") for n in range(3)])
+    store.flush()
+    store.record_feedback(SERVICE, EHR, [overridden(f"r{n}", "benefit", comment="Short course") for n in range(3)])
+    benefit = next(r for r in build_report(store).reasons if r.code == "benefit")
+    assert benefit.recent_comments() == ["Short course (×3)"]
