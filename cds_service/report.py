@@ -192,7 +192,7 @@ def build_report(store: CardStore, since: datetime | None = None, until: datetim
         until=until,
         topics=by_display,
         total=total,
-        weeks=[WeekOutcomes(topic, week, n) for (topic, week), n in sorted(weeks.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))],
+        weeks=[WeekOutcomes(topic, week, weeks[(topic, week)]) for topic, week in sorted(weeks, key=lambda k: (order[k[0]], k[1]))],
         reasons=sorted(reasons.values(), key=lambda r: (order[r.topic], -r.count, r.label)),
     )
 
@@ -288,7 +288,7 @@ def _align(header: tuple[str, ...], cells: list[tuple[str, ...]], text_columns: 
     for row in [header, *cells]:
         parts = [
             value.ljust(width) if i < text_columns else value.rjust(width)
-            for i, (value, width) in enumerate(zip(row, widths))
+            for i, (value, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(parts).rstrip())
     return lines
@@ -313,7 +313,7 @@ def format_report_text(report: Report) -> str:
         cells = [(report.display_of(r.topic), r.label, str(r.count)) for r in report.reasons]
         header, *rows = _align(REASON_COLUMNS, cells, text_columns=2)
         lines.append(header)
-        for row, reason in zip(rows, report.reasons):
+        for row, reason in zip(rows, report.reasons, strict=True):
             lines.append(row)
             lines += [f"    - {comment}" for comment in reason.recent_comments()]
     return "\n".join(lines) + "\n"

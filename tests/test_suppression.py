@@ -54,6 +54,20 @@ def test_card_is_shown_again_when_suppression_is_off_or_no_reason_was_given(tmp_
     assert topics_of(call(client)) == ["trough-high"]
 
 
+def test_critical_cards_are_never_suppressed(tmp_path):
+    client = make_client(tmp_path, hours=24)
+    body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    path = f"/cds-services/{SERVICE_FOR_HOOK[body['hook']]}"
+    critical = next(c for c in client.post(path, json=body).get_json()["cards"] if c["indicator"] == "critical")
+    reason = critical["overrideReasons"][0]
+    entry = {"card": critical["uuid"], "outcome": "overridden",
+             "outcomeTimestamp": FIXTURE_NOW.isoformat().replace("+00:00", "Z"),
+             "overrideReason": {"reason": {k: reason[k] for k in ("system", "code", "display")}}}
+    assert client.post(path + "/feedback", json={"feedback": [entry]}).status_code == 200
+    again = client.post(path, json=body).get_json()["cards"]
+    assert critical["source"]["topic"]["code"] in [c["source"]["topic"]["code"] for c in again if c["indicator"] == "critical"]
+
+
 def stored_suppressed(client) -> list[tuple[str, bool]]:
     store = client.application.extensions["mtor_cds"].store
     assert store.flush()
