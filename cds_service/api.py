@@ -17,10 +17,10 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.app_state import AppState
 from cds_service.errors import BadRequest, CdsError, PayloadTooLarge, UnknownService, UnsupportedMediaType
-from cds_service.hooks import answer_hook
+from cds_service.hooks import Caller, answer_hook
 from cds_service.observability import Stopwatch, log_request
 from cds_service.services import HookCall, ServiceDefinition
-from cds_service.store import CardRecord, parse_feedback
+from cds_service.store import parse_feedback
 
 bp = Blueprint("cds", __name__)
 _LOG = logging.getLogger("mtor_cds.api")
@@ -52,27 +52,14 @@ def call_service(service_id: str) -> Response:
     call = parse_hook_call(read_json_body(), service)
     g.log_fields.update(hook=call.hook, hookInstance=call.hook_instance[:80], patient=app_state.hash_patient(call.patient_id))
     now = app_state.clock()
-    answer = answer_hook(
-        call, service, app_state.knowledge, app_state.settings, now, app_state.store, g.log_fields["patient"]
-    )
+    caller = Caller(issuer=_caller_issuer(), patient_hash=g.log_fields["patient"])
+    answer = answer_hook(call, service, app_state.knowledge, app_state.settings, now, app_state.store, caller)
     g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in answer.fhir_timings]
     g.log_fields["cards"] = [[card.topic.value, card.indicator] for card in answer.cards]
-    if answer.suppressed:
+    if answer.held_back:
         g.log_fields["suppressed"] = answer.suppressed
-    app_state.store.record_cards([
-        CardRecord(
-            uuid=card.uuid,
-            service_id=service.id,
-            hook=call.hook,
-            topic=card.topic.value,
-            indicator=card.indicator,
-            hook_instance=call.hook_instance[:200],
-            patient_hash=g.log_fields["patient"],
-            trigger_key=card.trigger_key,
-            issued_at=now,
-        )
-        for card in answer.cards
-    ])
+        app_state.store.record_suppressed(answer.held_back)
+    app_state.store.record_cards(answer.records)
     return json_response({"cards": [card.to_json() for card in answer.cards]})
 
 
@@ -82,8 +69,8 @@ def feedback(service_id: str) -> Response:
     if service_id not in app_state.services:
         raise UnknownService(f"no CDS service with id {service_id[:80]!r}")
     g.log_fields["service"] = service_id
-    entries = parse_feedback(read_json_body())
-    app_state.store.record_feedback(service_id, entries)
+    entries = parse_feedback(read_json_body(), app_state.clock())
+    app_state.store.record_feedback(service_id, _caller_issuer(), entries)
     g.log_fields["feedback"] = [[e.outcome, bool(e.reason_code)] for e in entries]
     return Response(status=200)
 
@@ -213,8 +200,13 @@ def _start_request() -> Response | None:
     app_state = state()
     if app_state.verifier is not None and request.path.startswith("/cds-services"):
         audience = (app_state.settings.public_base_url + request.path) if app_state.settings.public_base_url else request.base_url
-        app_state.verifier.verify(request.headers.get("Authorization"), audience)
+        g.caller_issuer = app_state.verifier.verify(request.headers.get("Authorization"), audience)["iss"]
     return None
+
+
+def _caller_issuer() -> str:
+    """Who is calling: the JWT's iss, or "" when JWTs are off. Cards and feedback are bound to it."""
+    return getattr(g, "caller_issuer", "")
 
 
 def _finish_request(response: Response) -> Response:

@@ -66,21 +66,28 @@ def _moment(text: str, *, end_of_day: bool = False) -> datetime:
 def _add_report(commands) -> None:
     report = commands.add_parser(
         "report",
-        help="card outcomes per topic and indicator: issued, accepted, overridden (with reasons), no feedback",
+        help="card outcomes per topic: issued, suppressed, feedback coverage, acceptance, override rate (with reasons)",
         description="Reads the card store at CDS_DATABASE_URL. Dates are ISO (2026-11-01 or 2026-11-01T08:00Z), UTC "
         "unless they say otherwise; --until DATE includes that day.",
     )
     report.add_argument("--since", type=_moment, help="first day (or moment) of the period")
     report.add_argument("--until", type=lambda text: _moment(text, end_of_day=True), help="last day of the period")
-    report.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page with a weekly chart")
+    report.add_argument(
+        "--html", metavar="FILE",
+        help="also write a self-contained HTML page with a weekly chart per topic (needs: pip install 'mtor-cds[report]')",
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cds_service.report import run_report
+    from cds_service.report import ReportExtraMissing, run_report
     from cds_service.settings import Settings
 
     settings = Settings.from_env()
-    print(run_report(settings.database_url, args.since, args.until, args.html), end="")
+    try:
+        print(run_report(settings.database_url, args.since, args.until, args.html), end="")
+    except ReportExtraMissing as missing:
+        print(f"mtor-cds report: {missing}", file=sys.stderr)
+        return 2
     if args.html:
         print(f"HTML report written to {args.html}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-from cds_service.cards import Card, render_cards
+from cds_service.cards import OVERRIDE_SYSTEM, TOPICS, Card, render_cards
 from cds_service.fhir.client import QueryTiming
 from cds_service.fhir.snapshot import build_snapshot, gather
 from cds_service.findings import Finding, Severity, Topic
@@ -16,19 +16,33 @@ from cds_service.rules import evaluate
 from cds_service.rules.completeness import check_data_completeness
 from cds_service.services import HookCall, ServiceDefinition
 from cds_service.settings import Settings
+from cds_service.store import CardRecord
 
 
 class OverrideHistory(Protocol):
     """What suppression needs from the card store."""
 
-    def overridden_recently(self, patient_hash: str, topic: str, trigger_key: str, since: datetime) -> bool: ...
+    def overridden_recently(self, card: CardRecord, since: datetime) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who receives the cards: they are recorded for, and suppressed per, this caller and patient."""
+
+    issuer: str = ""  # the JWT's iss; "" when JWTs are off
+    patient_hash: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class HookAnswer:
     cards: list[Card]  # the cards to show, after suppression
-    suppressed: int  # cards not shown because an identical one was overridden recently
+    records: list[CardRecord]  # one per card shown: what the card store keeps
+    held_back: list[CardRecord]  # cards not shown because an identical one was overridden recently
     fhir_timings: list[QueryTiming]
+
+    @property
+    def suppressed(self) -> int:
+        return len(self.held_back)
 
 
 def answer_hook(
@@ -38,7 +52,7 @@ def answer_hook(
     settings: Settings,
     now: datetime | None = None,
     history: OverrideHistory | None = None,
-    patient_hash: str = "",
+    caller: Caller = Caller(),
 ) -> HookAnswer:
     """Raises DataUnavailable (412) when the medications cannot be had; otherwise always answers."""
     now = now or datetime.now(timezone.utc)
@@ -57,24 +71,48 @@ def answer_hook(
         if call.hook != "order-select" or findings or _selection_concerns_mtor(call, snapshot):
             findings += incomplete  # on order-select, speak about the selected orders only
     cards = render_cards(findings, snapshot)
-    shown = _not_recently_overridden(cards, settings, now, history, patient_hash)
-    return HookAnswer(shown, len(cards) - len(shown), data.timings)
+    records = [_card_record(card, call, service, caller, now) for card in cards]
+    shown = [_not_recently_overridden(card, record, settings, now, history) for card, record in zip(cards, records, strict=True)]
+    return HookAnswer(
+        [card for card, show in zip(cards, shown, strict=True) if show],
+        [record for record, show in zip(records, shown, strict=True) if show],
+        [record for record, show in zip(records, shown, strict=True) if not show],
+        data.timings,
+    )
 
 
 def _not_recently_overridden(
-    cards: list[Card], settings: Settings, now: datetime, history: OverrideHistory | None, patient_hash: str
-) -> list[Card]:
-    """CDS_SUPPRESS_OVERRIDDEN_HOURS: an identical card (patient, topic, triggering resources) that a clinician
-    overrode with a reason is not shown again for that long. Critical cards and the incomplete-checks card always are."""
+    card: Card, record: CardRecord, settings: Settings, now: datetime, history: OverrideHistory | None
+) -> bool:
+    """CDS_SUPPRESS_OVERRIDDEN_HOURS: an identical card (caller, patient, topic, triggering resources) that a
+    clinician overrode with a reason is not shown again for that long. Critical cards and the incomplete-checks card
+    always are."""
     hours = settings.suppress_overridden_hours
     if hours <= 0 or history is None:
-        return cards
-    since = now - timedelta(hours=hours)
-    return [
-        card for card in cards
-        if card.indicator == Severity.CRITICAL.indicator or card.topic is Topic.CHECKS_INCOMPLETE
-        or not history.overridden_recently(patient_hash, card.topic.value, card.trigger_key, since)
-    ]
+        return True
+    if card.indicator == Severity.CRITICAL.indicator or card.topic is Topic.CHECKS_INCOMPLETE:
+        return True
+    return not history.overridden_recently(record, now - timedelta(hours=hours))
+
+
+def _card_record(card: Card, call: HookCall, service: ServiceDefinition, caller: Caller, now: datetime) -> CardRecord:
+    """What the card store keeps of a card: enough to bind feedback to the caller and to what the card offered."""
+    return CardRecord(
+        uuid=card.uuid,
+        service_id=service.id,
+        hook=call.hook,
+        topic=card.topic.value,
+        indicator=card.indicator,
+        hook_instance=call.hook_instance[:200],
+        patient_hash=caller.patient_hash,
+        trigger_key=card.trigger_key,
+        issued_at=now,
+        issuer=caller.issuer,
+        fhir_server=call.fhir_server or "",
+        topic_display=TOPICS[card.topic].title,
+        suggestion_ids=tuple(s["uuid"] for s in card.suggestions if "uuid" in s),
+        override_reasons=tuple((OVERRIDE_SYSTEM, code) for code, _ in card.override_reasons),
+    )
 
 
 def _in_focus(findings: list[Finding], call: HookCall) -> list[Finding]:

@@ -39,11 +39,28 @@ def empty_database_url(request, tmp_path):
     """The URL of an empty database with no tables: a SQLite file, or the CI's PostgreSQL wiped clean."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'cards.sqlite3'}"
-    engine = sa.create_engine(POSTGRES_URL)
+    url = _postgres_url_of_this_worker()
+    engine = sa.create_engine(url)
     with engine.begin() as connection:
         connection.execute(sa.text("DROP TABLE IF EXISTS card_feedback, issued_card, jwt_replay, cds_store_version"))
     engine.dispose()
-    return POSTGRES_URL
+    return url
+
+
+def _postgres_url_of_this_worker() -> str:
+    """Under pytest-xdist each worker gets its own database (<name>_gw0, ...), so that one worker's wipe
+    cannot drop the tables another worker's test is using."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return POSTGRES_URL
+    base = sa.engine.make_url(POSTGRES_URL)
+    name = f"{base.database}_{worker}"
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        if not connection.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}):
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 def load_fixture(name: str) -> dict:

@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 
 from cds_service.catalogue import (
-    UNKNOWN_USE, Catalogue, Entry, Trigger, collect, fingerprint, group, infer_use, render_inline,
-    render_markdown, render_page,
+    UNKNOWN_USE,
+    Catalogue,
+    Entry,
+    Trigger,
+    collect,
+    fingerprint,
+    group,
+    infer_use,
+    render_inline,
+    render_markdown,
+    render_page,
 )
 from cds_service.cli import main
 from cds_service.findings import Topic

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from datetime import datetime, timedelta, timezone
 
 import jwt
@@ -42,39 +44,54 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def recorded_cards(tmp_path):
     store = CardStore.from_url(f"sqlite:///{tmp_path / 'cards.sqlite3'}")
     store.migrate()
+    override_reasons = (("https://mtor-cds.org/override", "benefit-outweighs-risk"),)
     store.record_cards([
         CardRecord(uuid=f"c{n}", service_id="mtor-safety-order-select", hook="order-select",
                    topic="cyp3a4-interaction", indicator="critical", hook_instance=f"h{n}", patient_hash="0" * 64,
-                   trigger_key="MedicationRequest/draft-clari-1", issued_at=T0 + timedelta(days=n))
+                   trigger_key="MedicationRequest/draft-clari-1", issued_at=T0 + timedelta(days=n),
+                   topic_display="CYP3A4 interaction", suggestion_ids=("s1",), override_reasons=override_reasons)
         for n in range(4)
     ] + [
         CardRecord(uuid="v0", service_id="mtor-safety-order-sign", hook="order-sign", topic="live-vaccine",
                    indicator="warning", hook_instance="hv", patient_hash="1" * 64,
-                   trigger_key="MedicationRequest/draft-mmr-4", issued_at=T0 + timedelta(days=20))
+                   trigger_key="MedicationRequest/draft-mmr-4", issued_at=T0 + timedelta(days=20),
+                   topic_display="Live vaccine", suggestion_ids=("s2",))
     ])
     store.flush()
-    store.record_feedback("mtor-safety-order-select", [
+    store.record_feedback("mtor-safety-order-select", "", [
         FeedbackEntry("c0", "accepted", T0 + timedelta(days=1), accepted_suggestions=("s1",)),
         FeedbackEntry("c1", "overridden", T0 + timedelta(days=2), reason_code="benefit-outweighs-risk",
-                      reason_system="https://mtor-cds.org/override", reason_display="Benefit outweighs risk"),
+                      reason_system="https://mtor-cds.org/override", reason_display="Benefit outweighs risk",
+                      user_comment="Short course; trough in 5 days"),
     ])
     store.close()
 
 
-def test_report_prints_outcomes_per_topic_with_override_reasons(capsys, recorded_cards):
+def topic_rows(out: str) -> dict[str, list[str]]:
+    """The outcomes table: topic -> its nine numbers (the footnote under the table is not a row)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Topic ")) + 1
+    cells = [re.split(r"\s{2,}", line) for line in lines[start:lines.index("", start)]]
+    return {row[0]: row[1:] for row in cells if len(row) == 10}
+
+
+def test_report_prints_outcomes_per_topic_with_totals_and_override_reasons(capsys, recorded_cards):
     code, out, _ = run(capsys, "report")
     assert code == 0
-    rows = {line.split()[0]: line.split() for line in out.split("\n\n")[0].splitlines()[1:]}
-    assert rows["cyp3a4-interaction"] == ["cyp3a4-interaction", "critical", "4", "1", "1", "2", "50.0%"]
-    assert rows["live-vaccine"] == ["live-vaccine", "warning", "1", "0", "0", "1", "-"]
-    assert "Benefit outweighs risk [benefit-outweighs-risk]" in out.split("\n\n")[1]
+    rows = topic_rows(out)
+    # issued, suppressed, with feedback, coverage, offered a suggestion, accepted, acceptance, overridden, override rate
+    assert rows["CYP3A4 interaction"] == ["4", "0", "2", "50.0%", "4", "1", "25.0%", "1", "25.0%"]
+    assert rows["Live vaccine"] == ["1", "0", "0", "0.0%", "1", "0", "0.0%", "0", "0.0%"]
+    assert rows["Total"] == ["5", "0", "2", "40.0%", "5", "1", "20.0%", "1", "20.0%"]
+    assert "Benefit outweighs risk [benefit-outweighs-risk]" in out
+    assert "    - Short course; trough in 5 days" in out
 
 
 def test_report_period_includes_the_until_day_and_excludes_the_rest(capsys, recorded_cards):
     code, out, _ = run(capsys, "report", "--since", "2026-11-03", "--until", "2026-11-04")
     assert code == 0
-    (row,) = out.split("\n\n")[0].splitlines()[1:]
-    assert row.split()[:3] == ["cyp3a4-interaction", "critical", "2"]  # the cards of 3 and 4 November
+    assert list(topic_rows(out)) == ["CYP3A4 interaction", "Total"]
+    assert topic_rows(out)["Total"][0] == "2"  # the cards of 3 and 4 November
 
 
 def test_report_for_an_empty_period_says_so_and_writes_html(capsys, recorded_cards, tmp_path):
@@ -83,6 +100,15 @@ def test_report_for_an_empty_period_says_so_and_writes_html(capsys, recorded_car
     assert out == "No cards were issued in this period.\n"
     assert "<h1>mtor-cds card outcomes</h1>" in (tmp_path / "r.html").read_text()
     assert "r.html" in err
+
+
+def test_report_html_without_the_report_extra_says_how_to_install_it(capsys, recorded_cards, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    code, out, err = run(capsys, "report", "--html", str(tmp_path / "r.html"))
+    assert code == 2
+    assert out == ""
+    assert "pip install 'mtor-cds[report]'" in err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_report_refuses_a_date_it_cannot_read(capsys):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from datetime import datetime, timezone
 
 import pytest
+import yaml
 
-from cds_service.errors import BadRequest
-from cds_service.store.feedback import FeedbackEntry, parse_feedback
+from cds_service.errors import BadRequest, PayloadTooLarge
+from cds_service.store.feedback import MAX_COMMENT_CHARS, MAX_FEEDBACK_ITEMS, FeedbackEntry, parse_feedback
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "cds-hooks" / "examples"
 if not EXAMPLES.is_dir():  # CI clones main with shared/ beside it; a developer's tree may differ
@@ -152,3 +154,58 @@ def test_error_names_the_failing_entry():
     body = {"feedback": [overridden()["feedback"][0], {"card": "b", "outcome": "overridden"}]}
     with pytest.raises(BadRequest, match=r"feedback\[1\]\.outcomeTimestamp is required"):
         parse_feedback(body)
+
+
+# --- bounds: how many entries, how far in the future, how much text is kept or echoed ---------------
+
+NOW = utc(2026, 11, 23, 12, 0, 0)
+
+
+def overridden_entry(n: int = 0, **fields) -> dict:
+    return {"card": f"card-{n}", "outcome": "overridden", "outcomeTimestamp": "2026-11-23T11:00:00Z", **fields}
+
+
+def test_at_most_max_feedback_items_entries_per_post():
+    assert MAX_FEEDBACK_ITEMS == 100  # documented in docs/feedback.md and the OpenAPI document
+    openapi = yaml.safe_load((pathlib.Path(__file__).parents[1] / "cds_service" / "openapi.yaml").read_text())
+    assert openapi["components"]["schemas"]["FeedbackRequest"]["properties"]["feedback"]["maxItems"] == 100
+    assert len(parse_feedback({"feedback": [overridden_entry(n) for n in range(100)]}, NOW)) == 100
+    with pytest.raises(PayloadTooLarge, match="101 entries; at most 100 per request"):
+        parse_feedback({"feedback": [overridden_entry(n) for n in range(101)]}, NOW)
+
+
+@pytest.mark.parametrize(("timestamp", "taken"), [
+    ("2026-11-23T12:04:59Z", True),  # within 5 minutes of clock skew
+    ("2026-11-23T12:05:01Z", False),
+    ("2036-11-23T12:00:00Z", False),
+    ("9999-12-31T23:59:59-14:00", False),  # beyond what a datetime can hold in UTC
+    ("0001-01-01T00:00:00+14:00", False),
+])
+def test_outcome_timestamps_in_the_future_are_refused(timestamp, taken):
+    body = {"feedback": [overridden_entry(outcomeTimestamp=timestamp)]}
+    if taken:
+        assert parse_feedback(body, NOW)[0].outcome_timestamp == utc(2026, 11, 23, 12, 4, 59)
+    else:
+        with pytest.raises(BadRequest, match=r"feedback\[0\]\.outcomeTimestamp"):
+            parse_feedback(body, NOW)
+
+
+def test_free_text_is_kept_bounded():
+    comment = "x" * 5000
+    [entry] = parse_feedback({"feedback": [overridden_entry(overrideReason={
+        "reason": {"system": "s", "code": "c", "display": "d" * 5000}, "userComment": comment})]}, NOW)
+    assert MAX_COMMENT_CHARS == 1000  # documented in docs/feedback.md
+    assert len(entry.user_comment) == MAX_COMMENT_CHARS and entry.user_comment.endswith("…")
+    assert len(entry.reason_display) == MAX_COMMENT_CHARS
+
+
+@pytest.mark.parametrize("entry", [
+    overridden_entry(card="u" * 1_000_000),
+    overridden_entry(outcome="o" * 1_000_000),
+    overridden_entry(outcomeTimestamp="2" * 1_000_000),
+])
+def test_errors_never_echo_megabytes_of_input(entry):
+    with pytest.raises(BadRequest) as raised:
+        parse_feedback({"feedback": [entry]}, NOW)
+    assert len(raised.value.message) < 200
+    assert re.search(r"'(u{56}|o{56}|2{56})\.\.\.$", raised.value.message)  # 60 characters quoted (docs/feedback.md)

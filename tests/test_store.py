@@ -5,6 +5,7 @@ For PostgreSQL run `eval "$(.ci/postgres.sh)"` first; without it those tests are
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -24,6 +25,8 @@ from cds_service.store.models import card_feedback, issued_card, metadata
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)  # a Monday
 PATIENT = "a3f1" * 16  # a salted SHA-256 hex, as the API layer computes it
 SERVICE = "mtor-inhibitor-safety"
+EHR = "https://ehr.example.org/jwt-issuer"
+FHIR = "https://ehr.example.org/fhir"
 
 
 @pytest.fixture
@@ -37,16 +40,18 @@ def store(empty_database_url):
 
 
 def card(uuid: str, topic: str = "mtor-ddi-strong-cyp3a4", *, indicator: str = "warning", service: str = SERVICE,
-         patient: str = PATIENT, trigger: str = "MedicationRequest/1", issued_at: datetime = T0) -> CardRecord:
+         patient: str = PATIENT, trigger: str = "MedicationRequest/1", issued_at: datetime = T0,
+         issuer: str = EHR, fhir_server: str = FHIR) -> CardRecord:
     return CardRecord(
         uuid=uuid, service_id=service, hook="order-sign", topic=topic, indicator=indicator,
         hook_instance="d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", patient_hash=patient, trigger_key=trigger,
-        issued_at=issued_at,
+        issued_at=issued_at, issuer=issuer, fhir_server=fhir_server, topic_display="Strong CYP3A4 interaction",
+        suggestion_ids=("s-1", "s-2"), override_reasons=(("https://example.org/override", "patient-aware"),),
     )
 
 
-def accepted(uuid: str, at: datetime = T0 + timedelta(minutes=1)) -> FeedbackEntry:
-    return FeedbackEntry(uuid, "accepted", at, accepted_suggestions=("s-1",))
+def accepted(uuid: str, at: datetime = T0 + timedelta(minutes=1), suggestion: str = "s-1") -> FeedbackEntry:
+    return FeedbackEntry(uuid, "accepted", at, accepted_suggestions=(suggestion,))
 
 
 def overridden(uuid: str, at: datetime = T0 + timedelta(minutes=1), code: str | None = "patient-aware",
@@ -63,8 +68,12 @@ def feedback_rows(store: CardStore) -> int:
         return connection.scalar(sa.select(sa.func.count()).select_from(card_feedback))
 
 
-def by_topic(store: CardStore, **period) -> dict:
-    return {(row.topic, row.indicator): row for row in store.report(**period)}
+def outcomes(store: CardStore) -> dict[str, str]:
+    """Each card's latest outcome ("" without feedback)."""
+    with store.engine.connect() as connection:
+        rows = connection.execute(sa.select(card_feedback.c.card_uuid, card_feedback.c.outcome)
+                                  .order_by(card_feedback.c.outcome_timestamp))
+        return dict(rows.all())
 
 
 def test_migrations_build_the_schema_the_models_describe(store):
@@ -75,23 +84,23 @@ def test_migrations_build_the_schema_the_models_describe(store):
         assert context.get_current_revision() is not None
 
 
-def test_cards_and_feedback_round_trip_into_the_report(store):
-    store.record_cards([card("c1"), card("c2"), card("c3")])
-    store.record_cards([card("c4", "mtor-live-vaccine", indicator="critical")])
-    assert store.flush() is True
-    store.record_feedback(SERVICE, [accepted("c1"), overridden("c2"), overridden("c4", code=None)])
+def stored_cards(store: CardStore) -> dict[str, dict]:
+    with store.engine.connect() as connection:
+        return {row.uuid: row._asdict() for row in connection.execute(sa.select(issued_card))}
 
-    rows = by_topic(store)
-    ddi = rows[("mtor-ddi-strong-cyp3a4", "warning")]
-    assert (ddi.issued, ddi.accepted, ddi.overridden, ddi.no_feedback) == (3, 1, 1, 1)
-    assert ddi.override_rate == 0.5
-    [reason] = ddi.override_reasons
-    assert (reason.code, reason.system, reason.display, reason.count) == (
-        "patient-aware", "https://example.org/override", "Patient aware of risk", 1)
-    vaccine = rows[("mtor-live-vaccine", "critical")]
-    assert (vaccine.issued, vaccine.accepted, vaccine.overridden, vaccine.no_feedback) == (1, 0, 1, 0)
-    assert [r.label for r in vaccine.override_reasons] == ["(no reason given)"]
-    assert store.counters() == {"cards_written": 4, "cards_dropped": 0, "cards_failed": 0}
+
+def test_cards_round_trip_with_their_caller_and_offer(store):
+    store.record_cards([card("c1"), card("c2")])
+    store.record_suppressed([card("c3")])
+    assert store.flush() is True
+    rows = stored_cards(store)
+    assert {uuid: row["suppressed"] for uuid, row in rows.items()} == {"c1": False, "c2": False, "c3": True}
+    c1 = rows["c1"]
+    assert (c1["issuer"], c1["fhir_server"], c1["topic_display"]) == (EHR, FHIR, "Strong CYP3A4 interaction")
+    assert json.loads(c1["offered_suggestions"]) == ["s-1", "s-2"]
+    assert json.loads(c1["offered_override_reasons"]) == [["https://example.org/override", "patient-aware"]]
+    assert c1["issued_at"] == T0
+    assert store.counters() == {"cards_written": 3, "cards_dropped": 0, "cards_failed": 0}
 
 
 def test_repeated_feedback_and_cards_are_idempotent(store):
@@ -99,27 +108,18 @@ def test_repeated_feedback_and_cards_are_idempotent(store):
     store.record_cards([card("c1")])  # a retried write of the same card
     store.flush()
     batch = [accepted("c1"), overridden("c2"), overridden("c2")]
-    store.record_feedback(SERVICE, batch)
-    store.record_feedback(SERVICE, batch)
+    store.record_feedback(SERVICE, EHR, batch)
+    store.record_feedback(SERVICE, EHR, batch)
     assert feedback_rows(store) == 2
-    ddi = by_topic(store)[("mtor-ddi-strong-cyp3a4", "warning")]
-    assert (ddi.issued, ddi.accepted, ddi.overridden) == (2, 1, 1)
-
-
-def test_latest_feedback_on_a_card_decides_its_outcome(store):
-    store.record_cards([card("c1")])
-    store.flush()
-    store.record_feedback(SERVICE, [overridden("c1", at=T0 + timedelta(minutes=5)), accepted("c1", at=T0 + timedelta(minutes=2))])
-    ddi = by_topic(store)[("mtor-ddi-strong-cyp3a4", "warning")]
-    assert (ddi.issued, ddi.accepted, ddi.overridden, ddi.no_feedback) == (1, 0, 1, 0)
-    assert feedback_rows(store) == 2
+    assert len(stored_cards(store)) == 2
+    assert outcomes(store) == {"c1": "accepted", "c2": "overridden"}
 
 
 def test_unknown_card_is_a_bad_request_and_nothing_is_stored(store):
     store.record_cards([card("c1")])
     store.flush()
     with pytest.raises(BadRequest) as raised:
-        store.record_feedback(SERVICE, [accepted("c1"), overridden("nope-2"), overridden("nope-1")])
+        store.record_feedback(SERVICE, EHR, [accepted("c1"), overridden("nope-2"), overridden("nope-1")])
     assert "nope-1, nope-2" in raised.value.message
     assert "c1" not in raised.value.message
     assert feedback_rows(store) == 0
@@ -129,9 +129,51 @@ def test_card_issued_by_another_service_is_unknown(store):
     store.record_cards([card("c1", service="other-service")])
     store.flush()
     with pytest.raises(BadRequest, match="c1"):
-        store.record_feedback(SERVICE, [accepted("c1")])
-    store.record_feedback("other-service", [accepted("c1")])
+        store.record_feedback(SERVICE, EHR, [accepted("c1")])
+    store.record_feedback("other-service", EHR, [accepted("c1")])
     assert feedback_rows(store) == 1
+
+
+def test_feedback_is_taken_only_from_the_caller_the_card_was_sent_to(store):
+    store.record_cards([card("to-ehr"), card("no-jwt", issuer="")])
+    store.record_suppressed([card("held-back")])
+    store.flush()
+    for issuer, uuid in [("https://other-ehr.example.org", "to-ehr"), ("", "to-ehr"), (EHR, "no-jwt"), (EHR, "held-back")]:
+        with pytest.raises(BadRequest, match="did not send to this caller") as raised:
+            store.record_feedback(SERVICE, issuer, [accepted(uuid)])
+        assert uuid in raised.value.message
+    assert feedback_rows(store) == 0
+    store.record_feedback(SERVICE, EHR, [accepted("to-ehr")])
+    store.record_feedback(SERVICE, "", [overridden("no-jwt")])
+    assert outcomes(store) == {"to-ehr": "accepted", "no-jwt": "overridden"}
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    (accepted("c1", suggestion="s-9"), r"feedback\[1\]\.acceptedSuggestions names suggestion\(s\) the card did not offer: s-9"),
+    (overridden("c1", code="made-up"), r"feedback\[1\]\.overrideReason\.reason is not one of the card's overrideReasons"),
+])
+def test_feedback_may_name_only_what_the_card_offered(store, entry, message):
+    store.record_cards([card("c1")])
+    store.flush()
+    with pytest.raises(BadRequest, match=message):
+        store.record_feedback(SERVICE, EHR, [accepted("c1"), entry])
+    assert feedback_rows(store) == 0
+
+
+def test_a_reason_code_offered_under_another_system_is_refused(store):
+    store.record_cards([card("c1")])
+    store.flush()
+    entry = FeedbackEntry("c1", "overridden", T0, reason_code="patient-aware", reason_system="https://evil.example/o")
+    with pytest.raises(BadRequest, match="not one of the card's overrideReasons"):
+        store.record_feedback(SERVICE, EHR, [entry])
+
+
+def test_refusals_never_echo_large_input(store):
+    huge = ["x" * 90 + str(n) for n in range(50)]
+    with pytest.raises(BadRequest) as raised:
+        store.record_feedback(SERVICE, EHR, [accepted(uuid) for uuid in huge])
+    assert len(raised.value.message) < 600
+    assert raised.value.message.endswith("and 45 more")
 
 
 def slow_card_writes(monkeypatch, gate: threading.Event, entered: threading.Event | None = None) -> None:
@@ -153,7 +195,7 @@ def test_feedback_on_a_card_still_queued_waits_for_the_writer(store, monkeypatch
     slow_card_writes(monkeypatch, gate)
     threading.Timer(0.3, gate.set).start()
     store.record_cards([card("c1")])
-    store.record_feedback(SERVICE, [accepted("c1")])  # no flush in between
+    store.record_feedback(SERVICE, EHR, [accepted("c1")])  # no flush in between
     assert feedback_rows(store) == 1
 
 
@@ -174,7 +216,7 @@ def test_record_cards_does_not_block_and_drops_when_the_queue_is_full(store, mon
         gate.set()
     assert full_store.flush() is True
     assert full_store.counters() == {"cards_written": 2, "cards_dropped": 2, "cards_failed": 0}
-    assert [row.issued for row in full_store.report()] == [2]
+    assert sorted(stored_cards(full_store)) == ["c1", "c2"]
     full_store.close()
 
 
@@ -197,7 +239,7 @@ def test_database_outage_is_counted_not_raised(backend, tmp_path, caplog):
         assert down.flush() is True
         assert down.counters()["cards_failed"] == 1
         assert down.is_healthy() is False
-        assert down.overridden_recently(PATIENT, "t", "MedicationRequest/secret-7", T0) is False
+        assert down.overridden_recently(card("c1", trigger="MedicationRequest/secret-7"), T0) is False
     finally:
         down.close()
     assert "could not write 1 card(s)" in caplog.text
@@ -208,7 +250,7 @@ def test_healthy_store(store):
     assert store.is_healthy() is True
 
 
-def test_overridden_recently_needs_same_card_and_a_reason(store):
+def test_overridden_recently_needs_same_card_caller_and_a_reason(store):
     store.record_cards([
         card("with-reason", trigger="MedicationRequest/1"),
         card("no-reason", trigger="MedicationRequest/2"),
@@ -216,51 +258,61 @@ def test_overridden_recently_needs_same_card_and_a_reason(store):
     ])
     store.flush()
     overridden_at = T0 + timedelta(hours=1)
-    store.record_feedback(SERVICE, [
+    store.record_feedback(SERVICE, EHR, [
         overridden("with-reason", at=overridden_at),
         overridden("no-reason", at=overridden_at, code=None),
         accepted("accepted", at=overridden_at),
     ])
-    recently = store.overridden_recently
-    assert recently(PATIENT, "mtor-ddi-strong-cyp3a4", "MedicationRequest/1", overridden_at - timedelta(minutes=1))
-    # the same moment given in another timezone
-    assert recently(PATIENT, "mtor-ddi-strong-cyp3a4", "MedicationRequest/1",
-                    (overridden_at - timedelta(minutes=1)).astimezone(timezone(timedelta(hours=-5))))
-    assert recently(PATIENT, "mtor-ddi-strong-cyp3a4", "MedicationRequest/1", datetime(2025, 3, 3, 9, 59))  # naive: UTC
-    assert not recently(PATIENT, "mtor-ddi-strong-cyp3a4", "MedicationRequest/1", overridden_at + timedelta(minutes=1))
-    assert not recently(PATIENT, "mtor-ddi-strong-cyp3a4", "MedicationRequest/2", T0)  # no reason picked
-    assert not recently(PATIENT, "mtor-ddi-strong-cyp3a4", "MedicationRequest/3", T0)  # accepted
-    assert not recently("b" * 64, "mtor-ddi-strong-cyp3a4", "MedicationRequest/1", T0)  # other patient
-    assert not recently(PATIENT, "mtor-live-vaccine", "MedicationRequest/1", T0)  # other topic
+
+    def recently(since, **same_card_but):
+        return store.overridden_recently(card("next-call", **same_card_but), since)
+
+    just_before = overridden_at - timedelta(minutes=1)
+    assert recently(just_before)
+    assert recently(just_before.astimezone(timezone(timedelta(hours=-5))))  # the same moment in another timezone
+    assert recently(datetime(2025, 3, 3, 9, 59))  # naive: UTC
+    assert not recently(overridden_at + timedelta(minutes=1))
+    assert not recently(T0, trigger="MedicationRequest/2")  # no reason picked
+    assert not recently(T0, trigger="MedicationRequest/3")  # accepted
+    assert not recently(T0, patient="b" * 64)  # other patient
+    assert not recently(T0, topic="mtor-live-vaccine")  # other topic
+    # another EHR, or the same EHR's other FHIR server (where the same patient id is another patient)
+    assert not recently(T0, issuer="https://other-ehr.example.org")
+    assert not recently(T0, fhir_server="https://ehr.example.org/other-fhir")
 
 
-def test_report_period_is_by_issue_time(store):
-    store.record_cards([card("jan", issued_at=datetime(2025, 1, 15, tzinfo=timezone.utc)),
-                        card("feb", issued_at=datetime(2025, 2, 15, tzinfo=timezone.utc)),
-                        card("mar", issued_at=datetime(2025, 3, 1, tzinfo=timezone.utc))])
+def test_suppression_window_also_runs_from_when_the_feedback_was_received(store):
+    """However late an outcomeTimestamp says it is, feedback cannot suppress beyond the window after its receipt."""
+    store.record_cards([card("c1")])
     store.flush()
-    store.record_feedback(SERVICE, [overridden("feb"), accepted("jan")])
-    feb = datetime(2025, 2, 1, tzinfo=timezone.utc)
-    mar = datetime(2025, 3, 1, tzinfo=timezone.utc)
-    [only_feb] = store.report(since=feb, until=mar)
-    assert (only_feb.issued, only_feb.overridden, only_feb.accepted) == (1, 1, 0)
-    [from_feb] = store.report(since=feb, until=None)
-    assert from_feb.issued == 2
-    [before_feb] = store.report(since=None, until=datetime(2025, 2, 1))  # naive means UTC
-    assert (before_feb.issued, before_feb.accepted) == (1, 1)
-    assert store.report(since=datetime(2026, 1, 1, tzinfo=timezone.utc), until=None) == []
+    far_future = datetime.now(timezone.utc) + timedelta(days=3650)
+    store.record_feedback(SERVICE, EHR, [overridden("c1", at=far_future)])  # as if stored before parsing refused it
+    assert store.overridden_recently(card("next"), datetime.now(timezone.utc) - timedelta(hours=1))
+    assert not store.overridden_recently(card("next"), datetime.now(timezone.utc) + timedelta(seconds=1))
 
 
-def test_weekly_outcomes_bucket_by_monday(store):
-    store.record_cards([
-        card("mon", issued_at=T0),
-        card("sun", issued_at=T0 + timedelta(days=6, hours=14)),
-        card("next-mon", issued_at=T0 + timedelta(days=7)),
-    ])
-    store.flush()
-    store.record_feedback(SERVICE, [overridden("mon"), accepted("sun")])
-    weeks = [(w.week.isoformat(), w.issued, w.accepted, w.overridden, w.override_rate) for w in store.weekly_outcomes()]
-    assert weeks == [("2025-03-03", 2, 1, 1, 0.5), ("2025-03-10", 1, 0, 0, None)]
+def test_upgrade_keeps_cards_stored_before_callers_were_recorded(empty_database_url):
+    """Revision 0003 on a database holding 0002-era cards: they belong to the no-JWT caller and offered nothing."""
+    from alembic import command
+    from alembic.config import Config
+
+    old = CardStore.from_url(empty_database_url)
+    config = Config()
+    config.set_main_option("script_location", str(card_store_module.MIGRATIONS_DIR))
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(sa.text(
+            "INSERT INTO issued_card (uuid, service_id, hook, topic, indicator, hook_instance, patient_hash, "
+            "trigger_key, issued_at) VALUES ('old', :service, 'order-sign', 'lipids', 'info', 'h', :patient, 'k', :at)"
+        ), {"service": SERVICE, "patient": PATIENT, "at": T0.replace(tzinfo=None)})
+    old.migrate()
+    row = stored_cards(old)["old"]
+    assert (row["issuer"], row["fhir_server"], row["suppressed"], row["offered_suggestions"]) == ("", "", False, "[]")
+    old.record_feedback(SERVICE, "", [overridden("old", code=None)])
+    with pytest.raises(BadRequest, match="did not offer"):
+        old.record_feedback(SERVICE, "", [accepted("old")])
+    old.close()
 
 
 def test_default_url_is_a_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):

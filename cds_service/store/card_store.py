@@ -1,8 +1,10 @@
-"""The card and feedback store: which cards were issued, what clinicians did with them.
+"""The card and feedback store: which cards were issued (or held back), what clinicians did with them.
 
 Recording issued cards must never slow down or fail a hook call, so record_cards() only puts
 them on a bounded queue that a background thread writes out. Feedback is written at once,
 because the EHR is told whether it was accepted.
+
+Only single records are written and read here; the analytics queries live in cds_service/report.py.
 
 Nothing here sees patient ids: callers pass a salted hash. Log messages name only exception
 classes and counts, never values, since SQL error texts can quote the row being written.
@@ -15,9 +17,8 @@ import logging
 import pathlib
 import queue
 import threading
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from alembic import command
@@ -25,7 +26,7 @@ from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cds_service.errors import BadRequest
-from cds_service.store.feedback import FeedbackEntry
+from cds_service.store.feedback import FeedbackEntry, clip, shorten
 from cds_service.store.models import card_feedback, issued_card
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _MIGRATION_LOCK_ID = 0x6D746F72  # "mtor": serialises migrate() across workers o
 
 @dataclass(frozen=True)
 class CardRecord:
-    """One card as it was returned to the EHR; the key for the feedback on it."""
+    """One card as the rules produced it for one caller; the key for the feedback on it and for suppression."""
 
     uuid: str
     service_id: str
@@ -49,57 +50,11 @@ class CardRecord:
     patient_hash: str
     trigger_key: str
     issued_at: datetime
-
-
-@dataclass(frozen=True)
-class OverrideReasonCount:
-    """How often one override reason (or none: code None) was given."""
-
-    code: str | None
-    system: str | None
-    display: str | None
-    count: int
-
-    @property
-    def label(self) -> str:
-        if self.code is None:
-            return "(no reason given)"
-        return f"{self.display} [{self.code}]" if self.display else self.code
-
-
-@dataclass(frozen=True)
-class TopicReport:
-    """Outcomes of the cards of one topic and indicator. Each card counts once, by its latest feedback."""
-
-    topic: str
-    indicator: str
-    issued: int
-    accepted: int
-    overridden: int
-    no_feedback: int
-    override_reasons: tuple[OverrideReasonCount, ...]
-
-    @property
-    def override_rate(self) -> float | None:
-        """Share of the cards acted on that were overridden (ignored cards are never reported)."""
-        acted_on = self.accepted + self.overridden
-        return self.overridden / acted_on if acted_on else None
-
-
-@dataclass(frozen=True)
-class WeeklyOutcomes:
-    """Cards of one topic issued in the ISO week starting on ``week`` (a Monday)."""
-
-    topic: str
-    week: date
-    issued: int
-    accepted: int
-    overridden: int
-
-    @property
-    def override_rate(self) -> float | None:
-        acted_on = self.accepted + self.overridden
-        return self.overridden / acted_on if acted_on else None
+    issuer: str = ""  # JWT iss of the call; "" when JWTs are off
+    fhir_server: str = ""  # the call's fhirServer; "" when it gave none
+    topic_display: str = ""  # the card's source.topic.display
+    suggestion_ids: tuple[str, ...] = ()  # uuids of the suggestions the card offered
+    override_reasons: tuple[tuple[str, str], ...] = ()  # (system, code) of the overrideReasons it offered
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -122,7 +77,8 @@ class CardStore:
 
     def __init__(self, engine: sa.engine.Engine):
         self.engine = engine
-        self._queue: queue.Queue[list[CardRecord] | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+        # Each batch: the records and whether they were suppressed (held back, never sent to the EHR).
+        self._queue: queue.Queue[tuple[list[CardRecord], bool] | None] = queue.Queue(maxsize=QUEUE_BATCHES)
         self._pending = 0  # batches queued or being written; guarded by _drained
         self._drained = threading.Condition()
         self._writer: threading.Thread | None = None
@@ -164,7 +120,14 @@ class CardStore:
     # -- issued cards: written in the background --------------------------------------------
 
     def record_cards(self, records: list[CardRecord]) -> None:
-        """Queue cards for writing. Never blocks or raises: a full queue drops them and counts."""
+        """Queue the cards sent to the EHR for writing. Never blocks or raises: a full queue drops them and counts."""
+        self._enqueue(records, suppressed=False)
+
+    def record_suppressed(self, records: list[CardRecord]) -> None:
+        """Queue cards that suppression held back (never sent), so the report can count them. Like record_cards."""
+        self._enqueue(records, suppressed=True)
+
+    def _enqueue(self, records: list[CardRecord], suppressed: bool) -> None:
         if not records:
             return
         try:
@@ -172,7 +135,7 @@ class CardStore:
             with self._drained:
                 self._pending += 1
             try:
-                self._queue.put_nowait(list(records))
+                self._queue.put_nowait((list(records), suppressed))
             except queue.Full:
                 self._finish_batch()
                 self._count("cards_dropped", len(records))
@@ -219,15 +182,19 @@ class CardStore:
                 except queue.Empty:
                     break
             stop = None in batches
-            records = [r for batch in batches if batch is not None for r in batch]
+            rows = []
+            for batch in batches:
+                if batch is not None:
+                    records, suppressed = batch
+                    rows += [_card_row(record, suppressed) for record in records]
             try:
-                if records:
+                if rows:
                     with self.engine.begin() as connection:
-                        _insert_ignoring_duplicates(connection, issued_card, [_card_row(r) for r in records])
-                    self._count("cards_written", len(records))
+                        _insert_ignoring_duplicates(connection, issued_card, rows)
+                    self._count("cards_written", len(rows))
             except Exception as exc:
-                self._count("cards_failed", len(records))
-                log.error("card store could not write %d card(s): %s", len(records), _error_name(exc))
+                self._count("cards_failed", len(rows))
+                log.error("card store could not write %d card(s): %s", len(rows), _error_name(exc))
             finally:
                 for batch in batches:
                     if batch is not None:
@@ -244,23 +211,27 @@ class CardStore:
 
     # -- feedback: written at once -----------------------------------------------------------
 
-    def record_feedback(self, service_id: str, entries: list[FeedbackEntry]) -> None:
-        """Store feedback on cards this service issued; resending the same entries changes nothing.
+    def record_feedback(self, service_id: str, issuer: str, entries: list[FeedbackEntry]) -> None:
+        """Store feedback from the caller ``issuer`` (JWT iss, "" without JWT); resending the same entries changes nothing.
 
-        Raises BadRequest, storing nothing, when any card is unknown or was issued by another
-        service. Database errors propagate: the EHR should learn that the feedback was not kept.
+        Raises BadRequest, storing nothing, when any entry names a card this service did not send to this
+        caller (unknown, another service's, another caller's, or held back by suppression: all answered
+        alike, so a caller learns nothing about cards it did not receive), or a suggestion or override reason
+        that its card did not offer. Database errors propagate: the EHR should learn that the feedback was
+        not kept.
         """
         if not entries:
             return
         wanted = {entry.card_uuid for entry in entries}
-        unknown = wanted - self._cards_of_service(service_id, wanted)
-        if unknown and self._has_pending():  # the cards may still be in the writer's queue
+        offers = self._offers_to(service_id, issuer, wanted)
+        if len(offers) < len(wanted) and self._has_pending():  # the cards may still be in the writer's queue
             self.flush()
-            unknown = wanted - self._cards_of_service(service_id, wanted)
+            offers = self._offers_to(service_id, issuer, wanted)
+        unknown = sorted(wanted - offers.keys())
         if unknown:
-            raise BadRequest(
-                f"feedback names card(s) not issued by service {service_id!r}: {', '.join(sorted(unknown))}"
-            )
+            raise BadRequest(f"feedback names card(s) this service did not send to this caller: {_listed(unknown)}")
+        for index, entry in enumerate(entries):
+            _check_offered(entry, offers[entry.card_uuid], f"feedback[{index}]")
         received_at = datetime.now(timezone.utc)
         rows = {
             (entry.card_uuid, entry.outcome, entry.outcome_timestamp): _feedback_row(entry, received_at)
@@ -273,29 +244,48 @@ class CardStore:
         with self._drained:
             return self._pending > 0
 
-    def _cards_of_service(self, service_id: str, uuids: set[str]) -> set[str]:
-        query = sa.select(issued_card.c.uuid).where(
-            issued_card.c.uuid.in_(sorted(uuids)), issued_card.c.service_id == service_id
+    def _offers_to(self, service_id: str, issuer: str, uuids: set[str]) -> dict[str, _Offer]:
+        """What each of these cards offered, for the cards this service sent to this caller."""
+        query = sa.select(
+            issued_card.c.uuid, issued_card.c.offered_suggestions, issued_card.c.offered_override_reasons
+        ).where(
+            issued_card.c.uuid.in_(sorted(uuids)),
+            issued_card.c.service_id == service_id,
+            issued_card.c.issuer == issuer,
+            issued_card.c.suppressed.is_(False),
         )
         with self.engine.connect() as connection:
-            return set(connection.scalars(query))
+            return {
+                row.uuid: _Offer(
+                    suggestion_ids=frozenset(json.loads(row.offered_suggestions)),
+                    override_reasons=frozenset(tuple(pair) for pair in json.loads(row.offered_override_reasons)),
+                )
+                for row in connection.execute(query)
+            }
 
-    def overridden_recently(self, patient_hash: str, topic: str, trigger_key: str, since: datetime) -> bool:
-        """Was an identical card (same patient, topic and trigger) overridden with a reason after ``since``?
+    def overridden_recently(self, card: CardRecord, since: datetime) -> bool:
+        """Did this caller override an identical card (same FHIR server, patient, topic and trigger) with a reason
+        after ``since``?
 
-        Used to suppress repeating a card the clinician has already dismissed. On a database
-        error it answers False: showing the card again is the safe side.
+        Used to suppress repeating a card the clinician has already dismissed. Both the outcome and its
+        receipt must fall after ``since``, so no feedback (whatever its outcomeTimestamp) suppresses a card
+        for longer than the window. On a database error it answers False: showing the card again is the
+        safe side.
         """
+        since = _utc(since)
         query = (
             sa.select(card_feedback.c.id)
             .join(issued_card, issued_card.c.uuid == card_feedback.c.card_uuid)
             .where(
-                issued_card.c.patient_hash == patient_hash,
-                issued_card.c.topic == topic,
-                issued_card.c.trigger_key == trigger_key,
+                issued_card.c.issuer == card.issuer,
+                issued_card.c.fhir_server == card.fhir_server,
+                issued_card.c.patient_hash == card.patient_hash,
+                issued_card.c.topic == card.topic,
+                issued_card.c.trigger_key == card.trigger_key,
                 card_feedback.c.outcome == "overridden",
                 card_feedback.c.reason_code.is_not(None),
-                card_feedback.c.outcome_timestamp > _utc(since),
+                card_feedback.c.outcome_timestamp > since,
+                card_feedback.c.received_at > since,
             )
             .limit(1)
         )
@@ -316,104 +306,6 @@ class CardStore:
             log.warning("card store unhealthy: %s", _error_name(exc))
             return False
 
-    # -- analytics ---------------------------------------------------------------------------
-
-    def report(self, since: datetime | None = None, until: datetime | None = None) -> list[TopicReport]:
-        """Outcomes per topic and indicator of the cards issued in [since, until)."""
-        latest = _latest_feedback()
-        query = (
-            sa.select(
-                issued_card.c.topic,
-                issued_card.c.indicator,
-                latest.c.outcome,
-                latest.c.reason_code,
-                latest.c.reason_system,
-                latest.c.reason_display,
-                sa.func.count().label("cards"),
-            )
-            .select_from(issued_card.outerjoin(latest, latest.c.card_uuid == issued_card.c.uuid))
-            .where(*_issued_between(since, until))
-            .group_by(
-                issued_card.c.topic,
-                issued_card.c.indicator,
-                latest.c.outcome,
-                latest.c.reason_code,
-                latest.c.reason_system,
-                latest.c.reason_display,
-            )
-        )
-        counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        reasons: dict[tuple[str, str], dict[tuple, int]] = defaultdict(lambda: defaultdict(int))
-        with self.engine.connect() as connection:
-            for row in connection.execute(query):
-                key = (row.topic, row.indicator)
-                counts[key]["issued"] += row.cards
-                counts[key][row.outcome or "no_feedback"] += row.cards
-                if row.outcome == "overridden":
-                    reasons[key][(row.reason_code, row.reason_system, row.reason_display)] += row.cards
-        return [
-            TopicReport(
-                topic=topic,
-                indicator=indicator,
-                issued=n["issued"],
-                accepted=n["accepted"],
-                overridden=n["overridden"],
-                no_feedback=n["no_feedback"],
-                override_reasons=tuple(
-                    sorted(
-                        (OverrideReasonCount(*reason, count) for reason, count in reasons[(topic, indicator)].items()),
-                        key=lambda r: (-r.count, r.label),
-                    )
-                ),
-            )
-            for (topic, indicator), n in sorted(counts.items())
-        ]
-
-    def weekly_outcomes(self, since: datetime | None = None, until: datetime | None = None) -> list[WeeklyOutcomes]:
-        """Outcomes per topic and ISO week of issue, for the override-rate chart."""
-        latest = _latest_feedback()
-        query = (
-            sa.select(issued_card.c.topic, issued_card.c.issued_at, latest.c.outcome)
-            .select_from(issued_card.outerjoin(latest, latest.c.card_uuid == issued_card.c.uuid))
-            .where(*_issued_between(since, until))
-        )
-        # Weeks are bucketed here rather than in SQL, which has no portable week function.
-        counts: dict[tuple[str, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        with self.engine.connect() as connection:
-            for row in connection.execute(query.execution_options(yield_per=1000)):
-                day = row.issued_at.date()
-                week = day - timedelta(days=day.weekday())
-                counts[(row.topic, week)]["issued"] += 1
-                if row.outcome:
-                    counts[(row.topic, week)][row.outcome] += 1
-        return [
-            WeeklyOutcomes(topic, week, n["issued"], n["accepted"], n["overridden"])
-            for (topic, week), n in sorted(counts.items())
-        ]
-
-
-def _latest_feedback() -> sa.Subquery:
-    """Each card's most recent feedback entry: the clinician's final word on it."""
-    ranked = sa.select(
-        card_feedback,
-        sa.func.row_number()
-        .over(
-            partition_by=card_feedback.c.card_uuid,
-            order_by=(card_feedback.c.outcome_timestamp.desc(), card_feedback.c.id.desc()),
-        )
-        .label("rank"),
-    ).subquery()
-    return sa.select(ranked).where(ranked.c.rank == 1).subquery("latest_feedback")
-
-
-def _issued_between(since: datetime | None, until: datetime | None) -> list:
-    conditions = []
-    if since is not None:
-        conditions.append(issued_card.c.issued_at >= _utc(since))
-    if until is not None:
-        conditions.append(issued_card.c.issued_at < _utc(until))
-    return conditions
-
 
 def _insert_ignoring_duplicates(connection: sa.engine.Connection, table: sa.Table, rows: list[dict]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING: repeats of a row already stored are not errors."""
@@ -423,7 +315,32 @@ def _insert_ignoring_duplicates(connection: sa.engine.Connection, table: sa.Tabl
     connection.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
-def _card_row(record: CardRecord) -> dict:
+@dataclass(frozen=True)
+class _Offer:
+    """What one issued card offered the clinician: the only suggestion ids and override reasons feedback may name."""
+
+    suggestion_ids: frozenset[str]
+    override_reasons: frozenset[tuple[str, str]]  # (system, code)
+
+
+def _check_offered(entry: FeedbackEntry, offer: _Offer, where: str) -> None:
+    foreign = sorted(set(entry.accepted_suggestions) - offer.suggestion_ids)
+    if foreign:
+        raise BadRequest(f"{where}.acceptedSuggestions names suggestion(s) the card did not offer: {_listed(foreign)}")
+    if entry.reason_code is not None and (entry.reason_system, entry.reason_code) not in offer.override_reasons:
+        raise BadRequest(
+            f"{where}.overrideReason.reason is not one of the card's overrideReasons: "
+            f"{shorten(entry.reason_system)} {shorten(entry.reason_code)}"
+        )
+
+
+def _listed(values: list[str], most: int = 5) -> str:
+    """A few values, each shortened: an error message never echoes a large body back."""
+    shown = ", ".join(clip(value) for value in values[:most])
+    return shown + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def _card_row(record: CardRecord, suppressed: bool) -> dict:
     return {
         "uuid": record.uuid,
         "service_id": record.service_id,
@@ -434,6 +351,12 @@ def _card_row(record: CardRecord) -> dict:
         "patient_hash": record.patient_hash,
         "trigger_key": record.trigger_key,
         "issued_at": _utc(record.issued_at),
+        "issuer": record.issuer,
+        "fhir_server": record.fhir_server,
+        "topic_display": record.topic_display,
+        "offered_suggestions": json.dumps(list(record.suggestion_ids)),
+        "offered_override_reasons": json.dumps([list(pair) for pair in record.override_reasons]),
+        "suppressed": suppressed,
     }
 
 

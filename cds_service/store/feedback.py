@@ -1,18 +1,35 @@
 """Parsing of the CDS Hooks 2.0 feedback body (§Feedback) into FeedbackEntry values.
 
 Every rule broken is reported as errors.BadRequest naming the entry and field, so that an EHR
-integrator can fix the call from the 400 answer alone.
+integrator can fix the call from the 400 answer alone; a batch over MAX_FEEDBACK_ITEMS entries is
+PayloadTooLarge (413). A value quoted in an error is cut to a few dozen characters. The spec defines no
+per-entry answer, so a batch is taken or refused whole.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from cds_service.errors import BadRequest
+from cds_service.errors import BadRequest, PayloadTooLarge
 
 OUTCOMES = ("accepted", "overridden")
+MAX_FEEDBACK_ITEMS = 100  # entries per POST; an EHR reports one clinician's actions on one call's cards
+MAX_CARD_UUID_CHARS = 100  # the card store's uuid column
+MAX_COMMENT_CHARS = 1000  # userComment and reason display are kept cut to this length
+FUTURE_SKEW = timedelta(minutes=5)  # an outcomeTimestamp later than now + this is refused
+_SHOWN_CHARS = 60  # longest value quoted back in an error
+
+
+def clip(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """Text cut to ``limit`` characters, for error messages: never echo a large body back."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shorten(value: object) -> str:
+    """repr() of any value, clipped."""
+    return clip(repr(value))
 
 # RFC 3339 §5.6 date-time: a timezone (Z or ±hh:mm) is required, unlike in ISO 8601.
 _RFC3339 = re.compile(
@@ -39,31 +56,36 @@ class FeedbackEntry:
         return self.reason_code is not None
 
 
-def parse_feedback(body: object) -> list[FeedbackEntry]:
-    """Validate a feedback request body ``{"feedback": [...]}`` and return its entries."""
+def parse_feedback(body: object, now: datetime | None = None) -> list[FeedbackEntry]:
+    """Validate a feedback request body ``{"feedback": [...]}`` received at ``now`` and return its entries."""
     if not isinstance(body, dict):
         raise BadRequest("feedback body must be a JSON object")
     items = body.get("feedback")
     if not isinstance(items, list) or not items:
         raise BadRequest('feedback body must have a non-empty "feedback" list')
-    return [_parse_entry(item, f"feedback[{index}]") for index, item in enumerate(items)]
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        raise PayloadTooLarge(f"feedback has {len(items)} entries; at most {MAX_FEEDBACK_ITEMS} per request")
+    latest = (now or datetime.now(timezone.utc)) + FUTURE_SKEW
+    return [_parse_entry(item, f"feedback[{index}]", latest) for index, item in enumerate(items)]
 
 
-def _parse_entry(item: object, where: str) -> FeedbackEntry:
+def _parse_entry(item: object, where: str, latest: datetime) -> FeedbackEntry:
     if not isinstance(item, dict):
         raise BadRequest(f"{where} must be an object")
     card = item.get("card")
     if not isinstance(card, str) or not card.strip():
         raise BadRequest(f"{where}.card is required: the uuid of the card")
+    if len(card.strip()) > MAX_CARD_UUID_CHARS:
+        raise BadRequest(f"{where}.card is longer than any card uuid this service issues: {shorten(card)}")
     outcome = item.get("outcome")
     if outcome not in OUTCOMES:
-        raise BadRequest(f'{where}.outcome must be "accepted" or "overridden", got {outcome!r}')
+        raise BadRequest(f'{where}.outcome must be "accepted" or "overridden", got {shorten(outcome)}')
     suggestions = _parse_accepted_suggestions(item.get("acceptedSuggestions"), outcome, where)
     reason = _parse_override_reason(item.get("overrideReason"), outcome, where)
     return FeedbackEntry(
         card_uuid=card.strip(),
         outcome=outcome,
-        outcome_timestamp=_parse_timestamp(item.get("outcomeTimestamp"), where),
+        outcome_timestamp=_parse_timestamp(item.get("outcomeTimestamp"), where, latest),
         accepted_suggestions=suggestions,
         **reason,
     )
@@ -106,7 +128,7 @@ def _parse_override_reason(value: object, outcome: str, where: str) -> dict[str,
         raise BadRequest(f"{field} must have a reason, a userComment or both")
     if comment is not None and not isinstance(comment, str):
         raise BadRequest(f"{field}.userComment must be a string")
-    parsed = dict(none, user_comment=comment)
+    parsed = dict(none, user_comment=_cut(comment))
     if reason is not None:
         if not isinstance(reason, dict):
             raise BadRequest(f"{field}.reason must be a Coding object")
@@ -116,20 +138,30 @@ def _parse_override_reason(value: object, outcome: str, where: str) -> dict[str,
         display = reason.get("display")
         if display is not None and not isinstance(display, str):
             raise BadRequest(f"{field}.reason.display must be a string")
-        parsed.update(reason_code=reason["code"], reason_system=reason["system"], reason_display=display)
+        parsed.update(reason_code=reason["code"], reason_system=reason["system"], reason_display=_cut(display))
     return parsed
 
 
-def _parse_timestamp(value: object, where: str) -> datetime:
+def _cut(text: str | None) -> str | None:
+    """Free text kept to MAX_COMMENT_CHARS, marked when cut: storage per entry stays bounded."""
+    if text is None or len(text) <= MAX_COMMENT_CHARS:
+        return text
+    return text[: MAX_COMMENT_CHARS - 1] + "…"
+
+
+def _parse_timestamp(value: object, where: str, latest: datetime) -> datetime:
     field = f"{where}.outcomeTimestamp"
     if value is None:
         raise BadRequest(f"{field} is required")
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise BadRequest(
-            f"{field} must be an RFC 3339 date-time with a timezone, e.g. 2021-12-11T10:05:31Z; got {value!r}"
+            f"{field} must be an RFC 3339 date-time with a timezone, e.g. 2021-12-11T10:05:31Z; got {shorten(value)}"
         )
     try:
-        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{field} is not a valid date-time: {value!r}") from None
-    return parsed.astimezone(timezone.utc)
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00")).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise BadRequest(f"{field} is not a valid date-time: {shorten(value)}") from None
+    if parsed > latest:
+        # Feedback from the future would suppress its card for as long as the clock takes to catch up.
+        raise BadRequest(f"{field} is more than {FUTURE_SKEW.seconds // 60} minutes in the future: {shorten(value)}")
+    return parsed

@@ -49,6 +49,10 @@ class UtcDateTime(TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
+# Every card the rules produced for a call: shown to the EHR, or held back by suppression (suppressed=true,
+# never sent, so never open to feedback). The caller (JWT iss, "" without JWT) and the FHIR server it named
+# ("" when it named none) bind feedback and suppression to the EHR that received the card; the suggestion
+# uuids and override reasons the card offered are the only ones its feedback may name.
 issued_card = sa.Table(
     "issued_card",
     metadata,
@@ -61,6 +65,13 @@ issued_card = sa.Table(
     sa.Column("patient_hash", sa.String(64), nullable=False),
     sa.Column("trigger_key", sa.Text, nullable=False),
     sa.Column("issued_at", UtcDateTime, nullable=False),
+    sa.Column("issuer", sa.Text, nullable=False, server_default=""),
+    sa.Column("fhir_server", sa.Text, nullable=False, server_default=""),
+    sa.Column("topic_display", sa.Text, nullable=False, server_default=""),
+    # JSON lists, kept as text: only ever read back whole. Reasons are [system, code] pairs.
+    sa.Column("offered_suggestions", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("offered_override_reasons", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("suppressed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(None, "issued_at"),
     sa.Index(None, "patient_hash", "topic"),
 )
