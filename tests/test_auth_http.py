@@ -34,7 +34,7 @@ def make_client(tmp_path, key, **overrides):
         require_jwt=True,
         trusted_issuers=str(issuers),
         database_url=f"sqlite:///{tmp_path}/cards.sqlite3",
-        **overrides,
+        **{"allowed_fhir_servers": ("https://ehr.example.org/fhir",), **overrides},
     )
     app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW
     return app.test_client()
