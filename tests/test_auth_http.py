@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cds_service import create_app
+from cds_service.settings import SettingsError
 from conftest import FIXTURE_NOW, load_fixture
 from jwt_helpers import bearer, cds_claims, jwk_from_key, jwks_of, make_ec_key, sign_jwt
 
@@ -152,3 +153,39 @@ def test_the_401_comes_before_any_input_check(client):
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.yaml"])
 def test_operations_endpoints_need_no_token(client, path):
     assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Host": "cds.example.org", "X-Forwarded-Proto": "https"},
+        {"X-Forwarded-Proto": "https"},
+        {"Forwarded": "host=cds.example.org;proto=https"},
+    ],
+)
+def test_forwarded_headers_never_make_the_audience(client, key, headers):
+    """A token minted for another deployment (cds.example.org) must not pass by forging the proxy's headers."""
+    path = "/cds-services"
+    for aud in ("https://cds.example.org" + path, LOCAL + path):
+        response = client.get(path, headers={"Authorization": bearer(token(key, aud)), **headers})
+        assert_bare_401(response)
+        assert "CDS_PUBLIC_BASE_URL" in response.headers["WWW-Authenticate"]
+
+
+def test_with_public_base_url_forwarded_headers_are_ignored(tmp_path, key):
+    client = make_client(tmp_path, key, public_base_url="https://cds.example.org/mtor")
+    path = "/cds-services"
+    forged = {"X-Forwarded-Host": "other.example.org", "Host": "other.example.org"}
+    good = bearer(token(key, "https://cds.example.org/mtor" + path))
+    assert client.get(path, headers={"Authorization": good, **forged}).status_code == 200
+    assert_bare_401(client.get(path, headers={"Authorization": bearer(token(key, "https://other.example.org" + path)), **forged}))
+
+
+def test_jwt_without_a_fhir_server_allowlist_refuses_to_start(tmp_path, key):
+    """Otherwise a trusted caller could send the service, and the access token it hands over, to any host or port."""
+    issuers = tmp_path / "trusted-issuers.json"
+    issuers.write_text(json.dumps({"issuers": {ISSUER: {"jwks": jwks_of(jwk_from_key(key, KID, "ES384"))}}}))
+    with pytest.raises(SettingsError, match="CDS_ALLOWED_FHIR_SERVERS: required when CDS_REQUIRE_JWT is true"):
+        create_app(require_jwt=True, trusted_issuers=str(issuers), database_url=f"sqlite:///{tmp_path}/c.sqlite3")
+    # Trials without JWT keep the open default (any https server or loopback).
+    assert create_app(require_jwt=False, database_url=f"sqlite:///{tmp_path}/c.sqlite3")
