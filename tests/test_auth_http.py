@@ -189,3 +189,27 @@ def test_jwt_without_a_fhir_server_allowlist_refuses_to_start(tmp_path, key):
         create_app(require_jwt=True, trusted_issuers=str(issuers), database_url=f"sqlite:///{tmp_path}/c.sqlite3")
     # Trials without JWT keep the open default (any https server or loopback).
     assert create_app(require_jwt=False, database_url=f"sqlite:///{tmp_path}/c.sqlite3")
+
+
+def test_docs_list_exactly_the_refusal_reasons_and_the_header_the_service_sends():
+    """docs/trusting-ehrs.md, "Why a call was refused", pinned to the code and to literal values."""
+    from cds_service.auth import JWKS_FAILURE_RETRY_S, MAX_NUMERIC_DATE, AuthFailure, www_authenticate
+    from cds_service.settings import Settings
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "trusting-ehrs.md").read_text(encoding="utf-8")
+    section = doc.split("## Why a call was refused", 1)[1].split("\n## ", 1)[0]
+    documented = [line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")]
+    assert documented == [reason.value for reason in AuthFailure]
+    assert 'WWW-Authenticate: Bearer error="invalid_token", error_description="<reason>"' in section
+    assert "`WWW-Authenticate: Bearer`" in section and "`auth_failure`" in section
+    from cds_service.auth import TokenRefused
+
+    assert www_authenticate(TokenRefused(AuthFailure.EXPIRED)) == 'Bearer error="invalid_token", error_description="expired"'
+    assert www_authenticate(TokenRefused(AuthFailure.NO_TOKEN)) == "Bearer"
+    # Documented literal defaults.
+    assert JWKS_FAILURE_RETRY_S == 10 and "remembered for 10 s" in doc
+    assert Settings().jwt_max_lifetime_s == 300 and "`CDS_JWT_MAX_LIFETIME_S` (default 300 s" in doc
+    assert MAX_NUMERIC_DATE == 253402300799 and "253402300799" in doc
+    assert "`ignore_jku`" in doc and "refuses to start without it" in doc
+    assert "shared by every worker" in doc and "per process" not in doc.replace("\n", " ")
