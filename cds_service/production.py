@@ -53,6 +53,9 @@ _own_metrics_dir: str | None = None  # the directory serving_settings() created 
 #   206 ms with sync:4:1, 130 ms with sync:8:1, 97 ms with sync:12:1, 155-184 ms with gthread:4:8.
 # - Hence sync, 4 x usable CPUs processes (8 on 2 CPUs): tight tails on the common prefetched path,
 #   enough processes for calls waiting on FHIR, ~100 MB each. sync:12:1 bought little more.
+# - Sync workers, 4 × usable CPUs, behind the nginx sidecar: a sync worker is held by one connection
+#   until its request has arrived, so slow clients need a buffering proxy in front (deploy/k8s ships
+#   nginx; tests/test_deploy.py checks that slow-header connections do not starve /healthz).
 # Change these only with new numbers, and keep WEB_CONCURRENCY in deploy/k8s (base configmap and
 # overlays) in step.
 DEFAULT_WORKER_CLASS = "sync"
