@@ -14,10 +14,9 @@ import heapq
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import jwt
 import requests
@@ -409,7 +408,7 @@ class JwtVerifier:
             raise TokenRefused(AuthFailure.JWKS_UNREACHABLE, f"JWKS fetch failed less than {JWKS_FAILURE_RETRY_S:g} s ago")
         try:
             keys = _keys_by_kid(self._http_get(url, JWKS_FETCH_TIMEOUT_S))
-        except Exception as exc:  # an injected http_get may raise anything; never let it escape
+        except Exception as exc:  # noqa: BLE001 -- an injected http_get may raise anything; never let it escape
             with self._jwks_lock:
                 self._failed_fetch_at[url] = self._now()
             if isinstance(exc, Unauthorized):
@@ -426,7 +425,7 @@ class JwtVerifier:
         return fetched
 
 
-def expected_audience(public_base_url: str, path: str, host_url: str, headers: Mapping[str, str]) -> str:
+def expected_audience(public_base_url: str, path: str, host_url: str, headers: Container[str]) -> str:
     """The `aud` a call's token must carry: CDS_PUBLIC_BASE_URL + path.
 
     Without that setting, the URL the request arrived at (Host header, connection scheme). Forwarding
@@ -443,7 +442,7 @@ def expected_audience(public_base_url: str, path: str, host_url: str, headers: M
     return host_url.rstrip("/") + path
 
 
-def www_authenticate(error: Unauthorized) -> str:
+def www_authenticate(error: Exception) -> str:
     """The 401's WWW-Authenticate (RFC 6750 §3): the fixed reason only, never a value from the token."""
     reason = getattr(error, "reason", None)
     if reason is AuthFailure.NO_TOKEN:

@@ -77,7 +77,7 @@ def is_secure_url(url: Any) -> bool:
     return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host))
 
 
-def _setting(parser: Callable[[str], Any], default: Any, help: str) -> Any:  # noqa: A002
+def _setting(parser: Callable[[str], Any], default: Any, help: str) -> Any:
     """One setting's row: how CDS_<NAME> is parsed, its default and its README help text."""
     return dataclasses.field(default=default, metadata={"parser": parser, "help": help})
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import ClassVar
 
 import pytest
 
@@ -158,8 +159,8 @@ def test_several_workers_get_a_new_private_metrics_directory_without_changing_th
 
 def test_production_mode_warns_at_start_without_a_public_base_url(monkeypatch):
     class Server:
-        class log:  # noqa: N801 -- gunicorn's server.log
-            warnings: list[str] = []
+        class log:  # gunicorn's server.log
+            warnings: ClassVar[list[str]] = []
 
             @classmethod
             def warning(cls, message, *args):

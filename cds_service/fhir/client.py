@@ -42,7 +42,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("mtor-cds")
-    except Exception:  # noqa: BLE001 -- running from a source tree that was never installed
+    except Exception:  # noqa: BLE001, S110 -- running from a source tree that was never installed
         pass
     try:
         import tomllib
