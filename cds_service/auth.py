@@ -14,7 +14,7 @@ import heapq
 import json
 import threading
 import time
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -425,7 +425,7 @@ class JwtVerifier:
         return fetched
 
 
-def expected_audience(public_base_url: str, path: str, host_url: str, headers: Container[str]) -> str:
+def expected_audience(public_base_url: str, path: str, host_url: str, headers: Any) -> str:
     """The `aud` a call's token must carry: CDS_PUBLIC_BASE_URL + path.
 
     Without that setting, the URL the request arrived at (Host header, connection scheme). Forwarding

@@ -36,8 +36,9 @@ def _version() -> str:
     """cds_service.__version__ if the package defines it, else the installed metadata, else the source tree's pyproject."""
     import cds_service
 
-    if isinstance(getattr(cds_service, "__version__", None), str):
-        return cds_service.__version__
+    declared = getattr(cds_service, "__version__", None)
+    if isinstance(declared, str):
+        return declared
     try:
         from importlib.metadata import version
 
