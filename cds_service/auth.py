@@ -78,10 +78,6 @@ class TokenRefused(Unauthorized):
         self.reason = reason
 
 
-def _is_allowed_url(url: Any) -> bool:
-    return is_secure_url(url)
-
-
 def _short(value: Any) -> str:
     """Quote an attacker-chosen value for a reason message without letting it grow the log."""
     text = repr(value)
@@ -170,7 +166,7 @@ def _parse_issuer(iss: str, entry: Any, problems: list[str]) -> TrustedIssuer | 
         problems.append(f"{where}: give jwks_url or jwks, not both")
 
     jwks_url = entry.get("jwks_url")
-    if "jwks_url" in entry and not _is_allowed_url(jwks_url):
+    if "jwks_url" in entry and not is_secure_url(jwks_url):
         problems.append(f"{where}: jwks_url must be an https URL (http only for loopback)")
 
     allowed_jku = entry.get("allowed_jku", [])
@@ -180,7 +176,7 @@ def _parse_issuer(iss: str, entry: Any, problems: list[str]) -> TrustedIssuer | 
     problems += [
         f"{where}: allowed_jku entry {url!r} must be an https URL (http only for loopback)"
         for url in allowed_jku
-        if not _is_allowed_url(url)
+        if not is_secure_url(url)
     ]
 
     if "jwks" in entry:
@@ -272,7 +268,7 @@ class InMemoryReplayCache:
 
 def fetch_json(url: str, timeout_s: float) -> Any:
     """GET a JWKS: https only (http for loopback), no redirects, at most MAX_JWKS_BYTES, timeout_s overall."""
-    if not _is_allowed_url(url):
+    if not is_secure_url(url):
         raise Unauthorized("JWKS URL must be https")
     deadline = time.monotonic() + timeout_s
     try:
