@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.app_state import AppState
+from cds_service.auth import TokenRefused, expected_audience, www_authenticate
 from cds_service.errors import BadRequest, CdsError, PayloadTooLarge, UnknownService, UnsupportedMediaType
 from cds_service.hooks import Caller, answer_hook
 from cds_service.observability import Stopwatch, log_request
@@ -199,8 +200,12 @@ def _start_request() -> Response | None:
         return Response(status=204)  # CORS preflight: answered without credentials
     app_state = state()
     if app_state.verifier is not None and request.path.startswith("/cds-services"):
-        audience = (app_state.settings.public_base_url + request.path) if app_state.settings.public_base_url else request.base_url
-        g.caller_issuer = app_state.verifier.verify(request.headers.get("Authorization"), audience)["iss"]
+        try:
+            audience = expected_audience(app_state.settings.public_base_url, request.path, request.host_url, request.headers)
+            g.caller_issuer = app_state.verifier.verify(request.headers.get("Authorization"), audience)["iss"]
+        except TokenRefused as refused:  # one log line says why (never the token); the 401 header says it too
+            g.log_fields.update(auth_failure=refused.reason.value, auth_detail=refused.message)
+            raise
     return None
 
 
@@ -235,8 +240,8 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
 def _cds_error(error: CdsError) -> Response:
     if hasattr(g, "log_fields"):
         g.log_fields["error"] = type(error).__name__
-    if error.status == 401:
-        return Response(status=401)  # bare, as the CDS Hooks best practices ask
+    if error.status == 401:  # no body, as the CDS Hooks best practices ask; RFC 6750 says why in the header
+        return Response(status=401, headers={"WWW-Authenticate": www_authenticate(error)})
     return operation_outcome(error.status, error.code, error.message)
 
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from cds_service.auth import InMemoryReplayCache, JwtVerifier, ReplayCache, TrustedIssuers
+from cds_service.auth import JwtVerifier, ReplayCache, TrustedIssuers
 from cds_service.knowledge import Knowledge, load_knowledge
 from cds_service.observability import PatientHasher
 from cds_service.services import ServiceDefinition, build_services
@@ -56,14 +56,18 @@ def _verifier(settings: Settings, store: CardStore) -> JwtVerifier | None:
     else:
         _LOG.warning("no CDS_TRUSTED_ISSUERS configured: every call will be answered 401")
         issuers = TrustedIssuers({})
-    return JwtVerifier(issuers, clock_skew_s=settings.jwt_clock_skew_s, replay_cache=_replay_cache(settings, store))
+    return JwtVerifier(
+        issuers,
+        clock_skew_s=settings.jwt_clock_skew_s,
+        max_lifetime_s=settings.jwt_max_lifetime_s,
+        replay_cache=_replay_cache(store),
+    )
 
 
-def _replay_cache(settings: Settings, store: CardStore) -> ReplayCache:
-    """Seen JWT ids: in the database when CDS_DATABASE_URL is set (shared by every worker and replica),
-    else per process (the default SQLite file is per pod anyway)."""
-    if settings.database_url:
-        from cds_service.store.replay_cache import DatabaseReplayCache
+def _replay_cache(store: CardStore) -> ReplayCache:
+    """Seen JWT ids in the card store's database: the default SQLite file is shared by every worker of the
+    pod, CDS_DATABASE_URL (PostgreSQL) by every replica. A per-process cache would let a token replayed to
+    another worker pass."""
+    from cds_service.store.replay_cache import DatabaseReplayCache
 
-        return DatabaseReplayCache(store.engine)
-    return InMemoryReplayCache()
+    return DatabaseReplayCache(store.engine)

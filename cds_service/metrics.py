@@ -13,9 +13,10 @@ metric twice. With several gunicorn worker processes set ``PROMETHEUS_MULTIPROC_
 process starts: prometheus_client reads it at import): each process then writes its values to files
 there, and /metrics adds up every process's files with a MultiProcessCollector.
 
-Labels are bounded on purpose: service ids come from the service definitions, topics and indicators
-from the cards, FHIR resource types and outcomes are reduced to known shapes (a resource id or a
-free-text error must never become a label: it could carry a patient id and grows without limit).
+Labels come only from fixed sets: service ids from the app's service definitions, indicators from
+the CDS Hooks three, FHIR resource types from the types the service queries, FHIR outcomes from the
+client's QueryOutcome enum; anything else is "other" (a resource id, an unknown service id or a `next`
+link's path must never become a label: it could carry a patient id and grows without limit).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
 
 from flask import Flask, Response, current_app, g, request
@@ -35,6 +37,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from cds_service.fhir.client import QueryOutcome
+
 __all__ = ["EXTENSION_KEY", "MULTIPROC_ENV", "ServiceMetrics", "init_app"]
 
 EXTENSION_KEY = "mtor_cds_metrics"
@@ -45,13 +49,13 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REQUEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FHIR_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_FHIR_OUTCOMES = {
-    "ok", "timeout", "deadline passed", "connection failed", "response too large", "invalid JSON",
-    "not a FHIR resource", "next link leaves the FHIR server", "server answered an OperationOutcome",
-    "internal error",
-}
-_HTTP_OUTCOME = re.compile(r"http-\d{3}")
+# Every type the service's prefetch templates and reads ask for (tests/test_metrics.py keeps it complete).
+FHIR_RESOURCE_TYPES = frozenset({
+    "Patient", "MedicationRequest", "Medication", "Observation", "Condition", "Procedure", "ServiceRequest",
+    "Appointment",
+})
+INDICATORS = frozenset({"info", "warning", "critical"})
+_FHIR_OUTCOMES = frozenset(QueryOutcome)
 _LABEL_TEXT = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 _LOG = logging.getLogger("mtor_cds.metrics")
 
@@ -83,14 +87,22 @@ class ServiceMetrics:
             ["resource_type"], buckets=FHIR_BUCKETS_S, registry=self.registry,
         )
 
-    def observe(self, endpoint: str, status: int, duration_s: float, fields: dict) -> None:
-        """Count one answered request from its status, duration and the api's log fields."""
+    def observe(
+        self, endpoint: str, status: int, duration_s: float, fields: dict, services: frozenset[str] | None = None
+    ) -> None:
+        """Count one answered request from its status, duration and the api's log fields.
+
+        `services`: the app's service ids, the only service labels (None: any kebab-case code, for bare apps).
+        """
         service = _label(fields.get("service"))
+        if services is not None and service not in services and service != "":
+            service = "other"
         self.requests.labels(endpoint, service, str(status)).inc()
         self.request_duration.labels(endpoint, service).observe(duration_s)
         for entry in fields.get("cards") or ():
             if isinstance(entry, (list, tuple)) and len(entry) == 2:
-                self.cards.labels(service, _label(entry[0]), _label(entry[1])).inc()
+                indicator = entry[1] if entry[1] in INDICATORS else "other"
+                self.cards.labels(service, _label(entry[0]), indicator).inc()
         for entry in fields.get("fhir_queries") or ():
             if isinstance(entry, (list, tuple)) and len(entry) == 3:
                 resource_type = fhir_resource_type_label(entry[0])
@@ -108,13 +120,13 @@ class ServiceMetrics:
 
 
 def fhir_resource_type_label(value: object) -> str:
-    """A FHIR resource type name, or "other" (e.g. a resource id taken from a read URL)."""
-    return value if isinstance(value, str) and _RESOURCE_TYPE.fullmatch(value) else "other"
+    """A resource type the service queries, or "other" (a resource id, a `next` link's path, ...)."""
+    return value if isinstance(value, str) and value in FHIR_RESOURCE_TYPES else "other"
 
 
 def fhir_outcome_label(value: object) -> str:
-    """One of the FHIR client's fixed outcomes or http-NNN; anything else (free text) is "error"."""
-    if isinstance(value, str) and (value in _FHIR_OUTCOMES or _HTTP_OUTCOME.fullmatch(value)):
+    """One of the FHIR client's QueryOutcome values; anything else (free text) is "error"."""
+    if isinstance(value, str) and value in _FHIR_OUTCOMES:
         return value.replace(" ", "-")
     return "error"
 
@@ -135,13 +147,21 @@ def init_app(app: Flask) -> ServiceMetrics:
         return app.extensions[EXTENSION_KEY]
     directory = os.environ.get(MULTIPROC_ENV) or None
     if directory:
-        os.makedirs(directory, exist_ok=True)  # values are written there from the first request on
+        _check_private_directory(directory)
     metrics = ServiceMetrics(multiprocess_dir=directory)
     app.extensions[EXTENSION_KEY] = metrics
     app.before_request(_start_timer)
     app.after_request(_count_request)
     app.add_url_rule("/metrics", "metrics", _metrics_endpoint, methods=["GET"])
     return metrics
+
+
+def _check_private_directory(directory: str) -> None:
+    """The metrics directory must be ours alone: another local user's files there would become our metrics."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)  # values are written there from the first request on
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise RuntimeError(f"{MULTIPROC_ENV}={directory!r} must be a directory owned by this user, writable only by it")
 
 
 def _start_timer() -> None:
@@ -157,7 +177,9 @@ def _count_request(response: Response) -> Response:
     duration_s = time.perf_counter() - started if started is not None else 0.0
     endpoint = request.endpoint or "unmatched"  # route names, never raw paths (bounded)
     try:
-        metrics.observe(endpoint, response.status_code, duration_s, getattr(g, "log_fields", None) or {})
+        app_state = current_app.extensions.get("mtor_cds")
+        services = frozenset(app_state.services) if app_state is not None else None
+        metrics.observe(endpoint, response.status_code, duration_s, getattr(g, "log_fields", None) or {}, services)
     except Exception as exc:  # noqa: BLE001 (counting must never turn an answer into an error)
         _LOG.error("metrics not counted: %s", type(exc).__name__)
     return response

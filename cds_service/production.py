@@ -3,8 +3,9 @@
     mtor-cds serve --production [--host H] [--port P]        -> run_gunicorn(H, P)
     gunicorn -c deploy/gunicorn.conf.py 'cds_service:create_app()'   (the container's command)
 
-Both read gunicorn_settings(): deploy/gunicorn.conf.py only copies its result into the config
-file's namespace, so a tuning value lives here and nowhere else. Every value can be changed with an
+Both read serving_settings() (gunicorn_settings() plus the private metrics directory it creates):
+deploy/gunicorn.conf.py only copies its result into the config file's namespace, so a tuning value
+lives here and nowhere else. Every value can be changed with an
 environment variable, so the same settings serve a laptop, the container image and Kubernetes (set
 in the ConfigMap):
 
@@ -19,7 +20,8 @@ in the ConfigMap):
     GUNICORN_MAX_REQUESTS     requests before a worker is recycled, 0 = never (default: 2000)
     GUNICORN_LOG_LEVEL        gunicorn's own log level (default: CDS_LOG_LEVEL, else info)
     PROMETHEUS_MULTIPROC_DIR  where worker processes keep their metrics (default with more than one
-                              worker: a private directory under /dev/shm, removed on exit)
+                              worker: a new private directory, mkdtemp under /dev/shm, mode 0700,
+                              removed on exit; a predictable path is never reused)
 
 Nothing here imports prometheus_client or the app: prometheus_client decides at import whether it
 runs in multiprocess mode, so PROMETHEUS_MULTIPROC_DIR must be set (gunicorn's raw_env does it in
@@ -35,10 +37,11 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["cpu_count", "gunicorn_settings", "run_gunicorn"]
+__all__ = ["cpu_count", "gunicorn_settings", "run_gunicorn", "serving_settings"]
 
 DEFAULT_BIND = "127.0.0.1:8080"
 _OWN_METRICS_DIR_PREFIX = "mtor-cds-prometheus-"
+_own_metrics_dir: str | None = None  # the directory serving_settings() created in this (master) process
 
 # --- Concurrency, chosen by bench/run_bench.py (bench/results/sweep.md, latest.md, notes.md) --------
 # Measured on a 2-CPU machine, 3-5 s runs (sync:4:1, sync:8:1, sync:12:1, gthread:4:2, gthread:4:8):
@@ -50,6 +53,9 @@ _OWN_METRICS_DIR_PREFIX = "mtor-cds-prometheus-"
 #   206 ms with sync:4:1, 130 ms with sync:8:1, 97 ms with sync:12:1, 155-184 ms with gthread:4:8.
 # - Hence sync, 4 x usable CPUs processes (8 on 2 CPUs): tight tails on the common prefetched path,
 #   enough processes for calls waiting on FHIR, ~100 MB each. sync:12:1 bought little more.
+# - Sync workers, 4 × usable CPUs, behind the nginx sidecar: a sync worker is held by one connection
+#   until its request has arrived, so slow clients need a buffering proxy in front (deploy/k8s ships
+#   nginx; tests/test_deploy.py checks that slow-header connections do not starve /healthz).
 # Change these only with new numbers, and keep WEB_CONCURRENCY in deploy/k8s (base configmap and
 # overlays) in step.
 DEFAULT_WORKER_CLASS = "sync"
@@ -142,19 +148,29 @@ def gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
     # home (read-only root filesystem) and nothing uses the socket. Ignored by older gunicorn.
     settings["control_socket_disable"] = True
 
-    # --- Prometheus with several worker processes ------------------------------------------------
-    # Each worker is its own process, so /metrics would only show the worker that answered the
-    # scrape. In multiprocess mode every worker writes its values to files in one directory and
-    # /metrics adds them up (cds_service/metrics.py). With more than one worker and no directory
-    # given, the master gets a private one: raw_env sets it in the master before the app is loaded,
-    # without touching the environment of whoever merely reads these settings.
-    if not env.get("PROMETHEUS_MULTIPROC_DIR") and settings["workers"] > 1:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-        directory = os.path.join(base, f"{_OWN_METRICS_DIR_PREFIX}{os.getpid()}")
-        settings["raw_env"] = [f"PROMETHEUS_MULTIPROC_DIR={directory}"]
     settings["on_starting"] = on_starting
     settings["child_exit"] = child_exit
     settings["on_exit"] = on_exit
+    return settings
+
+
+def serving_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """gunicorn_settings() for a server about to start: with several workers, a private metrics directory.
+
+    Each worker is its own process, so /metrics would only show the worker that answered the scrape.
+    In multiprocess mode every worker writes its values to files in one directory and /metrics adds
+    them up (cds_service/metrics.py). With more than one worker and no directory given, the master
+    gets a new one from mkdtemp (mode 0700, unpredictable name: another local user cannot plant files
+    or a symlink there first); raw_env sets it in the master before the app is loaded, without
+    touching the environment of whoever calls this.
+    """
+    global _own_metrics_dir
+    env = os.environ if environ is None else environ
+    settings = gunicorn_settings(env)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR") and settings["workers"] > 1:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        _own_metrics_dir = tempfile.mkdtemp(prefix=_OWN_METRICS_DIR_PREFIX, dir=base)
+        settings["raw_env"] = [f"PROMETHEUS_MULTIPROC_DIR={_own_metrics_dir}"]
     return settings
 
 
@@ -162,7 +178,14 @@ def gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
 
 
 def on_starting(server) -> None:
-    """Start with an empty metrics directory: values of a previous run would be counted again."""
+    """Warn about a missing public URL; start with an empty metrics directory (old values would count again)."""
+    if os.environ.get("CDS_REQUIRE_JWT", "true").strip().lower() not in {"0", "false", "no", "off"} and not os.environ.get(
+        "CDS_PUBLIC_BASE_URL", ""
+    ).strip():
+        server.log.warning(
+            "CDS_PUBLIC_BASE_URL is not set: the JWT aud is checked against the Host header, and calls through a "
+            "proxy (Forwarded/X-Forwarded-* headers) are refused; set it to the URL the EHR calls"
+        )
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -184,7 +207,7 @@ def child_exit(server, worker) -> None:
 def on_exit(server) -> None:
     """Remove the private metrics directory this master made (one given from outside is kept)."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if os.path.basename(directory) == f"{_OWN_METRICS_DIR_PREFIX}{os.getpid()}":
+    if directory and directory == _own_metrics_dir:
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -199,7 +222,7 @@ def run_gunicorn(host: str, port: int) -> int:
     """
     from gunicorn.app.base import BaseApplication
 
-    settings = gunicorn_settings()
+    settings = serving_settings()
     settings["bind"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
 
     class MtorCdsServer(BaseApplication):

@@ -61,6 +61,20 @@ def test_servers_under_an_allowed_prefix_are_allowed(url):
         "https:///fhir",
         "https://other-ehr.example.net/r4",  # default port, not 8443
         "https://еhr.example.org/fhir",  # Cyrillic "е"
+        # What HAPI/Jetty resolve outside the base: ;path-parameters, encoded dots and slashes, double
+        # encoding, and case variants of the base path (issue 11).
+        "https://ehr.example.org/fhir/..;/admin",
+        "https://ehr.example.org/fhir;x=1/../admin",
+        "https://ehr.example.org/fhir/;/Patient",
+        "https://ehr.example.org/fhir/%2e%2e;/admin",
+        "https://ehr.example.org/fhir/%252e%252e/admin",
+        "https://ehr.example.org/fhir/%252E%252E%252Fadmin",
+        "https://ehr.example.org/fhir/Patient%2f..%2f..%2fadmin",
+        "https://ehr.example.org/fhir/%5c..%5cadmin",
+        "https://ehr.example.org/fhir/.%2e/admin",
+        "https://ehr.example.org/FHIR",
+        "https://ehr.example.org/Fhir/Patient",
+        "https://other-ehr.example.net:8443/R4",
     ],
 )
 def test_prefix_trickery_is_refused(url):
@@ -151,3 +165,23 @@ def test_https_is_required_except_for_loopback(tmp_path, fhir, server, contacted
     response = app.test_client().post(ORDER_SELECT, json=call_to(server, prefetch_keys=("medications",)))
     assert response.status_code == 200
     assert bool(fhir.calls) is contacted
+
+
+def test_an_allowlist_entry_with_path_parameters_or_encodings_stops_the_start():
+    for prefix in ("https://ehr.example.org/fhir;jsessionid=1", "https://ehr.example.org/fhir%2fr4"):
+        with pytest.raises(SettingsError, match="plain base URL"):
+            Settings.from_env({"CDS_ALLOWED_FHIR_SERVERS": prefix})
+
+
+def test_the_https_or_loopback_rule_is_written_once():
+    """Settings, the FHIR client and the trusted-issuers file all ask settings.is_secure_url."""
+    import inspect
+
+    from cds_service import auth, settings
+    from cds_service.fhir import client
+
+    assert settings.is_secure_url("https://x.example/f") and settings.is_secure_url("http://[::1]:9/f")
+    assert not settings.is_secure_url("http://x.example/f") and not settings.is_secure_url("http://localhost.evil.com/")
+    for module in (auth, client):
+        source = inspect.getsource(module)
+        assert "is_secure_url" in source and "is_loopback_host" not in source, module.__name__

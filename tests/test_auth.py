@@ -20,7 +20,14 @@ import requests
 import responses
 
 from cds_service import auth
-from cds_service.auth import InMemoryReplayCache, JwtVerifier, TrustedIssuers
+from cds_service.auth import (
+    JWKS_FAILURE_RETRY_S,
+    AuthFailure,
+    InMemoryReplayCache,
+    JwtVerifier,
+    TokenRefused,
+    TrustedIssuers,
+)
 from cds_service.errors import Unauthorized
 from tests.jwt_helpers import (
     bearer,
@@ -373,8 +380,8 @@ def test_token_issued_in_the_future_is_refused(verifier, jwks_server, ec_key):
 
 
 def test_clock_skew_is_tolerated(verifier, jwks_server, ec_key):
-    late = claims(iat=int(NOW) - 600, exp=int(NOW) - 59)
-    early = claims(iat=int(NOW) + 59, exp=int(NOW) + 400)
+    late = claims(iat=int(NOW) - 300, exp=int(NOW) - 59)
+    early = claims(iat=int(NOW) + 59, exp=int(NOW) + 300)
     assert verifier.verify(bearer(sign_jwt(ec_key, "ec-1", "ES384", late)), AUD)["exp"] == late["exp"]
     assert verifier.verify(bearer(sign_jwt(ec_key, "ec-1", "ES384", early)), AUD)["iat"] == early["iat"]
 
@@ -418,7 +425,7 @@ def test_replay_with_a_fresh_signature_is_refused(verifier, jwks_server, ec_key)
     """A new token reusing a jti is a replay even though its bytes differ."""
     first = claims()
     assert verifier.verify(bearer(sign_jwt(ec_key, "ec-1", "ES384", first)), AUD)
-    again = claims(jti=first["jti"], exp=first["exp"] + 1)
+    again = claims(jti=first["jti"], iat=first["iat"] + 1, exp=first["exp"] + 1)
     rejects(verifier, sign_jwt(ec_key, "ec-1", "ES384", again), "jti replayed")
 
 
@@ -502,11 +509,12 @@ def test_jwks_endpoint_failure_is_a_401(verifier, ec_key, answer, reason):
         assert [call.request.url for call in mock.calls] == [JWKS_URL], "redirects are not followed"
 
 
-def test_jwks_endpoint_recovers(verifier, ec_key):
+def test_jwks_endpoint_recovers(verifier, ec_key, clock):
     with responses.RequestsMock() as mock:
         mock.get(JWKS_URL, status=503)
         rejects(verifier, sign_jwt(ec_key, "ec-1", "ES384", claims()), "HTTP 503")
         mock.replace(responses.GET, JWKS_URL, json=jwks_of(jwk_from_key(ec_key, "ec-1")))
+        clock.t += JWKS_FAILURE_RETRY_S  # a failure is remembered that long
         assert verifier.verify(bearer(sign_jwt(ec_key, "ec-1", "ES384", claims())), AUD)
 
 
@@ -610,3 +618,115 @@ def test_unreadable_file_is_a_value_error(tmp_path):
 def test_loopback_http_jwks_url_is_allowed_for_local_ehrs():
     issuers = TrustedIssuers.from_dict({"issuers": {"local": {"jwks_url": "http://localhost:9000/jwks"}}})
     assert issuers.get("local").jwks_url == "http://localhost:9000/jwks"
+
+
+# --- time claims out of range, lifetime, JWKS failures, offline issuers (issue 11/12) --------------
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("value", [10**400, 2**64, 1e300, -1, -(10**30), "1700000000", [1], {"t": 1}, None])
+def test_time_claims_out_of_range_are_refused_never_an_error(verifier, jwks_server, ec_key, claim, value):
+    token = sign_jwt(ec_key, "ec-1", "ES384", {**claims(), claim: value})
+    with pytest.raises(TokenRefused) as caught:
+        verifier.verify(bearer(token), AUD)
+    expected = AuthFailure.NOT_YET_VALID if claim == "nbf" else AuthFailure.BAD_TIME_CLAIM
+    assert caught.value.reason is (AuthFailure.MISSING_CLAIM if value is None and claim != "nbf" else expected)
+
+
+def test_a_huge_integer_exp_reaches_no_replay_cache_arithmetic(issuers, clock, jwks_server, ec_key):
+    seen = []
+
+    class RecordingCache:
+        def check_and_add(self, issuer, jti, expires_at):
+            seen.append(expires_at)
+            return True
+
+    verifier = JwtVerifier(issuers, replay_cache=RecordingCache(), now=clock)
+    rejects(verifier, sign_jwt(ec_key, "ec-1", "ES384", claims(exp=10**400)), "must be numbers")
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "iat, exp, accepted",
+    [
+        (0, 300, True),  # exactly 5 minutes, as EHRs mint them
+        (0, 301, False),
+        (-3000, 300, False),  # an old iat does not hide a long lifetime
+        (None, None, None),
+    ],
+)
+def test_tokens_living_longer_than_the_maximum_are_refused(verifier, jwks_server, ec_key, iat, exp, accepted):
+    if accepted is None:  # a day-long token minted a second ago
+        iat, exp, accepted = -1, 86_400, False
+    token = sign_jwt(ec_key, "ec-1", "ES384", claims(iat=int(NOW) + iat, exp=int(NOW) + exp))
+    if accepted:
+        assert verifier.verify(bearer(token), AUD)
+    else:
+        with pytest.raises(TokenRefused) as caught:
+            verifier.verify(bearer(token), AUD)
+        assert caught.value.reason is AuthFailure.LIFETIME_TOO_LONG
+
+
+def test_the_maximum_lifetime_is_configurable(issuers, clock, jwks_server, ec_key):
+    verifier = JwtVerifier(issuers, max_lifetime_s=3600, now=clock)
+    assert verifier.verify(bearer(sign_jwt(ec_key, "ec-1", "ES384", claims(exp=int(NOW) + 3600))), AUD)
+    rejects(verifier, sign_jwt(ec_key, "ec-1", "ES384", claims(exp=int(NOW) + 3601)), "lifetime over 3600 s")
+
+
+def test_jwks_failures_are_cached_so_junk_tokens_cannot_make_the_worker_fetch(verifier, ec_key, clock):
+    with responses.RequestsMock() as mock:
+        endpoint = mock.get(JWKS_URL, body=requests.ConnectionError("refused"))
+        for _ in range(20):
+            with pytest.raises(TokenRefused) as caught:
+                verifier.verify(bearer(sign_jwt(ec_key, "ec-1", "ES384", claims())), AUD)
+            assert caught.value.reason is AuthFailure.JWKS_UNREACHABLE
+        assert endpoint.call_count == 1
+        clock.t += JWKS_FAILURE_RETRY_S - 0.5
+        rejects(verifier, sign_jwt(ec_key, "ec-1", "ES384", claims()), "JWKS fetch failed less than")
+        assert endpoint.call_count == 1
+        clock.t += 0.5  # the brief wait is over: one more try
+        rejects(verifier, sign_jwt(ec_key, "ec-1", "ES384", claims()), "ConnectionError")
+        assert endpoint.call_count == 2
+
+
+def test_each_refusal_names_its_fixed_reason(verifier, jwks_server, ec_key, other_ec_key):
+    cases = {
+        AuthFailure.NO_TOKEN: None,
+        AuthFailure.UNKNOWN_ISSUER: sign_jwt(ec_key, "ec-1", "ES384", claims(iss="https://evil.example")),
+        AuthFailure.UNKNOWN_KID: sign_jwt(ec_key, "nope", "ES384", claims()),
+        AuthFailure.JKU_NOT_ALLOWED: sign_jwt(ec_key, "ec-1", "ES384", claims(), headers={"jku": "https://evil.example/j"}),
+        AuthFailure.BAD_SIGNATURE: sign_jwt(other_ec_key, "ec-1", "ES384", claims()),
+        AuthFailure.AUD_MISMATCH: sign_jwt(ec_key, "ec-1", "ES384", claims(aud="https://other.example/x")),
+        AuthFailure.EXPIRED: sign_jwt(ec_key, "ec-1", "ES384", claims(iat=int(NOW) - 400, exp=int(NOW) - 200)),
+        AuthFailure.NOT_YET_VALID: sign_jwt(ec_key, "ec-1", "ES384", claims(nbf=int(NOW) + 120)),
+    }
+    for reason, token in cases.items():
+        with pytest.raises(TokenRefused) as caught:
+            verifier.verify(bearer(token) if token else None, AUD)
+        assert caught.value.reason is reason, reason
+    once = sign_jwt(ec_key, "ec-1", "ES384", claims())
+    verifier.verify(bearer(once), AUD)
+    with pytest.raises(TokenRefused) as caught:
+        verifier.verify(bearer(once), AUD)
+    assert caught.value.reason is AuthFailure.REPLAYED_JTI
+
+
+def test_an_offline_issuer_uses_its_inline_jwks_even_when_the_token_names_a_jku(ec_key, clock):
+    sandbox_jku = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+    entry = {"jwks": jwks_of(jwk_from_key(ec_key, "sandbox-kid", "ES384")), "ignore_jku": True}
+    verifier = JwtVerifier(TrustedIssuers.from_dict({"issuers": {ISS: entry}}), now=clock)
+    token = sign_jwt(ec_key, "sandbox-kid", "ES384", claims(), headers={"jku": sandbox_jku})
+    with responses.RequestsMock() as mock:  # any fetch would fail the test: nothing is registered
+        assert verifier.verify(bearer(token), AUD)
+        assert len(mock.calls) == 0
+    without_flag = JwtVerifier(TrustedIssuers.from_dict({"issuers": {ISS: {"jwks": entry["jwks"]}}}), now=clock)
+    rejects(without_flag, sign_jwt(ec_key, "sandbox-kid", "ES384", claims(), headers={"jku": sandbox_jku}), "jku")
+
+
+@pytest.mark.parametrize(
+    "entry, problem",
+    [({"ignore_jku": True, "allowed_jku": [JKU]}, "ignore_jku needs an inline jwks"), ({"ignore_jku": "yes", "jwks_url": JWKS_URL}, "true or false")],
+)
+def test_ignore_jku_is_validated(entry, problem):
+    with pytest.raises(ValueError, match=problem):
+        TrustedIssuers.from_dict({"issuers": {ISS: entry}})

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cds_service import create_app
+from cds_service.settings import SettingsError
 from conftest import FIXTURE_NOW, load_fixture
 from jwt_helpers import bearer, cds_claims, jwk_from_key, jwks_of, make_ec_key, sign_jwt
 
@@ -34,7 +35,7 @@ def make_client(tmp_path, key, **overrides):
         require_jwt=True,
         trusted_issuers=str(issuers),
         database_url=f"sqlite:///{tmp_path}/cards.sqlite3",
-        **overrides,
+        **{"allowed_fhir_servers": ("https://ehr.example.org/fhir",), **overrides},
     )
     app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW
     return app.test_client()
@@ -152,3 +153,63 @@ def test_the_401_comes_before_any_input_check(client):
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.yaml"])
 def test_operations_endpoints_need_no_token(client, path):
     assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Host": "cds.example.org", "X-Forwarded-Proto": "https"},
+        {"X-Forwarded-Proto": "https"},
+        {"Forwarded": "host=cds.example.org;proto=https"},
+    ],
+)
+def test_forwarded_headers_never_make_the_audience(client, key, headers):
+    """A token minted for another deployment (cds.example.org) must not pass by forging the proxy's headers."""
+    path = "/cds-services"
+    for aud in ("https://cds.example.org" + path, LOCAL + path):
+        response = client.get(path, headers={"Authorization": bearer(token(key, aud)), **headers})
+        assert_bare_401(response)
+        assert "CDS_PUBLIC_BASE_URL" in response.headers["WWW-Authenticate"]
+
+
+def test_with_public_base_url_forwarded_headers_are_ignored(tmp_path, key):
+    client = make_client(tmp_path, key, public_base_url="https://cds.example.org/mtor")
+    path = "/cds-services"
+    forged = {"X-Forwarded-Host": "other.example.org", "Host": "other.example.org"}
+    good = bearer(token(key, "https://cds.example.org/mtor" + path))
+    assert client.get(path, headers={"Authorization": good, **forged}).status_code == 200
+    assert_bare_401(client.get(path, headers={"Authorization": bearer(token(key, "https://other.example.org" + path)), **forged}))
+
+
+def test_jwt_without_a_fhir_server_allowlist_refuses_to_start(tmp_path, key):
+    """Otherwise a trusted caller could send the service, and the access token it hands over, to any host or port."""
+    issuers = tmp_path / "trusted-issuers.json"
+    issuers.write_text(json.dumps({"issuers": {ISSUER: {"jwks": jwks_of(jwk_from_key(key, KID, "ES384"))}}}))
+    with pytest.raises(SettingsError, match="CDS_ALLOWED_FHIR_SERVERS: required when CDS_REQUIRE_JWT is true"):
+        create_app(require_jwt=True, trusted_issuers=str(issuers), database_url=f"sqlite:///{tmp_path}/c.sqlite3")
+    # Trials without JWT keep the open default (any https server or loopback).
+    assert create_app(require_jwt=False, database_url=f"sqlite:///{tmp_path}/c.sqlite3")
+
+
+def test_docs_list_exactly_the_refusal_reasons_and_the_header_the_service_sends():
+    """docs/trusting-ehrs.md, "Why a call was refused", pinned to the code and to literal values."""
+    from cds_service.auth import JWKS_FAILURE_RETRY_S, MAX_NUMERIC_DATE, AuthFailure, www_authenticate
+    from cds_service.settings import Settings
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "trusting-ehrs.md").read_text(encoding="utf-8")
+    section = doc.split("## Why a call was refused", 1)[1].split("\n## ", 1)[0]
+    documented = [line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")]
+    assert documented == [reason.value for reason in AuthFailure]
+    assert 'WWW-Authenticate: Bearer error="invalid_token", error_description="<reason>"' in section
+    assert "`WWW-Authenticate: Bearer`" in section and "`auth_failure`" in section
+    from cds_service.auth import TokenRefused
+
+    assert www_authenticate(TokenRefused(AuthFailure.EXPIRED)) == 'Bearer error="invalid_token", error_description="expired"'
+    assert www_authenticate(TokenRefused(AuthFailure.NO_TOKEN)) == "Bearer"
+    # Documented literal defaults.
+    assert JWKS_FAILURE_RETRY_S == 10 and "remembered for 10 s" in doc
+    assert Settings().jwt_max_lifetime_s == 300 and "`CDS_JWT_MAX_LIFETIME_S` (default 300 s" in doc
+    assert MAX_NUMERIC_DATE == 253402300799 and "253402300799" in doc
+    assert "`ignore_jku`" in doc and "refuses to start without it" in doc
+    assert "shared by every worker" in doc and "per process" not in doc.replace("\n", " ")

@@ -247,6 +247,7 @@ def test_signed_call_is_accepted_when_the_service_requires_jwt(capsys, monkeypat
     pem, trusted = dev_key
     monkeypatch.setenv("CDS_REQUIRE_JWT", "true")
     monkeypatch.setenv("CDS_TRUSTED_ISSUERS", str(trusted))
+    monkeypatch.setenv("CDS_ALLOWED_FHIR_SERVERS", "http://127.0.0.1:8090/fhir")  # required with JWT
     code, out, err = run(capsys, "call", "order-select", "--patient", CLARITHROMYCIN,
                          "--sign-key", str(pem), "--issuer", ISSUER, "--json")
     assert code == 0, err
@@ -257,6 +258,7 @@ def test_unsigned_or_wrongly_signed_call_is_refused(capsys, monkeypatch, dev_key
     _, trusted = dev_key
     monkeypatch.setenv("CDS_REQUIRE_JWT", "true")
     monkeypatch.setenv("CDS_TRUSTED_ISSUERS", str(trusted))
+    monkeypatch.setenv("CDS_ALLOWED_FHIR_SERVERS", "http://127.0.0.1:8090/fhir")  # required with JWT
     code, _, err = run(capsys, "call", "order-select", "--patient", CLARITHROMYCIN)
     assert code == 1 and "HTTP 401" in err
     other = tmp_path / "other.pem"

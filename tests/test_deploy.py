@@ -308,7 +308,8 @@ def test_service_hpa_and_pdb_select_the_deployment():
         deployment = find(objects, "Deployment")[0]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-        container_ports = {p["name"] for p in pod_spec(deployment)["containers"][0]["ports"]}
+        # A Service's named targetPort resolves across every container of the pod (nginx sidecar holds "http").
+        container_ports = {p["name"] for c in pod_spec(deployment)["containers"] for p in c.get("ports", [])}
         for service in find(objects, "Service"):
             assert service["spec"]["selector"].items() <= labels.items(), target
             for port in service["spec"]["ports"]:
@@ -494,3 +495,107 @@ def test_dockerfile_passes_hadolint():
     result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow clients: the nginx sidecar, run locally with the shipped configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def _slow_header_clients(port: int, count: int) -> list:
+    """Connections that send a request head one byte at a time and never finish it."""
+    import socket
+
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"G")
+        sockets.append(sock)
+    return sockets
+
+
+def _healthz_ms(port: int, timeout_s: float) -> float | None:
+    """Milliseconds /healthz took on this port, or None if it did not answer within timeout_s."""
+    import time
+    import urllib.request
+
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout_s) as response:
+            assert response.status == 200
+    except OSError:
+        return None
+    return (time.monotonic() - started) * 1000
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed (apt-get install nginx-light)")
+def test_slow_header_clients_do_not_starve_healthz_behind_the_shipped_nginx(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_production import free_port, get
+
+    app_port, proxy_port = free_port(), free_port()
+    conf = load_yaml_documents(BASE / "nginx-configmap.yaml")[0]["data"]["nginx.conf"]
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{proxy_port};").replace("127.0.0.1:8081", f"127.0.0.1:{app_port}")
+    conf = conf.replace("/tmp/", f"{tmp_path}/")
+    (tmp_path / "nginx.conf").write_text(conf)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "PROMETHEUS_", "PORT", "MTOR_CDS_"))},
+        "PYTHONPATH": str(ROOT),
+        "CDS_REQUIRE_JWT": "false",
+        "WEB_CONCURRENCY": "2",
+    }
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve", "--production", "--host", "127.0.0.1",
+                          "--port", str(app_port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-e", "stderr", "-g", "daemon off;"],
+                         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    sockets = []
+    try:
+        deadline = time.monotonic() + 30
+        while _healthz_ms(proxy_port, 1) is None:
+            assert all(p.poll() is None for p in processes), "gunicorn or nginx exited"
+            assert time.monotonic() < deadline, "the stack did not answer /healthz in time"
+            time.sleep(0.2)
+        sockets = _slow_header_clients(proxy_port, 20)  # ten times the workers
+        for _ in range(3):
+            for sock in sockets:
+                sock.sendall(b"E")
+            elapsed = _healthz_ms(proxy_port, 2)
+            assert elapsed is not None and elapsed < 1000, f"/healthz behind nginx took {elapsed} ms"
+            time.sleep(0.3)
+        assert get(f"http://127.0.0.1:{proxy_port}/readyz")[0] == 200
+        # The same clients straight at gunicorn's 2 sync workers starve it: what the sidecar is for.
+        direct = _slow_header_clients(app_port, 2)
+        sockets += direct
+        time.sleep(0.3)
+        assert _healthz_ms(app_port, 1.5) is None
+    finally:
+        for sock in sockets:
+            sock.close()
+        for process in processes:
+            process.send_signal(signal.SIGTERM if process is processes[0] else signal.SIGQUIT)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_the_worker_model_is_stated_the_same_everywhere():
+    """Sync workers, 4 per CPU, behind the nginx sidecar: production.py, README, deploy/README.md, bench/README.md."""
+    from cds_service import production
+
+    assert (production.DEFAULT_WORKER_CLASS, production.WORKERS_PER_CPU, production.DEFAULT_THREADS) == ("sync", 4, 1)
+    phrase = "sync workers, 4 × usable CPUs, behind the nginx sidecar"
+    for doc in ("README.md", "deploy/README.md", "bench/README.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        assert phrase in text, doc
+        assert "`gthread`, 2 × CPUs" not in text, doc
+    assert "behind the nginx sidecar" in (ROOT / "cds_service" / "production.py").read_text(encoding="utf-8")

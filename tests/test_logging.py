@@ -149,3 +149,27 @@ def test_errors_are_logged_by_type_only(apps, service_log, monkeypatch):
     assert "ValueError" in text and NAME not in text and BIRTH_DATE not in text and "Traceback" not in text
     [request_line] = [json.loads(line) for line in text.splitlines() if REQUEST_LOGGER in line]
     assert request_line["status"] == 500 and request_line["error"] == "ValueError"
+
+
+def test_a_refused_jwt_logs_one_line_with_its_reason_and_the_401_says_it_never_the_token(apps, service_log):
+    _, jwt_client, key = apps
+    expired = sign_jwt(key, KID, "ES384", cds_claims(ISSUER, "http://localhost" + SERVICE_PATH, iat=1_000_000_000, exp=1_000_000_300))
+    unknown_kid = sign_jwt(key, "no-such-kid", "ES384", cds_claims(ISSUER, "http://localhost" + SERVICE_PATH))
+    cases = [
+        (expired, "expired"),
+        (unknown_kid, "unknown kid"),
+        (sign_jwt(key, KID, "ES384", cds_claims("https://evil.example", "http://localhost" + SERVICE_PATH)), "unknown issuer"),
+        (sign_jwt(key, KID, "ES384", cds_claims(ISSUER, "https://other-deployment.example" + SERVICE_PATH)), "aud mismatch"),
+    ]
+    for token, reason in cases:
+        service_log.seek(0)
+        service_log.truncate()
+        response = jwt_client.post(SERVICE_PATH, json={}, headers={"Authorization": bearer(token)})
+        assert response.status_code == 401 and response.get_data() == b""
+        assert response.headers["WWW-Authenticate"] == f'Bearer error="invalid_token", error_description="{reason}"'
+        lines = [json.loads(line) for line in service_log.getvalue().splitlines()]
+        refused = [line for line in lines if line.get("auth_failure")]
+        assert len(refused) == 1 and refused[0]["auth_failure"] == reason and refused[0]["status"] == 401
+        assert token not in service_log.getvalue() and token.split(".")[2] not in service_log.getvalue()
+    response = jwt_client.get("/cds-services")
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"

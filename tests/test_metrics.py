@@ -183,3 +183,53 @@ def test_a_call_refused_before_routing_is_still_counted(tmp_path):
     found = samples(client)
     assert value(found, "mtor_cds_requests_total", endpoint="cds.call_service", service="", status="401") == 1
     assert value(found, "mtor_cds_request_duration_seconds_count", endpoint="cds.call_service", service="") == 1
+
+
+def test_labels_come_only_from_fixed_sets(metered_client):
+    """A `next` link's path, an unknown service id or an odd indicator never makes a new series."""
+    body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    medications = dict(body["prefetch"]["medications"])
+    medications["link"] = [{"relation": "next", "url": f"{FHIR}/ZzUnlikelyPath?page=2"}]
+    body["prefetch"] = {"patient": body["prefetch"]["patient"]}
+    body["fhirServer"] = FHIR
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "scope": "patient/*.read", "subject": "cds"}
+    empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{FHIR}/MedicationRequest", json=medications)
+        mock.get(f"{FHIR}/ZzUnlikelyPath", json=empty)
+        for resource_type in ("Observation", "Condition", "Procedure", "ServiceRequest", "Appointment"):
+            mock.get(f"{FHIR}/{resource_type}", json=empty)
+        metered_client.post("/cds-services/mtor-safety-order-select", json=body)
+    found = samples(metered_client)
+    label_values = {v for _, labels in found for _, v in labels}
+    assert not any("ZzUnlikelyPath" in v for v in label_values)
+    assert value(found, "mtor_cds_fhir_queries_total", resource_type="other", outcome="ok") == 1
+
+    app_metrics = metered_client.application.extensions[metrics.EXTENSION_KEY]
+    known = frozenset(metered_client.application.extensions["mtor_cds"].services)
+    app_metrics.observe("cds.call_service", 200, 0.01, {"service": "made-up-service", "cards": [["t", "urgent"]]}, known)
+    found = samples(metered_client)
+    assert value(found, "mtor_cds_requests_total", endpoint="cds.call_service", service="other", status="200") == 1
+    assert value(found, "mtor_cds_cards_total", service="other", topic="t", indicator="other") == 1
+    assert not any("made-up-service" in str(labels) or "urgent" in str(labels) for _, labels in found)
+
+
+def test_fixed_label_sets_cover_what_the_service_queries_and_every_client_outcome():
+    from cds_service.fhir.client import QueryOutcome
+    from tests.conftest import TYPE_OF_PREFETCH_KEY
+
+    assert set(TYPE_OF_PREFETCH_KEY.values()) | {"Medication"} <= metrics.FHIR_RESOURCE_TYPES
+    for outcome in QueryOutcome:
+        assert metrics.fhir_outcome_label(outcome) == outcome.value.replace(" ", "-")
+    assert metrics.fhir_outcome_label("http-999") == "error"
+
+
+def test_a_metrics_directory_someone_else_can_write_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "metrics"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(RuntimeError, match="writable only by it"):
+        metrics._check_private_directory(str(shared))
+    fresh = tmp_path / "fresh"
+    metrics._check_private_directory(str(fresh))
+    assert (fresh.stat().st_mode & 0o777) == 0o700

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from typing import ClassVar
 
 import pytest
 
@@ -120,14 +124,56 @@ def test_settings_come_from_one_place_and_follow_the_environment():
         expected = production.gunicorn_settings()
     finally:
         os.environ.update(saved)
+        for entry in conf.get("raw_env", []):  # the private metrics directory reading the file made
+            shutil.rmtree(entry.partition("=")[2], ignore_errors=True)
     assert {name: conf[name] for name in expected} == expected
 
 
-def test_several_workers_get_a_private_metrics_directory_without_changing_the_callers_environment():
-    settings = production.gunicorn_settings({"WEB_CONCURRENCY": "2"})
-    (entry,) = settings["raw_env"]
-    name, _, directory = entry.partition("=")
-    assert name == "PROMETHEUS_MULTIPROC_DIR" and directory.endswith(f"mtor-cds-prometheus-{os.getpid()}")
-    assert "raw_env" not in production.gunicorn_settings({"WEB_CONCURRENCY": "1"})
-    assert "raw_env" not in production.gunicorn_settings({"WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": "/x"})
+def test_several_workers_get_a_new_private_metrics_directory_without_changing_the_callers_environment():
+    """mkdtemp: mode 0700, a name nobody can predict (not the pid), never a directory that already existed."""
+    predictable = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), f"mtor-cds-prometheus-{os.getpid()}")
+    directories = []
+    try:
+        for _ in range(2):
+            (entry,) = production.serving_settings({"WEB_CONCURRENCY": "2"})["raw_env"]
+            name, _, directory = entry.partition("=")
+            directories.append(directory)
+            assert name == "PROMETHEUS_MULTIPROC_DIR" and os.path.basename(directory).startswith("mtor-cds-prometheus-")
+            info = os.lstat(directory)
+            assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.getuid()
+            assert directory != predictable and os.listdir(directory) == []
+        assert directories[0] != directories[1]
+        # The master removes the one it made on exit, and nothing else.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directories[1]
+        production.on_exit(None)
+        assert not os.path.exists(directories[1]) and os.path.isdir(directories[0])
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
+    assert "raw_env" not in production.gunicorn_settings({"WEB_CONCURRENCY": "2"})  # reading the settings makes nothing
+    assert "raw_env" not in production.serving_settings({"WEB_CONCURRENCY": "1"})
+    assert "raw_env" not in production.serving_settings({"WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": "/x"})
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_production_mode_warns_at_start_without_a_public_base_url(monkeypatch):
+    class Server:
+        class log:  # gunicorn's server.log
+            warnings: ClassVar[list[str]] = []
+
+            @classmethod
+            def warning(cls, message, *args):
+                cls.warnings.append(message % args if args else message)
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("CDS_REQUIRE_JWT", raising=False)
+    monkeypatch.delenv("CDS_PUBLIC_BASE_URL", raising=False)
+    production.on_starting(Server)
+    assert len(Server.log.warnings) == 1 and "CDS_PUBLIC_BASE_URL is not set" in Server.log.warnings[0]
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "https://cds.example.org")
+    production.on_starting(Server)
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "")
+    monkeypatch.setenv("CDS_REQUIRE_JWT", "false")
+    production.on_starting(Server)
+    assert len(Server.log.warnings) == 1

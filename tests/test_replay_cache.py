@@ -152,3 +152,74 @@ def test_the_verifier_refuses_a_token_replayed_to_another_replica(database_url, 
     assert verifiers[0].verify(f"Bearer {token}", audience)["jti"] == "once"
     with pytest.raises(Unauthorized, match="replayed"):
         verifiers[1].verify(f"Bearer {token}", audience)
+
+
+# --- the default: one cache for every worker of a pod, under the real production server --------------
+
+
+def test_by_default_a_token_replayed_to_other_gunicorn_workers_is_accepted_once(tmp_path):
+    """3 sync workers, no CDS_DATABASE_URL (the default SQLite file in the working directory): 40 concurrent
+    uses of one token, spread over the workers, let exactly one through."""
+    import concurrent.futures
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import ROOT
+    from tests.jwt_helpers import bearer
+    from tests.test_production import START_TIMEOUT_S, free_port
+
+    key = make_ec_key("ES384")
+    issuers = tmp_path / "trusted-issuers.json"
+    issuers.write_text(json.dumps({"issuers": {ISS: {"jwks": jwks_of(jwk_from_key(key, "k1", "ES384"))}}}))
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "PROMETHEUS_", "PORT"))},
+        "PYTHONPATH": str(ROOT),
+        "CDS_TRUSTED_ISSUERS": str(issuers),
+        "CDS_ALLOWED_FHIR_SERVERS": "https://ehr.example.org/fhir",
+        "WEB_CONCURRENCY": "3",
+    }
+    base = f"http://127.0.0.1:{port}"
+
+    def get(headers: dict | None = None) -> int:
+        request = urllib.request.Request(f"{base}/cds-services", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cds_service.cli", "serve", "--production", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if get() == 401:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "server did not answer in time"
+            time.sleep(0.1)
+        token = bearer(sign_jwt(key, "k1", "ES384", cds_claims(ISS, f"{base}/cds-services")))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(lambda _: get({"Authorization": token}), range(40)))
+        assert sorted(statuses) == [200] + [401] * 39, statuses
+        assert (tmp_path / "mtor-cds.sqlite3").exists()  # the shared default store holds the seen jti
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

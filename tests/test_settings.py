@@ -54,3 +54,32 @@ def test_every_setting_has_help_and_a_row_in_the_readme():
     for field in dataclasses.fields(Settings):
         assert SETTING_HELP.get(field.name), field.name
         assert f"`CDS_{field.name.upper()}`" in readme, field.name
+
+
+def test_the_readme_settings_table_is_the_settings_table():
+    """One row per setting, in order, with the default and help text of its row in cds_service/settings.py."""
+    from cds_service.settings import documented_default, env_name_of
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `CDS_")]
+    expected = [
+        f"| `{env_name_of(f.name)}` | `{documented_default(f.name)}` | {SETTING_HELP[f.name]} |"
+        for f in dataclasses.fields(Settings)
+    ]
+    assert rows == expected
+
+
+def test_every_setting_parses_its_documented_default_back_to_the_default():
+    from cds_service.settings import documented_default
+
+    for field in dataclasses.fields(Settings):
+        shown = documented_default(field.name)
+        if shown != "(unset)":
+            assert field.metadata["parser"](shown) == field.default, field.name
+
+
+def test_documented_literal_defaults():
+    """Pinned as literals: a change to a default must change this test and the README together."""
+    defaults = Settings()
+    assert (defaults.require_jwt, defaults.jwt_clock_skew_s, defaults.jwt_max_lifetime_s) == (True, 60, 300)
+    assert (defaults.fhir_deadline_s, defaults.fhir_max_pages, defaults.cors_origins) == (3.0, 10, ("*",))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import enum
 import logging
 import re
 import threading
@@ -21,7 +22,7 @@ import orjson
 import requests
 
 from cds_service.errors import FhirNotAllowed, FhirUnavailable
-from cds_service.settings import Settings, is_loopback_host
+from cds_service.settings import Settings, is_secure_url
 
 _LOG = logging.getLogger(__name__)
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir")
@@ -29,6 +30,82 @@ _LOCAL = threading.local()
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _version() -> str:
+    """cds_service.__version__ if the package defines it, else the installed metadata, else the source tree's pyproject."""
+    import cds_service
+
+    declared = getattr(cds_service, "__version__", None)
+    if isinstance(declared, str):
+        return declared
+    try:
+        from importlib.metadata import version
+
+        return version("mtor-cds")
+    except Exception:  # noqa: BLE001, S110 -- running from a source tree that was never installed
+        pass
+    try:
+        import tomllib
+        from pathlib import Path
+
+        with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as handle:
+            return str(tomllib.load(handle)["project"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
+def _user_agent() -> str:
+    return f"mtor-cds/{_version()}"
+
+
+USER_AGENT = _user_agent()
+
+
+class QueryOutcome(enum.StrEnum):
+    """How one FHIR request ended: the fixed set the request log and the metrics share."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    DEADLINE_PASSED = "deadline passed"
+    CONNECTION_FAILED = "connection failed"
+    RESPONSE_TOO_LARGE = "response too large"
+    INVALID_JSON = "invalid JSON"
+    NOT_A_RESOURCE = "not a FHIR resource"
+    WRONG_RESOURCE_TYPE = "wrong resource type"
+    LEAVES_SERVER = "next link leaves the FHIR server"
+    PAGE_LIMIT = "page limit reached"
+    INTERNAL_ERROR = "internal error"
+    HTTP_401 = "http-401"
+    HTTP_403 = "http-403"
+    HTTP_404 = "http-404"
+    HTTP_410 = "http-410"
+    HTTP_429 = "http-429"
+    HTTP_4XX = "http-4xx"
+    HTTP_500 = "http-500"
+    HTTP_502 = "http-502"
+    HTTP_503 = "http-503"
+    HTTP_504 = "http-504"
+    HTTP_5XX = "http-5xx"
+    HTTP_OTHER = "http-other"
+
+    @classmethod
+    def of_status(cls, status: int) -> QueryOutcome:
+        try:
+            return cls(f"http-{status}")
+        except ValueError:
+            return cls.HTTP_4XX if 400 <= status < 500 else cls.HTTP_5XX if 500 <= status < 600 else cls.HTTP_OTHER
+
+
+def failure(outcome: QueryOutcome, detail: str = "") -> FhirUnavailable:
+    """A FhirUnavailable that carries its outcome (the message stays the short detail callers read)."""
+    error = FhirUnavailable(detail or outcome.value)
+    error.outcome = outcome  # type: ignore[attr-defined]
+    return error
+
+
+def outcome_of(error: FhirUnavailable) -> QueryOutcome:
+    return getattr(error, "outcome", QueryOutcome.INTERNAL_ERROR)
 
 
 def _session() -> requests.Session:
@@ -58,7 +135,7 @@ class QueryTiming:
     """One FHIR request, as it may be logged: no URL query, no token."""
 
     resource_type: str
-    outcome: str  # "ok", "http-503", "timeout", ...
+    outcome: QueryOutcome  # a str: "ok", "http-503", "timeout", ...
     ms: float
 
 
@@ -67,7 +144,7 @@ def check_allowed(base_url: str, settings: Settings) -> None:
     parts = _safe_parts(base_url)
     if parts is None or parts.query or parts.fragment or base_url.endswith(("?", "#")):
         raise FhirNotAllowed("fhirServer is not a plain http(s) base URL")
-    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+    if not is_secure_url(base_url):
         raise FhirNotAllowed("fhirServer must use https")
     allowed = settings.allowed_fhir_servers
     if allowed and not any(is_within(base_url, prefix) for prefix in allowed):
@@ -78,12 +155,13 @@ def is_within(url: str, base: str) -> bool:
     """Whether url lies under base: same scheme, host and port, and base's path on a segment boundary.
 
     Compared on parsed parts, not as strings, so https://ehr.example.org.evil.com,
-    https://ehr.example.org@evil.com and https://ehr.example.org/fhir/../admin never match.
+    https://ehr.example.org@evil.com and https://ehr.example.org/fhir/../admin never match. Paths
+    compare case-sensitively: /FHIR is not /fhir to a server that routes /FHIR elsewhere.
     """
     parts, base_parts = _safe_parts(url), _safe_parts(base)
     if parts is None or base_parts is None:
         return False
-    path, base_path = parts.path.rstrip("/").lower() + "/", base_parts.path.rstrip("/").lower() + "/"
+    path, base_path = parts.path.rstrip("/") + "/", base_parts.path.rstrip("/") + "/"
     return (
         parts.scheme == base_parts.scheme
         and parts.hostname == base_parts.hostname
@@ -103,7 +181,11 @@ def _safe_parts(url: str) -> SplitResult | None:
         return None
     if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
         return None
-    # Servers decode %2e and %2f before resolving "..": check the decoded path.
+    # Servers such as HAPI on Jetty strip ;path-parameters and decode %2e, %2f and double encodings
+    # (%252e) before routing, which can resolve outside the allowlisted base: a FHIR REST path needs
+    # neither, so any ";" or "%" in it is refused outright.
+    if ";" in parts.path or "%" in parts.path:
+        return None
     if any(segment in (".", "..") for segment in unquote(parts.path).replace("\\", "/").split("/")):
         return None
     return parts
@@ -119,7 +201,7 @@ class FhirClient:
     def __init__(self, base_url: str, access_token: str | None, settings: Settings, deadline: Deadline):
         check_allowed(base_url, settings)
         self.base_url = base_url.rstrip("/") + "/"
-        self._headers = {"Accept": "application/fhir+json, application/json"}
+        self._headers = {"Accept": "application/fhir+json, application/json", "User-Agent": USER_AGENT}
         if access_token:
             self._headers["Authorization"] = f"Bearer {access_token}"
         self._settings = settings
@@ -132,7 +214,9 @@ class FhirClient:
         resource = self._get(self._join(relative_url))
         expected = relative_url.split("/", 1)[0]
         if resource.get("resourceType") != expected:
-            raise FhirUnavailable(f"expected a {expected[:40]}, got {str(resource.get('resourceType'))[:40]}")
+            raise failure(
+                QueryOutcome.WRONG_RESOURCE_TYPE, f"expected a {expected[:40]}, got {str(resource.get('resourceType'))[:40]}"
+            )
         return resource
 
     def search(self, relative_url: str) -> list[dict[str, Any]]:
@@ -145,17 +229,24 @@ class FhirClient:
         pages = 0
         while True:
             if bundle.get("resourceType") != "Bundle":
-                raise FhirUnavailable(f"expected a Bundle, got {str(bundle.get('resourceType'))[:40]}")
+                raise failure(QueryOutcome.WRONG_RESOURCE_TYPE, f"expected a Bundle, got {str(bundle.get('resourceType'))[:40]}")
             if not isinstance(bundle.get("entry", []), list):
-                raise FhirUnavailable("Bundle.entry is not an array")  # unreadable is not "no data"
+                raise failure(QueryOutcome.NOT_A_RESOURCE, "Bundle.entry is not an array")  # unreadable is not "no data"
             resources += entry_resources(bundle)
             next_url = next_link(bundle)
             pages += 1
             if not next_url:
                 return resources
-            if pages >= self._settings.fhir_max_pages:
-                raise FhirUnavailable("more pages than CDS_FHIR_MAX_PAGES")  # cut short is not complete
-            bundle = self._get(self._join(next_url))
+            resource_type = _type_of_search(resources)
+            if pages >= self._settings.fhir_max_pages:  # cut short is not complete
+                self._record(resource_type, QueryOutcome.PAGE_LIMIT, 0.0)
+                raise failure(QueryOutcome.PAGE_LIMIT, "more pages than CDS_FHIR_MAX_PAGES")
+            try:
+                absolute = self._join(next_url)
+            except FhirUnavailable:  # e.g. another host name for the same server: logged, never sent
+                self._record(resource_type, QueryOutcome.LEAVES_SERVER, 0.0)
+                raise
+            bundle = self._get(absolute)
 
     def _join(self, url: str) -> str:
         """The absolute URL, which must stay under base_url: the token is never sent anywhere else."""
@@ -164,7 +255,7 @@ class FhirClient:
         except ValueError:
             absolute = ""
         if not is_within(absolute, self.base_url):
-            raise FhirUnavailable("URL leaves the FHIR server")
+            raise failure(QueryOutcome.LEAVES_SERVER, "URL leaves the FHIR server")
         return absolute
 
     def _resource_type(self, url: str) -> str:
@@ -173,24 +264,26 @@ class FhirClient:
         first = relative.split("/", 1)[0]
         return first if _RESOURCE_TYPE.fullmatch(first) else "?"
 
+    def _record(self, resource_type: str, outcome: QueryOutcome, ms: float) -> None:
+        with self._lock:
+            self.timings.append(QueryTiming(resource_type, outcome, ms))
+
     def _get(self, url: str) -> dict[str, Any]:
         resource_type = self._resource_type(url)
         started = time.monotonic()
-        outcome = "ok"
+        outcome = QueryOutcome.OK
         try:
             return self._get_json(url)
         except FhirUnavailable as exc:
-            outcome = str(exc)[:40]
+            outcome = outcome_of(exc)
             raise
         finally:
-            timing = QueryTiming(resource_type, outcome, round((time.monotonic() - started) * 1000, 1))
-            with self._lock:
-                self.timings.append(timing)
+            self._record(resource_type, outcome, round((time.monotonic() - started) * 1000, 1))
 
     def _get_json(self, url: str) -> dict[str, Any]:
         remaining = self.deadline.remaining()
         if remaining <= 0.005:
-            raise FhirUnavailable("deadline passed")
+            raise failure(QueryOutcome.DEADLINE_PASSED)
         limit = self._settings.fhir_max_response_bytes
         try:
             # A GET needs only method, URL and headers prepared; sent through the pooled adapter directly
@@ -202,24 +295,24 @@ class FhirClient:
             request.prepare_headers(self._headers)
             with _session().get_adapter(url).send(request, stream=True, timeout=remaining) as response:
                 if response.status_code != 200:
-                    raise FhirUnavailable(f"http-{response.status_code}")
+                    raise failure(QueryOutcome.of_status(response.status_code), f"http-{response.status_code}")
                 body = bytearray()
                 for chunk in response.iter_content(chunk_size=65536):
                     body += chunk
                     if len(body) > limit:
-                        raise FhirUnavailable("response too large")
+                        raise failure(QueryOutcome.RESPONSE_TOO_LARGE)
                     if self.deadline.remaining() <= 0:
-                        raise FhirUnavailable("deadline passed")
+                        raise failure(QueryOutcome.DEADLINE_PASSED)
         except requests.Timeout as exc:
-            raise FhirUnavailable("timeout") from exc
+            raise failure(QueryOutcome.TIMEOUT) from exc
         except requests.RequestException as exc:
-            raise FhirUnavailable("connection failed") from exc
+            raise failure(QueryOutcome.CONNECTION_FAILED) from exc
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise FhirUnavailable("invalid JSON") from exc
+            raise failure(QueryOutcome.INVALID_JSON) from exc
         if not isinstance(parsed, dict):
-            raise FhirUnavailable("not a FHIR resource")
+            raise failure(QueryOutcome.NOT_A_RESOURCE)
         return parsed
 
 
@@ -228,6 +321,14 @@ def entry_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(entries, list):
         return []
     return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+
+
+def _type_of_search(resources: list[dict[str, Any]]) -> str:
+    """The type a search returned, for logging a page it will not fetch (the link's own path may be anything)."""
+    for resource in resources:
+        if isinstance(resource.get("resourceType"), str) and _RESOURCE_TYPE.fullmatch(resource["resourceType"]):
+            return resource["resourceType"]
+    return "?"
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
@@ -249,10 +350,10 @@ def run_parallel(jobs: Mapping[str, Callable[[], Any]], deadline: Deadline) -> d
             results[key] = future.result(timeout=max(deadline.remaining(), 0) + 0.05)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            results[key] = FhirUnavailable("deadline passed")
+            results[key] = failure(QueryOutcome.DEADLINE_PASSED)
         except FhirUnavailable as exc:
             results[key] = exc
         except Exception as exc:  # a bug in one query must not fail the whole hook call
             _LOG.error("FHIR job failed: %s", type(exc).__name__)
-            results[key] = FhirUnavailable("internal error")
+            results[key] = failure(QueryOutcome.INTERNAL_ERROR)
     return results
