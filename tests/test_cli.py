@@ -12,11 +12,12 @@ import responses
 from cds_service.cli import main
 from cds_service.devkit import signing
 from cds_service.store import CardRecord, CardStore, FeedbackEntry
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURE_NOW, FIXTURES, load_fixture
 
 FHIR = "https://fhir.test/r4"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 CLARITHROMYCIN = str(FIXTURES / "fires-cyp3a4-clarithromycin-order-select.json")
+FIXTURE_DAY = FIXTURE_NOW.date().isoformat()  # --as-of the day the fixtures were written for: dates as written
 
 
 @pytest.fixture(autouse=True)
@@ -279,11 +280,13 @@ def transaction_response(request):
 @responses.activate
 def test_fixtures_load_puts_each_fixture_patient_and_posts_synthea_as_is(capsys):
     responses.add_callback(responses.POST, FHIR, callback=transaction_response)
-    code, out, err = run(capsys, "fixtures", "load", "--fhir", FHIR, "--dir", str(FIXTURES))
+    code, out, err = run(capsys, "fixtures", "load", "--fhir", FHIR, "--dir", str(FIXTURES), "--as-of", FIXTURE_DAY)
     assert code == 0, err
     hook_fixtures = sorted(p.name for p in FIXTURES.glob("*-*.json"))
     synthea = sorted(p.name for p in (FIXTURES / "synthea").glob("*.json"))
-    assert out.splitlines() == [f"loaded {n}" for n in hook_fixtures] + [f"loaded synthea/{n}" for n in synthea]
+    patients = [load_fixture(n)["context"]["patientId"] for n in hook_fixtures]
+    assert out.splitlines() == [f"loaded {n}: Patient/{p}" for n, p in zip(hook_fixtures, patients)] + [
+        f"loaded synthea/{n}" for n in synthea]  # the mock's answers carry no location: no server-chosen id to show
     bodies = [json.loads(call.request.body) for call in responses.calls]
     assert len(bodies) == len(hook_fixtures) + len(synthea)
     vaccine = bodies[hook_fixtures.index("fires-live-vaccine-mmr-order-sign.json")]
