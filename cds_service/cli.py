@@ -213,6 +213,9 @@ def _call(args: argparse.Namespace) -> int:
         if args.sign_key:
             key = signing.load_private_key(Path(args.sign_key).read_bytes())
             token_for = lambda url: signing.sign_request_jwt(key, args.issuer, url)  # noqa: E731
+    except hook_request.FhirRefused as exc:
+        print(f"mtor-cds: {exc}", file=sys.stderr)
+        return EXIT_HTTP_ERROR
     except (hook_request.RequestBuildError, signing.SigningKeyError, OSError) as exc:
         return _usage(str(exc))
     try:

@@ -30,6 +30,10 @@ class RequestBuildError(ValueError):
     """The inputs cannot make a valid hook request (the message says which and why)."""
 
 
+class FhirRefused(RequestBuildError):
+    """The FHIR server answered an error (no such patient, no access) or a page the kit must not follow."""
+
+
 def read_json(path: str | Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -121,10 +125,10 @@ def fetch_prefetch(
         next_url = _next(body)
         while next_url:
             if pages >= max_pages:
-                raise RequestBuildError(f"the {key} search has more than {max_pages} pages (the service stops there too)")
+                raise FhirRefused(f"the {key} search has more than {max_pages} pages (the service stops there too)")
             page_url = urljoin(base, next_url)
             if not is_within(page_url, base):
-                raise RequestBuildError(f"the {key} search's next link leaves the FHIR server ({_origin(page_url)}): not followed")
+                raise FhirRefused(f"the {key} search's next link leaves the FHIR server ({_origin(page_url)}): not followed")
             page = _get(http, page_url, headers) or {}
             entries += page.get("entry") or ()
             next_url, pages = _next(page), pages + 1
@@ -143,9 +147,9 @@ def check_patient(fhir_base_url: str, patient_id: str, access_token: str | None 
     except requests.RequestException:
         return
     if response.status_code == 404:
-        raise RequestBuildError(f"the FHIR server has no Patient/{patient_id} (HTTP 404 from {fhir_base_url})")
+        raise FhirRefused(f"the FHIR server has no Patient/{patient_id} (HTTP 404 from {fhir_base_url})")
     if response.status_code in (401, 403):
-        raise RequestBuildError(
+        raise FhirRefused(
             f"the FHIR server answered {response.status_code} to Patient/{patient_id}: "
             "give an access token with --fhir-token or MTOR_CDS_FHIR_TOKEN"
         )
@@ -178,16 +182,16 @@ def _get(http: requests.Session, url: str, headers: dict[str, str]) -> dict[str,
     try:
         response = http.get(url, headers=headers, timeout=_TIMEOUT_S)
     except requests.RequestException as exc:
-        raise RequestBuildError(f"cannot reach the FHIR server ({type(exc).__name__})") from exc
+        raise FhirRefused(f"cannot reach the FHIR server ({type(exc).__name__})") from exc
     if response.status_code == 404:
         return None
     if response.status_code in (401, 403):
-        raise RequestBuildError(
+        raise FhirRefused(
             f"the FHIR server answered {response.status_code} to {urlsplit(url).path}: "
             "give an access token with --fhir-token or MTOR_CDS_FHIR_TOKEN"
         )
     if response.status_code != 200:
-        raise RequestBuildError(f"the FHIR server answered {response.status_code} to {urlsplit(url).path}")
+        raise FhirRefused(f"the FHIR server answered {response.status_code} to {urlsplit(url).path}")
     return response.json()
 
 
