@@ -36,7 +36,7 @@ def version() -> str:
             return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtor-cds", description="CDS Hooks service for patients on mTOR inhibitors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_call(commands)
     _add_dev_key(commands)
     _add_fixtures(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except SettingsError as exc:
