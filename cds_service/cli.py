@@ -82,6 +82,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"mtor-cds: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
         return EXIT_FAILED
     app = create_app()
+    settings = app.extensions["mtor_cds"].settings
+    if settings.require_jwt and not settings.trusted_issuers:
+        print("mtor-cds: no CDS_TRUSTED_ISSUERS: every call will be refused (401) until an EHR's issuer is trusted; "
+              "for a local trial, start with CDS_REQUIRE_JWT=false", file=sys.stderr)
     print(f"mtor-cds listening on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
     return 0

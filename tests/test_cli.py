@@ -323,11 +323,20 @@ def test_fixtures_load_reports_the_servers_operation_outcome(capsys):
     assert code == 1 and "HTTP 422: bad bundle" in err
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_serve_is_still_a_subcommand(monkeypatch):
     started = {}
+    port = free_port()  # serve checks the port is free before it claims to listen
     monkeypatch.setattr("flask.Flask.run", lambda self, **kw: started.update(kw))
-    assert main(["serve", "--port", "8181"]) == 0
-    assert started["port"] == 8181 and started["host"] == "127.0.0.1"
+    assert main(["serve", "--port", str(port)]) == 0
+    assert started["port"] == port and started["host"] == "127.0.0.1"
 
 
 # --- the kit with real servers: access token, same-server pages, unknown patient, other patient's draft ---------
@@ -571,3 +580,20 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(capsys, monkeypatch):
     assert (code, out) == (1, "")
     assert err.splitlines()[-1] == "mtor-cds: call failed: RuntimeError: knowledge exploded"
     assert "Traceback" not in err
+
+
+def test_serve_with_jwt_required_and_no_trusted_issuer_says_how_to_try_it(capsys, monkeypatch):
+    monkeypatch.setattr("flask.Flask.run", lambda self, **kw: None)
+    monkeypatch.setenv("CDS_REQUIRE_JWT", "true")
+    code, _, err = run(capsys, "serve", "--port", str(free_port()))
+    assert code == 0
+    assert "every call will be refused (401)" in err and "CDS_REQUIRE_JWT=false" in err
+    monkeypatch.setenv("CDS_REQUIRE_JWT", "false")
+    assert "every call will be refused" not in run(capsys, "serve", "--port", str(free_port()))[2]
+
+
+def test_a_bare_401_says_how_to_sign_or_try_without_jwt():
+    from cds_service.devkit.output import format_error
+
+    line = format_error(401, b"")
+    assert line.startswith("HTTP 401: ") and "--sign-key" in line and "CDS_REQUIRE_JWT=false" in line

@@ -32,3 +32,9 @@ def test_fuzz_run_prints_progress_at_most_every_interval():
         "fuzz: 3/6 requests, 1 answered 5xx, 12 s",
         "fuzz: 6/6 requests, 1 answered 5xx, 24 s",
     ]
+
+
+def test_fuzz_readme_states_the_progress_interval():
+    run_fuzz = load_run_fuzz()
+    assert "prints a progress line on stderr every 10 s" in (ROOT / "fuzz" / "README.md").read_text()
+    assert run_fuzz.Progress(total=1).every_s == 10.0
