@@ -205,6 +205,8 @@ def _call(args: argparse.Namespace) -> int:
                 args.hook, _read_fixture(args.patient, args.as_of), templates,
                 draft_orders=draft, selections=args.select, fhir_server=args.fhir, access_token=token,
             )
+        elif args.as_of:
+            return _usage("--as-of moves the dates of fixture files; a patient on a FHIR server has the dates it has")
         elif args.fhir:
             hook_request.check_patient(args.fhir, args.patient, token)
             prefetch = None

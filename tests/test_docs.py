@@ -168,3 +168,15 @@ def test_services_table_and_discovery_descriptions_agree_on_the_order_hooks_focu
     assert "findings that rest on a selected order" in descriptions["mtor-safety-order-select"]
     assert "findings that rest on any draft order or the current record" in services
     assert "on the current record and all draft orders" in descriptions["mtor-safety-order-sign"]
+
+
+def test_integrating_a_server_off_the_allowlist_is_answered_from_prefetch_with_an_info_card(call_hook):
+    from conftest import load_fixture
+
+    assert "A call naming another server is answered from prefetch alone, with an\n`info` card" in INTEGRATING
+    body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    body["fhirServer"] = "https://other.example.com/fhir"  # the app allows only https://ehr.example.org/fhir
+    del body["prefetch"]["conditions"]
+    cards = call_hook(body).get_json()["cards"]
+    assert [(c["source"]["topic"]["code"], c["indicator"]) for c in cards] == [
+        ("cyp3a4-interaction", "critical"), ("checks-incomplete", "info")]

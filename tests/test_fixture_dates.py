@@ -114,3 +114,9 @@ def test_as_of_refuses_a_file_outside_a_fixture_set(capsys, tmp_path, monkeypatc
     code = main(["call", "patient-view", "--patient", str(tmp_path / "mine.json"), "--as-of", "2027-01-01"])
     assert code == 2
     assert "--as-of moves the dates of fixtures only" in capsys.readouterr().err
+
+
+def test_as_of_refuses_a_patient_on_a_fhir_server(capsys):
+    code = main(["call", "patient-view", "--patient", "pt-1", "--fhir", "https://fhir.test/r4", "--as-of", "2027-01-01"])
+    assert code == 2
+    assert "--as-of moves the dates of fixture files" in capsys.readouterr().err
