@@ -1,6 +1,7 @@
 """The kit against a real FHIR server (SEKMET), as an integrator uses it: `mtor-cds fixtures load --server-ids`
 lets the server choose every id and moves every date to today; the service, on the real clock, then fetches
-each patient by the id the server chose and answers the cards scenarios.json expects."""
+each patient by the id the server chose (the draft orders sent today, for that patient) and answers the cards
+scenarios.json expects."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import requests
 
 from cds_service import create_app
 from cds_service.cli import main
+from cds_service.devkit import dates
 from cds_service.devkit.fixtures import FIXTURE_ID_SYSTEM
 from cds_service.devkit.hook_request import build_hook_request
 from conftest import FIXTURES, SCENARIOS, SERVICE_FOR_HOOK, load_fixture
@@ -52,14 +54,28 @@ def test_the_server_chose_the_ids_and_holds_each_patient_once(sekmet, loaded_wit
     assert [e["resource"]["id"] for e in found.get("entry", [])] == [server_id]
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS["scenarios"] if s["file"].endswith("patient-view.json")],
-                         ids=lambda s: s["file"])
+def drafts_for(fixture: dict, patient_id: str) -> dict | None:
+    """The fixture's draft orders, as the EHR would send them today for the patient the server holds."""
+    drafts = fixture["context"].get("draftOrders")
+    if drafts is None:
+        return None
+    moved = dates.shift_dates(drafts, dates.days_to(dates.today(), dates.reference_day(FIXTURES)))
+    for entry in moved["entry"]:
+        entry["resource"]["subject"] = {"reference": f"Patient/{patient_id}"}
+    return moved
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS["scenarios"], ids=lambda s: s["file"])
 def test_patients_loaded_with_server_ids_answer_as_the_table_says_today(real_clock_service, sekmet, loaded_with_server_ids, scenario):
     fixture = load_fixture(scenario["file"])
-    body = build_hook_request("patient-view", loaded_with_server_ids[scenario["file"]], fhir_server=sekmet)
+    patient_id = loaded_with_server_ids[scenario["file"]]
+    body = build_hook_request(fixture["hook"], patient_id, fhir_server=sekmet, draft_orders=drafts_for(fixture, patient_id),
+                              selections=fixture["context"].get("selections"))
     response = real_clock_service.post(f"/cds-services/{SERVICE_FOR_HOOK[fixture['hook']]}", json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert [c["source"]["topic"]["code"] for c in response.get_json()["cards"]] == scenario["expect_topics"]
+    if scenario["expect_indicator"]:
+        assert response.get_json()["cards"][0]["indicator"] == scenario["expect_indicator"]
 
 
 def test_cli_call_for_an_unknown_patient_on_sekmet_says_so(sekmet, capsys):
