@@ -69,18 +69,14 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from cds_service import create_app
 
+    busy = _port_unavailable(args.host, args.port)
+    if busy:  # before anything claims to listen
+        print(f"mtor-cds: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
+        return EXIT_FAILED
     if args.production:
         from cds_service.production import run_gunicorn
 
-        busy = _port_unavailable(args.host, args.port)
-        if busy:
-            print(f"mtor-cds: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
-            return EXIT_FAILED
         return run_gunicorn(args.host, args.port)
-    busy = _port_unavailable(args.host, args.port)
-    if busy:
-        print(f"mtor-cds: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
-        return EXIT_FAILED
     app = create_app()
     settings = app.extensions["mtor_cds"].settings
     if settings.require_jwt and not settings.trusted_issuers:

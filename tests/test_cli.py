@@ -545,16 +545,18 @@ def test_version_prints_the_package_version(capsys):
     assert capsys.readouterr().out == f"mtor-cds {expected}\n"
 
 
-def test_serve_on_a_busy_port_exits_non_zero_without_claiming_to_listen(capsys, monkeypatch):
+@pytest.mark.parametrize("production", [[], ["--production"]], ids=["flask", "gunicorn"])
+def test_serve_on_a_busy_port_exits_non_zero_without_claiming_to_listen(capsys, monkeypatch, production):
     import socket
 
     started = []
     monkeypatch.setattr("flask.Flask.run", lambda self, **kw: started.append(kw))
+    monkeypatch.setattr("cds_service.production.run_gunicorn", lambda host, port: started.append(port) or 0)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        code, _, err = run(capsys, "serve", "--port", str(port))
+        code, _, err = run(capsys, "serve", "--port", str(port), *production)
     assert code == 1 and started == []
     assert f"cannot listen on 127.0.0.1:{port}" in err and "listening" not in err
 
