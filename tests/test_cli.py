@@ -453,6 +453,7 @@ def test_fixtures_load_refused_for_want_of_a_token_says_so(capsys):
     responses.post(FHIR, status=401)
     code, _, err = run(capsys, "fixtures", "load", "--fhir", FHIR)
     assert code == 1 and "HTTP 401" in err and "--fhir-token" in err
+    assert "--server-ids" not in err  # a question of access, not of ids
 
 
 # --- fixtures load into a server that assigns its own ids ---------------------------------------------

@@ -32,6 +32,10 @@ class FixtureLoadError(RuntimeError):
     """A FHIR server refused a fixture bundle (or could not be reached)."""
 
 
+class FixtureRefused(FixtureLoadError):
+    """The server read the bundle and refused it or some of its entries (not a question of access)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FixtureBundle:
     name: str  # the fixture file, relative to the fixture directory
@@ -140,7 +144,7 @@ def post_bundle(
     if response.status_code in (401, 403):
         raise FixtureLoadError(f"HTTP {response.status_code}: give an access token with --fhir-token or MTOR_CDS_FHIR_TOKEN")
     if response.status_code not in (200, 201):
-        raise FixtureLoadError(f"HTTP {response.status_code}: {_diagnostics(response)}")
+        raise FixtureRefused(f"HTTP {response.status_code}: {_diagnostics(response)}")
     try:
         answer = response.json()
     except ValueError as exc:
@@ -151,7 +155,7 @@ def post_bundle(
         if not str(entry.get("response", {}).get("status", "")).startswith("2")
     ]
     if failed:
-        raise FixtureLoadError(f"{len(failed)} entries failed: {', '.join(failed[:5])}")
+        raise FixtureRefused(f"{len(failed)} entries failed: {', '.join(failed[:5])}")
     return answer
 
 
@@ -179,7 +183,8 @@ def load_fixtures(
         try:
             answer = post_bundle(fhir_base_url, fixture.bundle, http, access_token)
         except FixtureLoadError as exc:
-            hint = "" if server_ids else " (if the server assigns its own ids, add --server-ids)"
+            refused_ids = isinstance(exc, FixtureRefused) and not server_ids
+            hint = " (if the server assigns its own ids, add --server-ids)" if refused_ids else ""
             raise FixtureLoadError(f"{fixture.name}: {exc}{hint}") from exc
         loaded.append(LoadedFixture(fixture.name, patient_ids(fixture.bundle, answer)))
         if progress:
