@@ -45,11 +45,12 @@ def test_every_scenario_answers_as_the_table_says_today_on_the_real_clock(real_c
         assert response.get_json()["cards"][0]["indicator"] == scenario["expect_indicator"]
 
 
-@pytest.mark.parametrize("days", [-400, 1, 365 * 3 + 1])
+@pytest.mark.parametrize(("days", "hour", "minute"), [(-400, 0, 1), (1, 23, 59), (365 * 3 + 1, 6, 0)])
 @pytest.mark.parametrize("scenario", SCENARIOS["scenarios"], ids=lambda s: s["file"])
-def test_every_scenario_answers_the_same_on_any_day(app, scenario, days):
-    """The app's clock pinned `days` after the fixtures' now, the fixture moved by as many: the same cards."""
-    app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW + timedelta(days=days)
+def test_every_scenario_answers_the_same_on_any_day_at_any_time(app, scenario, days, hour, minute):
+    """The app's clock `days` after the fixtures' day, at any time of that day (dates move by whole days), the
+    fixture moved by as many days: the same cards."""
+    app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW.replace(hour=hour, minute=minute) + timedelta(days=days)
     body = dates.shift_dates(load_fixture(scenario["file"]), days)
     response = app.test_client().post(f"/cds-services/{SERVICE_FOR_HOOK[body['hook']]}", json=body)
     assert topics_of(response.get_json()) == scenario["expect_topics"]
