@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -14,10 +15,30 @@ from cds_service.settings import SettingsError
 
 EXIT_HTTP_ERROR = 1  # the service or a FHIR server answered an error, or could not be reached
 EXIT_USAGE = 2  # bad arguments, files or settings
+EXIT_FAILED = 1  # anything else that went wrong: one line on stderr, never a traceback
+EXIT_INTERRUPTED = 130
+FHIR_TOKEN_VARIABLE = "MTOR_CDS_FHIR_TOKEN"  # an environment variable keeps the token out of `ps` and shell history
 
 
-def main(argv: list[str] | None = None) -> int:
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("mtor-cds")
+    except PackageNotFoundError:  # running from a clone without installing: the checkout's pyproject.toml
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        try:
+            return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+        except (OSError, ValueError, KeyError):
+            return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtor-cds", description="CDS Hooks service for patients on mTOR inhibitors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the service (settings from CDS_* environment variables)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -28,25 +49,55 @@ def main(argv: list[str] | None = None) -> int:
     _add_dev_key(commands)
     _add_fixtures(commands)
     _add_catalogue(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except SettingsError as exc:
         print(f"mtor-cds: invalid settings: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mtor-cds: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 -- a person reads this: one line, not a traceback
+        print(f"mtor-cds: {args.command} failed: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _serve(args: argparse.Namespace) -> int:
     from cds_service import create_app
 
+    busy = _port_unavailable(args.host, args.port)
+    if busy:  # before anything claims to listen
+        print(f"mtor-cds: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)
+        return EXIT_FAILED
     if args.production:
         from cds_service.production import run_gunicorn
 
         return run_gunicorn(args.host, args.port)
     app = create_app()
+    settings = app.extensions["mtor_cds"].settings
+    if settings.require_jwt and not settings.trusted_issuers:
+        print("mtor-cds: no CDS_TRUSTED_ISSUERS: every call will be refused (401) until an EHR's issuer is trusted; "
+              "for a local trial, start with CDS_REQUIRE_JWT=false", file=sys.stderr)
     print(f"mtor-cds listening on http://{args.host}:{args.port}/cds-services", file=sys.stderr)
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
     return 0
+
+
+def _port_unavailable(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on (e.g. another process holds it), or None when it can."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -83,14 +134,32 @@ def _report(args: argparse.Namespace) -> int:
     from cds_service.settings import Settings
 
     settings = Settings.from_env()
+    missing = _missing_sqlite_file(settings.database_url)
+    if missing:
+        return _usage(f"no card store at {missing} (set CDS_DATABASE_URL to the service's database)")
     try:
         print(run_report(settings.database_url, args.since, args.until, args.html), end="")
-    except ReportExtraMissing as missing:
-        print(f"mtor-cds report: {missing}", file=sys.stderr)
+    except ReportExtraMissing as missing_extra:
+        print(f"mtor-cds report: {missing_extra}", file=sys.stderr)
         return 2
     if args.html:
         print(f"HTML report written to {args.html}", file=sys.stderr)
     return 0
+
+
+def _missing_sqlite_file(database_url: str) -> str | None:
+    """The path of a SQLite card store that does not exist (opening it would create an empty one), else None."""
+    import sqlalchemy as sa
+
+    from cds_service.store.card_store import DEFAULT_DATABASE_URL
+
+    try:
+        url = sa.engine.make_url(database_url.strip() or DEFAULT_DATABASE_URL)
+    except sa.exc.ArgumentError:
+        return None  # the store says what is wrong with the URL
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return None if Path(url.database).is_file() else url.database
 
 
 # --- call ---------------------------------------------------------------------------------------
@@ -113,6 +182,10 @@ def _add_call(commands) -> None:
     call.add_argument("--url", help="base URL of a running service, e.g. http://127.0.0.1:8080")
     call.add_argument("--fhir", metavar="URL", help="FHIR server base URL, sent as fhirServer")
     call.add_argument("--prefetch", action="store_true", help="with --fhir and a patient id: run the prefetch queries here")
+    _add_fhir_token(call)
+    call.add_argument("--as-of", type=_day, metavar="DATE",
+                      help="a fixture from fhir_fixtures/ speaks as of this day (default today): every date in it moves "
+                      "by DATE minus the day scenarios.json's now names")
     call.add_argument("--sign-key", metavar="PEM", help="sign the call with this ES384 key (see dev-key)")
     call.add_argument("--issuer", metavar="ISS", help="the JWT iss claim (with --sign-key)")
     call.add_argument("--json", action="store_true", help="print the raw JSON response")
@@ -122,22 +195,31 @@ def _call(args: argparse.Namespace) -> int:
     from cds_service.devkit import hook_request, output, signing, transport
     from cds_service.knowledge import load_knowledge
     from cds_service.services import build_services
+    from cds_service.settings import Settings
 
     if bool(args.sign_key) != bool(args.issuer):
         return _usage("--sign-key and --issuer go together")
     service_id = f"mtor-safety-{args.hook}"
     templates = build_services(load_knowledge())[service_id].prefetch
+    token = args.fhir_token or None
     try:
-        draft = hook_request.draft_orders_bundle(hook_request.read_json(args.draft)) if args.draft else None
+        draft = hook_request.draft_orders_bundle(_read_fixture(args.draft, args.as_of)) if args.draft else None
         if os.path.isfile(args.patient):
             body = hook_request.request_from_fixture(
-                args.hook, hook_request.read_json(args.patient), templates,
-                draft_orders=draft, selections=args.select, fhir_server=args.fhir,
+                args.hook, _read_fixture(args.patient, args.as_of), templates,
+                draft_orders=draft, selections=args.select, fhir_server=args.fhir, access_token=token,
             )
+        elif args.as_of:
+            return _usage("--as-of moves the dates of fixture files; a patient on a FHIR server has the dates it has")
         elif args.fhir:
-            prefetch = hook_request.fetch_prefetch(args.fhir, args.patient, templates) if args.prefetch else None
+            hook_request.check_patient(args.fhir, args.patient, token)
+            prefetch = None
+            if args.prefetch:
+                max_pages = Settings.from_env().fhir_max_pages
+                prefetch = hook_request.fetch_prefetch(args.fhir, args.patient, templates, token, max_pages)
             body = hook_request.build_hook_request(
-                args.hook, args.patient, prefetch=prefetch, draft_orders=draft, selections=args.select, fhir_server=args.fhir
+                args.hook, args.patient, prefetch=prefetch, draft_orders=draft, selections=args.select,
+                fhir_server=args.fhir, access_token=token,
             )
         else:
             return _usage(f"--patient {args.patient!r} is no file; a patient id needs --fhir URL")
@@ -145,6 +227,9 @@ def _call(args: argparse.Namespace) -> int:
         if args.sign_key:
             key = signing.load_private_key(Path(args.sign_key).read_bytes())
             token_for = lambda url: signing.sign_request_jwt(key, args.issuer, url)  # noqa: E731
+    except hook_request.FhirRefused as exc:
+        print(f"mtor-cds: {exc}", file=sys.stderr)
+        return EXIT_HTTP_ERROR
     except (hook_request.RequestBuildError, signing.SigningKeyError, OSError) as exc:
         return _usage(str(exc))
     try:
@@ -157,6 +242,37 @@ def _call(args: argparse.Namespace) -> int:
         return EXIT_HTTP_ERROR
     print(output.format_json(answer.json()) if args.json else output.format_cards(answer.json()), end="")
     return 0
+
+
+def _read_fixture(path: str, as_of: date | None) -> dict:
+    """A JSON file; one from a fixture set (a scenarios.json with `now` beside it) with its dates moved to as_of."""
+    from cds_service.devkit import dates
+    from cds_service.devkit.hook_request import RequestBuildError, read_json
+
+    document = read_json(path)
+    reference = dates.reference_day(path)
+    if reference is None:
+        if as_of:
+            raise RequestBuildError(f"--as-of moves the dates of fixtures only: no {dates.SCENARIOS_FILE} beside {path}")
+        return document
+    shift = dates.days_to(as_of or dates.today(), reference)
+    if shift:
+        print(f"mtor-cds: {Path(path).name}: dates moved by {shift:+d} days (written for {reference})", file=sys.stderr)
+    return dates.shift_dates(document, shift)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from None
+
+
+def _add_fhir_token(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fhir-token", metavar="TOKEN", default=os.environ.get(FHIR_TOKEN_VARIABLE, ""),
+        help=f"access token for the FHIR server (default: ${FHIR_TOKEN_VARIABLE}, which keeps it out of the process list)",
+    )
 
 
 # --- dev-key ------------------------------------------------------------------------------------
@@ -201,17 +317,45 @@ def _add_fixtures(commands) -> None:
         help="load every fixture patient (PUT, idempotent) and the Synthea bundles (POST) into a FHIR server",
     )
     load.add_argument("--fhir", required=True, metavar="URL", help="FHIR server base URL")
-    load.add_argument("--dir", default="fhir_fixtures", help="fixture directory (default %(default)s)")
+    load.add_argument("--dir", help="fixture directory (default: the fhir_fixtures/ of this checkout, "
+                      "else of the working directory)")
+    load.add_argument("--server-ids", action="store_true",
+                      help="for a server that assigns its own ids: conditional updates on a fixture identifier, "
+                      "urn:uuid references; prints the ids the server chose")
+    load.add_argument("--as-of", type=_day, metavar="DATE",
+                      help="the fixtures speak as of this day (default today): every date moves by DATE minus the day "
+                      "scenarios.json's now names")
+    _add_fhir_token(load)
+
+
+def default_fixture_dir() -> Path | None:
+    """fhir_fixtures/ beside the package (a checkout, or an editable install), else in the working directory."""
+    for candidate in (Path(__file__).resolve().parent.parent / "fhir_fixtures", Path.cwd() / "fhir_fixtures"):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def _fixtures(args: argparse.Namespace) -> int:
+    from cds_service.devkit import dates
     from cds_service.devkit.fixtures import FixtureLoadError, load_fixtures
 
-    if not Path(args.dir).is_dir():
-        return _usage(f"no fixture directory at {args.dir}")
+    directory = Path(args.dir) if args.dir else default_fixture_dir()
+    if directory is None or not directory.is_dir():
+        return _usage(f"no fixture directory at {args.dir or 'fhir_fixtures'}: name one with --dir")
+    reference = dates.reference_day(directory)
+    if args.as_of and reference is None:
+        return _usage(f"--as-of needs a {dates.SCENARIOS_FILE} with a `now` in {directory}")
+    shift = dates.days_to(args.as_of or dates.today(), reference)
+    print(f"loading {directory} into {args.fhir}, dates moved by {shift:+d} days (written for {reference})", file=sys.stderr)
+
+    def show(loaded) -> None:
+        patients = ", ".join(f"Patient/{i}" for i in loaded.patient_ids)
+        print(f"loaded {loaded.name}" + (f": {patients}" if patients else ""), flush=True)
+
     try:
-        for name in load_fixtures(args.fhir, args.dir):
-            print(f"loaded {name}")
+        load_fixtures(args.fhir, directory, shift_days=shift, server_ids=args.server_ids,
+                      access_token=args.fhir_token or None, progress=show)
     except FixtureLoadError as exc:
         print(f"mtor-cds: {exc}", file=sys.stderr)
         return EXIT_HTTP_ERROR

@@ -78,13 +78,15 @@ _DESCRIPTIONS = {
     ),
     "order-select": (
         "mTOR inhibitor safety (order selected)",
-        "When an order is selected for a patient taking or starting everolimus or sirolimus: checks the selected "
-        "orders for CYP3A4/P-gp interactions, live vaccines, pregnancy, surgery timing and high trough levels.",
+        "When orders are selected for a patient taking or starting everolimus or sirolimus: runs every check of "
+        "mtor-safety-patient-view and shows the findings that rest on a selected order (e.g. a CYP3A4/P-gp "
+        "interaction, a live vaccine, an ACE inhibitor, or pregnancy with a selected mTOR order), "
+        "citing the FDA labels.",
     ),
     "order-sign": (
         "mTOR inhibitor safety (orders signed)",
-        "Before orders are signed for a patient taking or starting everolimus or sirolimus: checks all draft "
-        "orders for CYP3A4/P-gp interactions, live vaccines, pregnancy, surgery timing and high trough levels.",
+        "Before orders are signed for a patient taking or starting everolimus or sirolimus: every check of "
+        "mtor-safety-patient-view, on the current record and all draft orders, citing the FDA labels.",
     ),
 }
 

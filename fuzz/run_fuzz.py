@@ -39,11 +39,27 @@ SCHEMATHESIS_SHARE = 0.15
 SHARES = {"json-bodies": 0.35, "mutated-fixtures": 0.35, "garbage-entries": 0.12, "raw-bytes": 0.09, "feedback": 0.09}
 
 
+class Progress:
+    """A line on stderr at most every `every_s` seconds while a run goes: requests sent of the total, 5xx so far."""
+
+    def __init__(self, total: int, every_s: float = 10.0, clock=time.monotonic, out=sys.stderr):
+        self.total, self.every_s, self.clock, self.out = total, every_s, clock, out
+        self.started = self.last = clock()
+
+    def update(self, sent: int, server_errors: int) -> None:
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            print(f"fuzz: {sent}/{self.total} requests, {server_errors} answered 5xx, {now - self.started:.0f} s",
+                  file=self.out, flush=True)
+
+
 class Target:
     """Where requests go (the in-process app or a server) and what came back."""
 
-    def __init__(self, url: str | None, app):
-        self.url, self.app = url, app
+    def __init__(self, url: str | None, app, progress: Progress | None = None):
+        self.url, self.app, self.progress = url, app, progress
+        self.server_error_count = 0
         self.client = None if url else app.test_client()
         self.statuses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.server_errors: list[dict] = []  # the first 20, to show
@@ -64,8 +80,12 @@ class Target:
 
     def record(self, generator: str, status: int, example: dict) -> None:
         self.statuses[generator][status] += 1
-        if status >= 500 and len(self.server_errors) < 20:
-            self.server_errors.append({"generator": generator, "status": status, **example})
+        if status >= 500:
+            self.server_error_count += 1
+            if len(self.server_errors) < 20:
+                self.server_errors.append({"generator": generator, "status": status, **example})
+        if self.progress:
+            self.progress.update(self.sent(), self.server_error_count)
 
 
 def run_generator(count: int, strategy, send) -> None:
@@ -135,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url.rstrip("/") if args.url else None
     with tempfile.TemporaryDirectory() as tmp:
         app = None if url else make_fuzz_app(f"sqlite:///{tmp}/cards.sqlite3", log_level="ERROR")  # no line per request
-        target = Target(url, app)
+        target = Target(url, app, Progress(args.requests))
         started = time.monotonic()
         fuzz(target, args.requests)
         elapsed = time.monotonic() - started

@@ -75,6 +75,8 @@ def app(tmp_path):
         fhir_deadline_s=1.0,
         database_url=f"sqlite:///{tmp_path}/cards.sqlite3",
     )
+    # Pinned to the day the fixtures were written for, so that date arithmetic in rule tests is exact.
+    # tests/test_fixture_dates.py runs every scenario on the real clock instead, its dates moved to today.
     app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW
     return app
 

@@ -14,11 +14,12 @@ import responses
 from cds_service.cli import main
 from cds_service.devkit import signing
 from cds_service.store import CardRecord, CardStore, FeedbackEntry
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURE_NOW, FIXTURES, load_fixture
 
 FHIR = "https://fhir.test/r4"
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 CLARITHROMYCIN = str(FIXTURES / "fires-cyp3a4-clarithromycin-order-select.json")
+FIXTURE_DAY = FIXTURE_NOW.date().isoformat()  # --as-of the day the fixtures were written for: dates as written
 
 
 @pytest.fixture(autouse=True)
@@ -307,11 +308,13 @@ def transaction_response(request):
 @responses.activate
 def test_fixtures_load_puts_each_fixture_patient_and_posts_synthea_as_is(capsys):
     responses.add_callback(responses.POST, FHIR, callback=transaction_response)
-    code, out, err = run(capsys, "fixtures", "load", "--fhir", FHIR, "--dir", str(FIXTURES))
+    code, out, err = run(capsys, "fixtures", "load", "--fhir", FHIR, "--dir", str(FIXTURES), "--as-of", FIXTURE_DAY)
     assert code == 0, err
     hook_fixtures = sorted(p.name for p in FIXTURES.glob("*-*.json"))
     synthea = sorted(p.name for p in (FIXTURES / "synthea").glob("*.json"))
-    assert out.splitlines() == [f"loaded {n}" for n in hook_fixtures] + [f"loaded synthea/{n}" for n in synthea]
+    patients = [load_fixture(n)["context"]["patientId"] for n in hook_fixtures]
+    assert out.splitlines() == [f"loaded {n}: Patient/{p}" for n, p in zip(hook_fixtures, patients)] + [
+        f"loaded synthea/{n}" for n in synthea]  # the mock's answers carry no location: no server-chosen id to show
     bodies = [json.loads(call.request.body) for call in responses.calls]
     assert len(bodies) == len(hook_fixtures) + len(synthea)
     vaccine = bodies[hook_fixtures.index("fires-live-vaccine-mmr-order-sign.json")]
@@ -348,8 +351,281 @@ def test_fixtures_load_reports_the_servers_operation_outcome(capsys):
     assert code == 1 and "HTTP 422: bad bundle" in err
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_serve_is_still_a_subcommand(monkeypatch):
     started = {}
+    port = free_port()  # serve checks the port is free before it claims to listen
     monkeypatch.setattr("flask.Flask.run", lambda self, **kw: started.update(kw))
-    assert main(["serve", "--port", "8181"]) == 0
-    assert started["port"] == 8181 and started["host"] == "127.0.0.1"
+    assert main(["serve", "--port", str(port)]) == 0
+    assert started["port"] == port and started["host"] == "127.0.0.1"
+
+
+# --- the kit with real servers: access token, same-server pages, unknown patient, other patient's draft ---------
+
+TOKEN = "fhir-token-abc123"
+
+
+def searchset(*resources, next_url: str | None = None) -> dict:
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+    if next_url:
+        bundle["link"] = [{"relation": "next", "url": next_url}]
+    return bundle
+
+
+def mock_fhir_patient(patient_id: str = "pt-cyp-1", next_url: str | None = None) -> None:
+    """A FHIR server holding one patient on everolimus; every other search answers an empty page."""
+    fixture = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
+    responses.get(f"{FHIR}/Patient/{patient_id}", json=fixture["prefetch"]["patient"])
+    medications = [e["resource"] for e in fixture["prefetch"]["medications"]["entry"]]
+    responses.get(f"{FHIR}/MedicationRequest", json=searchset(*medications, next_url=next_url))
+    for resource_type in ("Observation", "Condition", "Procedure", "ServiceRequest", "Appointment", "Medication"):
+        responses.get(f"{FHIR}/{resource_type}", json=searchset())
+
+
+@responses.activate
+@pytest.mark.parametrize("prefetch", [True, False], ids=["kit-prefetches", "service-fetches"])
+def test_call_sends_the_fhir_token_from_the_environment_on_every_fhir_request(capsys, monkeypatch, prefetch):
+    monkeypatch.setenv("MTOR_CDS_FHIR_TOKEN", TOKEN)
+    monkeypatch.setenv("CDS_ALLOWED_FHIR_SERVERS", FHIR)
+    mock_fhir_patient()
+    code, out, err = run(capsys, "call", "patient-view", "--patient", "pt-cyp-1", "--fhir", FHIR, "--json",
+                         *(["--prefetch"] if prefetch else []))
+    assert code == 0, err
+    assert isinstance(json.loads(out)["cards"], list)
+    assert len(responses.calls) >= 2
+    assert {call.request.headers.get("Authorization") for call in responses.calls} == {f"Bearer {TOKEN}"}
+    assert TOKEN not in out + err
+
+
+@responses.activate
+def test_call_fhir_token_option_wins_over_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("MTOR_CDS_FHIR_TOKEN", "from-environment")
+    mock_fhir_patient()
+    code, _, err = run(capsys, "call", "patient-view", "--patient", "pt-cyp-1", "--fhir", FHIR, "--prefetch",
+                       "--fhir-token", TOKEN)
+    assert code == 0, err
+    assert {call.request.headers.get("Authorization") for call in responses.calls} == {f"Bearer {TOKEN}"}
+
+
+@responses.activate
+@pytest.mark.parametrize("next_url", [
+    "https://other.test/r4/MedicationRequest?page=2",  # another host
+    "http://fhir.test/r4/MedicationRequest?page=2",  # another scheme
+    "https://fhir.test:8443/r4/MedicationRequest?page=2",  # another port
+    "https://fhir.test/admin/MedicationRequest?page=2",  # outside the base path
+])
+def test_call_prefetch_follows_next_links_only_on_the_same_server(capsys, next_url):
+    mock_fhir_patient(next_url=next_url)
+    code, _, err = run(capsys, "call", "patient-view", "--patient", "pt-cyp-1", "--fhir", FHIR, "--prefetch",
+                       "--fhir-token", TOKEN)
+    assert code == 1
+    assert "next link leaves the FHIR server" in err
+    assert all(call.request.url.startswith(FHIR + "/") for call in responses.calls)  # the token went nowhere else
+
+
+@responses.activate
+def test_call_prefetch_stops_a_server_that_pages_forever(capsys):
+    mock_fhir_patient()
+    responses.replace(responses.GET, f"{FHIR}/MedicationRequest", json=searchset(next_url=f"{FHIR}/MedicationRequest?page=n"))
+    code, _, err = run(capsys, "call", "patient-view", "--patient", "pt-cyp-1", "--fhir", FHIR, "--prefetch")
+    assert code == 1 and "the medications search has more than 10 pages" in err  # as the service does
+    assert len([c for c in responses.calls if "/MedicationRequest" in c.request.url]) == 10
+
+
+@responses.activate
+def test_call_for_a_patient_the_fhir_server_does_not_have_says_so(capsys):
+    responses.get(f"{FHIR}/Patient/pt-nobody", status=404, json={"resourceType": "OperationOutcome", "issue": []})
+    for prefetch in ([], ["--prefetch"]):
+        code, out, err = run(capsys, "call", "patient-view", "--patient", "pt-nobody", "--fhir", FHIR, *prefetch)
+        assert (code, out) == (1, "")
+        assert "the FHIR server has no Patient/pt-nobody (HTTP 404" in err
+        assert "No cards" not in out + err
+
+
+@responses.activate
+def test_call_refused_by_the_fhir_server_asks_for_a_token(capsys):
+    responses.get(f"{FHIR}/Patient/pt-cyp-1", status=401)
+    code, _, err = run(capsys, "call", "patient-view", "--patient", "pt-cyp-1", "--fhir", FHIR)
+    assert code == 1 and "answered 401" in err and "--fhir-token" in err
+
+
+def test_call_with_a_draft_order_for_another_patient_says_so(capsys, patient_bundle_and_draft, tmp_path):
+    patient, draft = patient_bundle_and_draft
+    other = json.loads((tmp_path / "draft.json").read_text())
+    other["subject"] = {"reference": "Patient/pt-someone-else"}
+    (tmp_path / "other-draft.json").write_text(json.dumps(other))
+    code, out, err = run(capsys, "call", "order-select", "--patient", patient, "--draft", str(tmp_path / "other-draft.json"))
+    assert (code, out) == (2, "")
+    assert "draft order MedicationRequest/draft-clari-1 is for Patient/pt-someone-else, not Patient/pt-cyp-1" in err
+
+
+@responses.activate
+def test_fixtures_load_sends_the_fhir_token(capsys, monkeypatch):
+    monkeypatch.setenv("MTOR_CDS_FHIR_TOKEN", TOKEN)
+    responses.add_callback(responses.POST, FHIR, callback=transaction_response)
+    code, _, err = run(capsys, "fixtures", "load", "--fhir", FHIR)
+    assert code == 0, err
+    assert {call.request.headers.get("Authorization") for call in responses.calls} == {f"Bearer {TOKEN}"}
+    assert TOKEN not in err
+
+
+@responses.activate
+def test_fixtures_load_refused_for_want_of_a_token_says_so(capsys):
+    responses.post(FHIR, status=401)
+    code, _, err = run(capsys, "fixtures", "load", "--fhir", FHIR)
+    assert code == 1 and "HTTP 401" in err and "--fhir-token" in err
+    assert "--server-ids" not in err  # a question of access, not of ids
+
+
+# --- fixtures load into a server that assigns its own ids ---------------------------------------------
+
+
+def assigning_server():
+    """A FHIR server that chooses every id: PUT to a type/id is refused; conditional updates create."""
+    stored: dict[str, str] = {}  # fixture identifier -> server id
+
+    def answer(request):
+        bundle = json.loads(request.body)
+        entries = []
+        for entry in bundle["entry"]:
+            method, url = entry["request"]["method"], entry["request"]["url"]
+            resource_type = entry["resource"]["resourceType"]
+            if method == "PUT" and "?" not in url:
+                return 405, {}, json.dumps({"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "not-supported", "diagnostics": "client-assigned ids are not allowed"}]})
+            key = url.split("?", 1)[1] if "?" in url else entry["fullUrl"]
+            created = key not in stored
+            stored.setdefault(key, f"srv-{len(stored) + 1}")
+            entries.append({"response": {"status": "201 Created" if created else "200 OK",
+                                         "location": f"{resource_type}/{stored[key]}/_history/1"}})
+        return 200, {}, json.dumps({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+
+    return answer
+
+
+@responses.activate
+def test_fixtures_load_into_a_server_that_assigns_ids(capsys):
+    responses.add_callback(responses.POST, FHIR, callback=assigning_server())
+    code, _, err = run(capsys, "fixtures", "load", "--fhir", FHIR)
+    assert code == 1 and "client-assigned ids are not allowed" in err and "--server-ids" in err
+
+    responses.calls.reset()
+    code, out, err = run(capsys, "fixtures", "load", "--fhir", FHIR, "--server-ids")
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("loaded fires-angioedema-order-sign.json: Patient/srv-")
+    vaccine = json.loads(responses.calls[sorted(p.name for p in FIXTURES.glob("*-*.json")).index(
+        "fires-live-vaccine-mmr-order-sign.json")].request.body)
+    full_url = {e["resource"]["identifier"][-1]["value"]: e["fullUrl"] for e in vaccine["entry"]}
+    by_name = {e["resource"]["identifier"][-1]["value"]: e["resource"] for e in vaccine["entry"]}
+    assert all(url.startswith("urn:uuid:") for url in full_url.values())
+    assert all("id" not in resource for resource in by_name.values())
+    order = by_name["MedicationRequest/mr-rapa-4"]
+    assert order["subject"]["reference"] == full_url["Patient/pt-vax-1"]
+    assert order["medicationReference"]["reference"] == full_url["Medication/rapa-1"]
+    assert {e["request"]["method"] for e in vaccine["entry"]} == {"PUT"}
+    assert vaccine["entry"][0]["request"]["url"].startswith(vaccine["entry"][0]["resource"]["resourceType"] + "?identifier=")
+
+    again = run(capsys, "fixtures", "load", "--fhir", FHIR, "--server-ids")[1]
+    assert again == out  # loading twice updates the same resources: the same ids
+
+
+def test_fixtures_load_works_from_any_directory(capsys, monkeypatch, tmp_path):
+    from cds_service.cli import default_fixture_dir
+
+    monkeypatch.chdir(tmp_path)  # no fhir_fixtures/ here
+    assert default_fixture_dir() == FIXTURES
+
+
+def test_fixtures_load_moves_the_dates_to_today(capsys, monkeypatch):
+    from cds_service.devkit import dates
+
+    monkeypatch.setattr(dates, "today", lambda: FIXTURE_NOW.date() + timedelta(days=10))
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, FHIR, callback=transaction_response)
+        code, _, err = run(capsys, "fixtures", "load", "--fhir", FHIR)
+        bodies = [json.loads(call.request.body) for call in mock.calls]
+    assert code == 0 and "dates moved by +10 days" in err
+    hook_fixtures = sorted(p.name for p in FIXTURES.glob("*-*.json"))
+    surgery = bodies[hook_fixtures.index("fires-surgery-planned-patient-view.json")]
+    original = load_fixture("fires-surgery-planned-patient-view.json")
+    (patient,) = [e["resource"] for e in surgery["entry"] if e["resource"]["resourceType"] == "Patient"]
+    birth = datetime.fromisoformat(original["prefetch"]["patient"]["birthDate"])
+    assert patient["birthDate"] == (birth + timedelta(days=10)).date().isoformat()
+
+
+# --- first contact: version, busy port, missing report database, one-line errors ----------------------
+
+
+def test_version_prints_the_package_version(capsys):
+    import tomllib
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    expected = tomllib.loads((FIXTURES.parent / "pyproject.toml").read_text())["project"]["version"]
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"mtor-cds {expected}\n"
+
+
+@pytest.mark.parametrize("production", [[], ["--production"]], ids=["flask", "gunicorn"])
+def test_serve_on_a_busy_port_exits_non_zero_without_claiming_to_listen(capsys, monkeypatch, production):
+    import socket
+
+    started = []
+    monkeypatch.setattr("flask.Flask.run", lambda self, **kw: started.append(kw))
+    monkeypatch.setattr("cds_service.production.run_gunicorn", lambda host, port: started.append(port) or 0)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, _, err = run(capsys, "serve", "--port", str(port), *production)
+    assert code == 1 and started == []
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "listening" not in err
+
+
+def test_report_on_a_missing_database_fails_without_creating_one(capsys, tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere" / "cards.sqlite3"
+    monkeypatch.setenv("CDS_DATABASE_URL", f"sqlite:///{missing}")
+    code, out, err = run(capsys, "report")
+    assert (code, out) == (2, "")
+    assert f"no card store at {missing}" in err
+    monkeypatch.delenv("CDS_DATABASE_URL")  # the default: a file in the working directory (tmp_path, empty)
+    code, _, err = run(capsys, "report")
+    assert code == 2 and "no card store at mtor-cds.sqlite3" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unexpected_failure_is_one_line_not_a_traceback(capsys, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("knowledge exploded")
+
+    monkeypatch.setattr("cds_service.create_app", broken)
+    code, out, err = run(capsys, "call", "order-select", "--patient", CLARITHROMYCIN)
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == "mtor-cds: call failed: RuntimeError: knowledge exploded"
+    assert "Traceback" not in err
+
+
+def test_serve_with_jwt_required_and_no_trusted_issuer_says_how_to_try_it(capsys, monkeypatch):
+    monkeypatch.setattr("flask.Flask.run", lambda self, **kw: None)
+    monkeypatch.setenv("CDS_REQUIRE_JWT", "true")
+    code, _, err = run(capsys, "serve", "--port", str(free_port()))
+    assert code == 0
+    assert "every call will be refused (401)" in err and "CDS_REQUIRE_JWT=false" in err
+    monkeypatch.setenv("CDS_REQUIRE_JWT", "false")
+    err = run(capsys, "serve", "--port", str(free_port()))[2]
+    assert not [line for line in err.splitlines() if line.startswith("mtor-cds: no CDS_TRUSTED_ISSUERS")]
+
+
+def test_a_bare_401_says_how_to_sign_or_try_without_jwt():
+    from cds_service.devkit.output import format_error
+
+    line = format_error(401, b"")
+    assert line.startswith("HTTP 401: ") and "--sign-key" in line and "CDS_REQUIRE_JWT=false" in line

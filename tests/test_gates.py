@@ -8,8 +8,9 @@ from conftest import ROOT
 
 
 def test_ci_runs_ruff_and_mypy_before_the_tests():
-    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert lines.index("ruff check .") < lines.index("mypy cds_service") < lines.index("python -m pytest")
+    text = (ROOT / ".ci" / "run").read_text()
+    assert "&& ruff check . && mypy cds_service" in text
+    assert text.index("ruff check .") < text.index("mypy cds_service") < text.index("python -m pytest")
 
 
 def test_the_test_extra_installs_the_gate_tools():

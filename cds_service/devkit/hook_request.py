@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 
 import requests
 
+from cds_service.fhir.client import is_within
+
 ORDER_HOOKS = ("order-select", "order-sign")
 HOOKS = ("patient-view", *ORDER_HOOKS)
 DEFAULT_USER = "Practitioner/mtor-cds-dev"
@@ -26,6 +28,10 @@ _MAX_PAGES = 10
 
 class RequestBuildError(ValueError):
     """The inputs cannot make a valid hook request (the message says which and why)."""
+
+
+class FhirRefused(RequestBuildError):
+    """The FHIR server answered an error (no such patient, no access) or a page the kit must not follow."""
 
 
 def read_json(path: str | Path) -> Any:
@@ -95,13 +101,18 @@ def patient_from_bundle(bundle: Mapping[str, Any], templates: Mapping[str, str])
 
 
 def fetch_prefetch(
-    fhir_base_url: str, patient_id: str, templates: Mapping[str, str], access_token: str | None = None
+    fhir_base_url: str,
+    patient_id: str,
+    templates: Mapping[str, str],
+    access_token: str | None = None,
+    max_pages: int = _MAX_PAGES,
 ) -> dict[str, Any]:
-    """Run each prefetch query against the FHIR server, following `next` pages, as an EHR prefetches."""
+    """Run each prefetch query against the FHIR server, following `next` pages, as an EHR prefetches.
+
+    As the service does: a `next` link must stay on the same server (scheme, host, port and base path),
+    so the access token never leaves it, and more than `max_pages` pages is an error, not a cut-short list."""
     base = fhir_base_url.rstrip("/") + "/"
-    headers = {"Accept": "application/fhir+json"}
-    if access_token:
-        headers["Authorization"] = f"Bearer {access_token}"
+    headers = _headers(access_token)
     http = requests.Session()
     prefetch: dict[str, Any] = {}
     for key, template in templates.items():
@@ -112,14 +123,48 @@ def fetch_prefetch(
             continue
         entries, pages = list(body.get("entry") or ()), 1
         next_url = _next(body)
-        while next_url and pages < _MAX_PAGES:
-            page = _get(http, urljoin(base, next_url), headers) or {}
+        while next_url:
+            if pages >= max_pages:
+                raise FhirRefused(f"the {key} search has more than {max_pages} pages (the service stops there too)")
+            page_url = urljoin(base, next_url)
+            if not is_within(page_url, base):
+                raise FhirRefused(f"the {key} search's next link leaves the FHIR server ({_origin(page_url)}): not followed")
+            page = _get(http, page_url, headers) or {}
             entries += page.get("entry") or ()
             next_url, pages = _next(page), pages + 1
         if template.startswith("MedicationRequest?"):
             entries += _referenced_medications(http, base, headers, entries)
         prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
     return prefetch
+
+
+def check_patient(fhir_base_url: str, patient_id: str, access_token: str | None = None) -> None:
+    """Raise RequestBuildError when the FHIR server has no such patient (404) or refuses to say (401/403).
+    An unreachable server is left for the service to report (it answers 412)."""
+    url = urljoin(fhir_base_url.rstrip("/") + "/", f"Patient/{quote(patient_id, safe='')}")
+    try:
+        response = requests.get(url, headers=_headers(access_token), timeout=_TIMEOUT_S)
+    except requests.RequestException:
+        return
+    if response.status_code == 404:
+        raise FhirRefused(f"the FHIR server has no Patient/{patient_id} (HTTP 404 from {fhir_base_url})")
+    if response.status_code in (401, 403):
+        raise FhirRefused(
+            f"the FHIR server answered {response.status_code} to Patient/{patient_id}: "
+            "give an access token with --fhir-token or MTOR_CDS_FHIR_TOKEN"
+        )
+
+
+def _headers(access_token: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/fhir+json"}
+    if access_token:
+        headers["Authorization"] = f"Bearer {access_token}"
+    return headers
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _referenced_medications(http: requests.Session, base: str, headers: dict[str, str], entries: list) -> list[dict]:
@@ -137,11 +182,16 @@ def _get(http: requests.Session, url: str, headers: dict[str, str]) -> dict[str,
     try:
         response = http.get(url, headers=headers, timeout=_TIMEOUT_S)
     except requests.RequestException as exc:
-        raise RequestBuildError(f"cannot reach the FHIR server ({type(exc).__name__})") from exc
+        raise FhirRefused(f"cannot reach the FHIR server ({type(exc).__name__})") from exc
     if response.status_code == 404:
         return None
+    if response.status_code in (401, 403):
+        raise FhirRefused(
+            f"the FHIR server answered {response.status_code} to {urlsplit(url).path}: "
+            "give an access token with --fhir-token or MTOR_CDS_FHIR_TOKEN"
+        )
     if response.status_code != 200:
-        raise RequestBuildError(f"the FHIR server answered {response.status_code} to {urlsplit(url).path}")
+        raise FhirRefused(f"the FHIR server answered {response.status_code} to {urlsplit(url).path}")
     return response.json()
 
 
@@ -174,6 +224,19 @@ def _draft_refs(draft_orders: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def _check_drafts_are_for(patient_id: str, draft_orders: Mapping[str, Any] | None) -> None:
+    """A draft order for another patient would be ignored by the service (and the answer look like an all-clear)."""
+    for entry in (draft_orders or {}).get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        subject = (resource.get("subject") or resource.get("patient") or {}).get("reference")
+        if isinstance(subject, str) and subject.rstrip("/").split("/")[-2:] != ["Patient", patient_id]:
+            raise RequestBuildError(
+                f"draft order {resource.get('resourceType')}/{resource.get('id')} is for {subject}, not Patient/{patient_id}"
+            )
+
+
 def build_hook_request(
     hook: str,
     patient_id: str,
@@ -193,6 +256,7 @@ def build_hook_request(
     if encounter_id:
         context["encounterId"] = encounter_id
     if hook in ORDER_HOOKS:
+        _check_drafts_are_for(patient_id, draft_orders)
         context["draftOrders"] = dict(draft_orders or {"resourceType": "Bundle", "type": "collection", "entry": []})
     if hook == "order-select":
         refs = _draft_refs(draft_orders)
@@ -224,6 +288,7 @@ def request_from_fixture(
     draft_orders: Mapping[str, Any] | None = None,
     selections: list[str] | None = None,
     fhir_server: str | None = None,
+    access_token: str | None = None,
 ) -> dict[str, Any]:
     """A fresh request for `hook` from a fixture: a hook request (its patient, prefetch and, unless
     replaced, its draft orders and selections) or a Bundle of the patient's resources."""
@@ -237,10 +302,12 @@ def request_from_fixture(
             hook, context["patientId"], user_id=context.get("userId") or DEFAULT_USER,
             prefetch=document.get("prefetch"), draft_orders=draft_orders, selections=selections,
             fhir_server=fhir_server or document.get("fhirServer"), encounter_id=context.get("encounterId"),
+            access_token=access_token,
         )
     if document.get("resourceType") == "Bundle":
         patient_id, prefetch = patient_from_bundle(document, templates)
         return build_hook_request(
-            hook, patient_id, prefetch=prefetch, draft_orders=draft_orders, selections=selections, fhir_server=fhir_server
+            hook, patient_id, prefetch=prefetch, draft_orders=draft_orders, selections=selections, fhir_server=fhir_server,
+            access_token=access_token,
         )
     raise RequestBuildError("the patient file must be a hook request or a FHIR Bundle of the patient's resources")

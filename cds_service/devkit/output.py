@@ -61,7 +61,8 @@ def format_error(status: int, body: bytes) -> str:
     if isinstance(parsed, Mapping) and parsed.get("resourceType") == "OperationOutcome":
         details = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in parsed.get("issue") or ())
     elif status == 401:
-        details = "unauthorised (the service requires a trusted JWT: --sign-key PEM --issuer ISS)"
+        details = ("unauthorised (the service requires a trusted JWT: --sign-key PEM --issuer ISS; "
+                   "for a local trial, start it with CDS_REQUIRE_JWT=false)")
     else:
         details = body[:300].decode("utf-8", "replace") if body else "(no body)"
     return f"HTTP {status}: {details}\n"
