@@ -313,7 +313,7 @@ def test_fixtures_load_puts_each_fixture_patient_and_posts_synthea_as_is(capsys)
     hook_fixtures = sorted(p.name for p in FIXTURES.glob("*-*.json"))
     synthea = sorted(p.name for p in (FIXTURES / "synthea").glob("*.json"))
     patients = [load_fixture(n)["context"]["patientId"] for n in hook_fixtures]
-    assert out.splitlines() == [f"loaded {n}: Patient/{p}" for n, p in zip(hook_fixtures, patients)] + [
+    assert out.splitlines() == [f"loaded {n}: Patient/{p}" for n, p in zip(hook_fixtures, patients, strict=True)] + [
         f"loaded synthea/{n}" for n in synthea]  # the mock's answers carry no location: no server-chosen id to show
     bodies = [json.loads(call.request.body) for call in responses.calls]
     assert len(bodies) == len(hook_fixtures) + len(synthea)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
+from cds_assertions import topics_of
 from cds_service import cli
 from cds_service.devkit import dates
 from cds_service.devkit.fixtures import FIXTURE_ID_SYSTEM
 from cds_service.settings import Settings
-from cds_assertions import topics_of
 from conftest import FIXTURES, ROOT, SCENARIOS
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")

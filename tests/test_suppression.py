@@ -183,7 +183,7 @@ def make_jwt_client(tmp_path, keys, hours=24):
         iss: {"jwks": jwks_of(jwk_from_key(key, "k1", "ES384"))} for iss, key in keys.items()
     }}))
     app = create_app(require_jwt=True, trusted_issuers=str(issuers), database_url=f"sqlite:///{tmp_path}/cards.sqlite3",
-                     suppress_overridden_hours=hours)
+                     suppress_overridden_hours=hours, allowed_fhir_servers=("https://ehr.example.org/fhir",))
     app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW
     return app.test_client()
 
