@@ -53,6 +53,12 @@ FILES = (
     "dosing.json",
     "clinical_conditions.json",
     "code_systems.json",
+    # Issue 10 data, read by the rules of the refactored codebase (see knowledge/README.md)
+    "treatment_contexts.json",
+    "regimens.json",
+    "products.json",
+    "lookback.json",
+    "publishers.json",
 )
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CVX = "http://hl7.org/fhir/sid/cvx"
