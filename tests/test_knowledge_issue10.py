@@ -11,7 +11,6 @@ import pytest
 
 from cds_service.knowledge import load_knowledge
 from cds_service.knowledge.loader import FILES, KNOWLEDGE_DIR
-
 from conftest import FIXTURES
 from test_fixtures_valid import resources_in, validation_errors
 
