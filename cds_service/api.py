@@ -259,6 +259,8 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
 def _cds_error(error: CdsError) -> Response:
     if hasattr(g, "log_fields"):
         g.log_fields["error"] = type(error).__name__
+        if getattr(error, "fhir_timings", None):  # a 412 logs the queries tried and how each ended
+            g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in error.fhir_timings]
     if error.status == 401:
         return Response(status=401)  # bare, as the CDS Hooks best practices ask
     return operation_outcome(error.status, error.code, error.message)

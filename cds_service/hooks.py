@@ -40,7 +40,9 @@ def answer_hook(
             cards = render_cards([], snapshot, unchecked_note(snapshot, data.fhir_server_refused))
             return HookAnswer(cards, [""] * len(cards), data.timings)
         return HookAnswer([], [], data.timings)  # this service speaks only about mTOR inhibitors
-    findings = _in_focus(evaluate(snapshot, knowledge), call, snapshot)
+    notes: list[str] = []  # checks that failed on this data, findings beyond a card's cap
+    findings = _in_focus(evaluate(snapshot, knowledge, notes), call, snapshot)
+    snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *notes)) if notes else snapshot
     note = unchecked_note(snapshot, data.fhir_server_refused)
     if note and call.hook == "order-select" and not findings and not _selection_concerns_mtor(call, snapshot):
         note = None  # on order-select, speak about the selected orders only

@@ -34,7 +34,7 @@ class FakeFhirServer:
         self.routes[path] = (status, body)
 
     def serve_empty_searches(self) -> None:
-        for resource_type in ("MedicationRequest", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment"):
+        for resource_type in ("MedicationRequest", "MedicationStatement", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment"):
             self.routes.setdefault(resource_type, (200, bundle()))
         self.routes.setdefault(f"Patient/{PATIENT_ID}", (200, patient_resource()))
 
@@ -111,7 +111,8 @@ def test_the_core_queries_are_exactly_what_the_readme_says(call_hook, fhir):
     fhir.serve_empty_searches()
     call_hook(without_prefetch())
     assert f"{BASE}/Patient/{PATIENT_ID}" in fhir.urls
-    assert f"{BASE}/MedicationRequest?patient={PATIENT_ID}&status=active,on-hold" in fhir.urls
+    assert f"{BASE}/MedicationRequest?patient={PATIENT_ID}&status=active,on-hold&_count=200" in fhir.urls
+    assert f"{BASE}/MedicationStatement?patient={PATIENT_ID}&status=active,intended,on-hold&_count=200" in fhir.urls
     [observations] = [u for u in fhir.urls if "/Observation?" in u]
     codes = parse_qs(urlsplit(observations).query)["code"][0].split(",")
     assert {"50544-6", "29247-4", "82810-3", "2106-3", "2571-8", "8302-2"} <= set(codes)
