@@ -63,7 +63,7 @@ class Settings:
     public_base_url: str = ""
     allowed_fhir_servers: tuple[str, ...] = ()
     fhir_deadline_s: float = 3.0
-    fhir_max_pages: int = 10
+    fhir_max_pages: int = 60  # 1200 resources per search from a server that pages at 20 whatever _count asks
     fhir_max_response_bytes: int = 20_000_000
     max_body_bytes: int = 5_000_000
     patient_hash_salt: str = ""

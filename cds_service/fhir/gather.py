@@ -131,11 +131,8 @@ def _reason(error: FhirError) -> str:
     """Why a query failed, in words an integrator can act on (never the URL or token)."""
     if isinstance(error, FhirNotAllowed):
         return f"the fhirServer may not be contacted: {error}"
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError):
-            return "the FHIR server refused the connection"
-        cause = cause.__cause__ or cause.__context__
+    if _caused_by(error, ConnectionRefusedError):
+        return "the FHIR server refused the connection"
     text = str(error)
     if text in ("http-401", "http-403"):
         return f"the FHIR server answered HTTP {text[5:]}: the access token was not accepted"
@@ -148,6 +145,21 @@ def _reason(error: FhirError) -> str:
     if text.startswith("more pages than"):
         return f"the search has {text}"
     return f"invalid response from the FHIR server: {text}"
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is anywhere in the chain (causes, wrapped args, urllib3's `reason`) behind error."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return False
 
 
 def _outcome_text(value: Any) -> str:
