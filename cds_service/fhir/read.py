@@ -26,6 +26,8 @@ from cds_service.services import HookCall
 _PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?/?$")
 # Dates the rules can reason about; outside them a date is a data error (9999-12-31, 0001-01-01), not a time.
 READABLE_YEARS = range(1800, 2201)
+# No amount read (ng/mL, mg/dL, cm, kg, mg, doses per day, timing periods) comes near a billion: beyond is a data error.
+MAX_AMOUNT = 1e9
 CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # MedicationStatement: taken now or soon
 
 
@@ -459,10 +461,10 @@ def _doses_per_day(dosage: Mapping) -> float | None:
 
 
 def _measure(value: float) -> float:
-    """A measured amount as a float: finite and not negative, else the resource cannot be read."""
+    """A measured amount as a float, from 0 to MAX_AMOUNT; anything else makes the resource unreadable."""
     number = float(value)  # an integer too large for a float raises OverflowError: unreadable too
-    if not math.isfinite(number) or number < 0:
-        raise Unreadable("not a finite, non-negative amount")
+    if not 0 <= number <= MAX_AMOUNT:  # NaN fails this too
+        raise Unreadable("not an amount the service can read")
     return number
 
 
