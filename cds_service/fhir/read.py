@@ -19,7 +19,7 @@ from typing import Any
 from cds_service.fhir.gather import MEDICATION_KEYS, GatheredData, draft_resources, medication_reference
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
 from cds_service.knowledge.loader import LOINC, RXNORM
-from cds_service.limits import MAX_MEDICATIONS_PER_CALL
+from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
 from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 from cds_service.services import HookCall
 
@@ -109,11 +109,12 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
 
 
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
-    """At most MAX_MEDICATIONS_PER_CALL, drafts and mTOR inhibitors first (findings grow as their product)."""
-    if len(medications) <= MAX_MEDICATIONS_PER_CALL:
-        return medications
-    ranked = sorted(medications, key=lambda m: (not m.is_draft, m.mtor_drug is None))
-    return ranked[:MAX_MEDICATIONS_PER_CALL]
+    """Findings grow as mTOR orders x other medications: at most MAX_MTOR_ORDERS_PER_CALL of the one and
+    MAX_MEDICATIONS_PER_CALL in all are weighed, drafts first (what is being ordered now)."""
+    mtor = sorted((m for m in medications if m.mtor_drug), key=lambda m: not m.is_draft)[:MAX_MTOR_ORDERS_PER_CALL]
+    others = sorted((m for m in medications if not m.mtor_drug), key=lambda m: not m.is_draft)
+    kept = {id(m) for m in [*mtor, *others[: MAX_MEDICATIONS_PER_CALL - len(mtor)]]}
+    return [m for m in medications if id(m) in kept]
 
 
 class _Reader:
