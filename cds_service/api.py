@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.app_state import AppState
-from cds_service.errors import BadRequest, CdsError, PayloadTooLarge, UnknownService, UnsupportedMediaType
+from cds_service.errors import BadRequest, CdsError, DataUnavailable, PayloadTooLarge, UnknownService, UnsupportedMediaType
 from cds_service.hooks import answer_hook
 from cds_service.observability import Stopwatch, log_request
 from cds_service.services import HookCall, ServiceDefinition
@@ -259,7 +259,7 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
 def _cds_error(error: CdsError) -> Response:
     if hasattr(g, "log_fields"):
         g.log_fields["error"] = type(error).__name__
-        if getattr(error, "fhir_timings", None):  # a 412 logs the queries tried and how each ended
+        if isinstance(error, DataUnavailable) and error.fhir_timings:  # a 412 logs the queries tried and how each ended
             g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in error.fhir_timings]
     if error.status == 401:
         return Response(status=401)  # bare, as the CDS Hooks best practices ask

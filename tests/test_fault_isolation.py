@@ -8,19 +8,20 @@ property-based test covers every date and number field the reader reads, of ever
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from typing import Any
 
 import pytest
+from cds_assertions import assert_valid_cds_response, topics_of
+from conftest import load_fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from snapshots import NOW, condition, everolimus, level, snapshot_of
 
-import cds_service.rules as rules
-from cds_assertions import assert_valid_cds_response, topics_of
+from cds_service import rules
 from cds_service.fhir.read import _LAB_READERS, READABLE_YEARS
 from cds_service.knowledge import load_knowledge
-from conftest import load_fixture
-from snapshots import NOW, condition, everolimus, level, snapshot_of
 
 ORDER_SELECT = "/cds-services/mtor-safety-order-select"
 PATIENT_VIEW = "/cds-services/mtor-safety-patient-view"
@@ -107,7 +108,7 @@ def with_value(resource: dict, path: tuple, value: Any, alone: bool = False) -> 
                 for other in group - {path[0]}:
                     resource.pop(other, None)
     node = resource
-    for step, following in zip(path, path[1:]):
+    for step, following in itertools.pairwise(path):
         if isinstance(node, list):
             node = node[step]
         else:

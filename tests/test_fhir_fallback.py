@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import responses
-
 from cds_assertions import assert_valid_cds_response
 from snapshots import PATIENT_ID, bundle, core_topics, everolimus, hook_request, level, make_app, med, patient_resource
 
@@ -310,9 +309,10 @@ def test_invalid_json_from_the_server_counts_as_unavailable(call_hook, fhir):
 
 
 def test_every_search_template_sets_count():
+    from snapshots import knowledge
+
     from cds_service.limits import SEARCH_PAGE_SIZE
     from cds_service.services import prefetch_templates
-    from snapshots import knowledge
 
     searches = {k: t for k, t in prefetch_templates(knowledge()).items() if "?" in t}
     assert len(searches) == 7 and SEARCH_PAGE_SIZE == 200

@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+from cds_assertions import assert_valid_cds_response, topics_of
+from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
 
 from cds_service import create_app
-from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
-from cds_assertions import assert_valid_cds_response, topics_of
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "fhir-access-token-abc123"

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from cds_assertions import assert_valid_cds_response, topics_of
+from snapshots import everolimus, hook_request, level, med, snapshot_of
+
 from cds_service import limits
 from cds_service.settings import Settings
-from snapshots import everolimus, hook_request, level, med, snapshot_of
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PATIENT_VIEW = "/cds-services/mtor-safety-patient-view"
@@ -44,10 +45,11 @@ def test_a_200_kb_request_whose_findings_multiply_gets_a_bounded_answer_in_bound
 
 
 def test_at_most_max_findings_per_topic_are_kept_and_the_rest_counted():
-    from cds_service.rules import evaluate
     from snapshots import knowledge
 
-    snapshot = snapshot_of(**{"hook": "patient-view", "medications": [everolimus() for _ in range(3)] + [clarithromycin() for _ in range(10)]})
+    from cds_service.rules import evaluate
+
+    snapshot = snapshot_of(hook="patient-view", medications=[everolimus() for _ in range(3)] + [clarithromycin() for _ in range(10)])
     notes: list[str] = []
     findings = evaluate(snapshot, knowledge(), notes)
     interactions = [f for f in findings if f.topic.value == "cyp3a4-interaction"]
@@ -66,7 +68,7 @@ def test_medications_beyond_the_cap_are_not_weighed_and_said_so():
 
 
 def test_resources_beyond_the_cap_are_cut_and_said_so(monkeypatch):
-    import cds_service.fhir.gather as gather
+    from cds_service.fhir import gather
 
     monkeypatch.setattr(gather, "MAX_RESOURCES_PER_CALL", 5)
     snapshot = snapshot_of(hook="patient-view", medications=[everolimus()], observations=[level("everolimus", 9) for _ in range(10)])

@@ -4,12 +4,12 @@ current medication; only active, intended and on-hold ones; never offered for de
 from __future__ import annotations
 
 import pytest
-
 from cds_assertions import assert_valid_cds_response
-from cds_service.fhir.read import CURRENT_STATEMENT_STATUSES
-from cds_service.services import prefetch_templates
 from snapshots import PATIENT_ID, bundle, core_topics, everolimus, hook_request, knowledge, snapshot_of
 from test_fhir_fallback import fhir, with_server  # noqa: F401 -- the `fhir` fixture: a FakeFhirServer
+
+from cds_service.fhir.read import CURRENT_STATEMENT_STATUSES
+from cds_service.services import prefetch_templates
 
 PATIENT_VIEW = "/cds-services/mtor-safety-patient-view"
 
@@ -57,7 +57,7 @@ def test_st_johns_wort_taken_over_the_counter_warns_without_offering_to_delete_i
     assert not [a for a in deletes if "MedicationStatement" in str(a.get("resourceId"))]
 
 
-def test_statements_missing_from_prefetch_are_fetched(client, fhir):
+def test_statements_missing_from_prefetch_are_fetched(client, fhir):  # noqa: F811
     server = fhir
     server.serve("MedicationStatement", bundle(st_johns_wort()))
     server.serve_empty_searches()

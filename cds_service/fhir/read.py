@@ -9,14 +9,13 @@ Tuesday") is not a broken resource: it reads as no date. Observations are read b
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
-from cds_service.fhir.gather import MEDICATION_KEYS, GatheredData, draft_resources, medication_reference
+from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
 from cds_service.knowledge.loader import LOINC, RXNORM
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
@@ -480,17 +479,17 @@ def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
     text = value.strip()
     try:
         if len(text) == 4:
-            parsed = datetime(int(text), 1, 1, tzinfo=timezone.utc)
+            parsed = datetime(int(text), 1, 1, tzinfo=UTC)
         elif len(text) == 7:
-            parsed = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=timezone.utc)
+            parsed = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
         else:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
-        in_utc = parsed.astimezone(timezone.utc)
+        in_utc = parsed.astimezone(UTC)
     except OverflowError:
         raise Unreadable("date out of range") from None
     if in_utc.year not in READABLE_YEARS or parsed.year not in READABLE_YEARS:

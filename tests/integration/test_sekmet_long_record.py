@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import requests
+from conftest import FIXTURE_NOW
 
 from cds_service import create_app
 from cds_service.devkit.fixtures import post_bundle
-from conftest import FIXTURE_NOW
 
 PATIENT = "pt-long-record"
 CONDITIONS = 450
