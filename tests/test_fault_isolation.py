@@ -154,7 +154,11 @@ def test_an_extreme_date_skips_only_its_resource_and_says_so(client, target, pat
     read_fields = path not in {("contained", 0, "batch", "expirationDate"), ("abatementDateTime",), ("end",)}
     if read_fields and target != "Immunization (draft)":  # a not-done draft Immunization is not an order anyone reads
         assert topics_of(answer)[-1] == "checks-incomplete"
-        assert "could not be read" in answer["cards"][-1]["detail"] or "not valid FHIR" in answer["cards"][-1]["detail"]
+        detail = answer["cards"][-1]["detail"]
+        if target.startswith("Medication"):  # the drug is still weighed; its date reads as unknown, and is said
+            assert "out of range, read as unknown" in detail
+        else:
+            assert "not valid FHIR" in detail
 
 
 @pytest.mark.parametrize("value", [-170, -1, 1.7976931348623157e308, 10**30, 1e9 + 1])
@@ -169,28 +173,50 @@ def test_a_negative_or_huge_height_or_weight_is_skipped_and_counted(client, kind
 def test_the_snapshot_counts_unreadable_resources_per_type():
     snapshot = snapshot_of(
         hook="patient-view",
-        medications=[everolimus(), everolimus(authoredOn="9999-12-31T23:59:59-14:00")],
+        medications=[everolimus()],
         observations=[level("everolimus", 20), level("everolimus", -3), level("everolimus", 1e308, effectiveDateTime="0001-01-01T00:00:00+14:00")],
         conditions=[condition("http://snomed.info/sct", "77386006", "Pregnant", onsetDateTime="9999-12-31")],
     )
-    assert dict(snapshot.unreadable) == {"MedicationRequest": 1, "Observation": 2, "Condition": 1}
-    assert snapshot.skipped_resources == 4
-    assert len(snapshot.labs) == 1 and len(snapshot.medications) == 1
-    assert "medications" in snapshot.unavailable  # an unreadable order may be the one that matters
+    assert dict(snapshot.unreadable) == {"Observation": 2, "Condition": 1}
+    assert snapshot.skipped_resources == 3
+    assert len(snapshot.labs) == 1 and len(snapshot.medications) == 1 and snapshot.conditions == ()
+
+
+@pytest.mark.parametrize("fields", [{"authoredOn": "9999-12-31T23:59:59-14:00"}, {"authoredOn": "0001-01-01"},
+                                    {"dosageInstruction": [{"doseAndRate": [{"doseQuantity": {"value": -10, "unit": "mg", "code": "mg"}}]}]},
+                                    {"dosageInstruction": [{"timing": {"repeat": {"frequency": 1e300, "period": 1e-300, "periodUnit": "d"}}}]}])
+def test_a_medication_with_an_out_of_range_date_or_dose_is_still_weighed_and_that_is_said(fields):
+    snapshot = snapshot_of(hook="patient-view", medications=[everolimus(**fields)])
+    [order] = snapshot.medications
+    assert order.mtor_drug == "everolimus" and snapshot.skipped_resources == 0
+    assert snapshot.unavailable == ("the start date or dose of 1 medication(s): out of range, read as unknown",)
 
 
 def test_dates_inside_the_readable_years_are_read_with_their_offset():
     assert READABLE_YEARS.start == 1800 and READABLE_YEARS.stop == 2201
     snapshot = snapshot_of(hook="patient-view", medications=[everolimus(authoredOn="2200-12-31T23:59:59-14:00")])
-    assert snapshot.unreadable == (("MedicationRequest", 1),)  # 2201-01-01 in UTC: outside
+    assert snapshot.medications[0].authored_on is None  # 2201-01-01 in UTC: outside
     snapshot = snapshot_of(hook="patient-view", medications=[everolimus(authoredOn="1800-01-01T12:00:00+01:00")])
-    assert snapshot.unreadable == () and snapshot.medications[0].authored_on.year == 1800
+    assert snapshot.unavailable == () and snapshot.medications[0].authored_on.year == 1800
 
 
-def test_an_unreadable_mtor_order_is_not_an_all_clear(client):
+def test_an_mtor_order_with_an_absurd_date_still_gets_its_interaction_card(client):
     body = load_fixture("fires-cyp3a4-carbamazepine-patient-view.json")
     for entry in body["prefetch"]["medications"]["entry"]:
         entry["resource"]["authoredOn"] = "9999-12-31T23:59:59-14:00"
+    response = post(client, body, PATIENT_VIEW)
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert topics_of(answer)[0] == "cyp3a4-interaction" and topics_of(answer)[-1] == "checks-incomplete"
+    assert "read as unknown" in answer["cards"][-1]["detail"]
+
+
+def test_an_unreadable_current_medication_is_not_an_all_clear(client):
+    body = load_fixture("fires-cyp3a4-carbamazepine-patient-view.json")
+    for entry in body["prefetch"]["medications"]["entry"]:
+        resource = entry["resource"]
+        resource["medicationReference"], resource["contained"] = {"reference": "#med"}, 5  # wrong type: unreadable
+        resource.pop("medicationCodeableConcept", None)
     response = post(client, body, PATIENT_VIEW)
     assert response.status_code == 200
     answer = response.get_json()

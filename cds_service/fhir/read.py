@@ -3,7 +3,9 @@
 Resources are read with plain dict access, each in isolation: one that cannot be read (wrong types, a date
 the service cannot place in time, a negative or non-finite quantity) is skipped and counted by resource type
 for the checks-incomplete card, never allowed to hide findings from the others. An unknown date ("next
-Tuesday") is not a broken resource: it reads as no date. Observations are read by one reader per lab kind.
+Tuesday") is not a broken resource: it reads as no date. A medication is never dropped for an out-of-range date
+or dose alone (what the drug is matters for interactions): that value reads as unknown and is said. Observations
+are read by one reader per lab kind.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     )  # demographics of another patient must never feed the age- and sex-based checks
     demographics = reader.safely(reader.demographics, patient) if patient else None
     unavailable = list(data.unchecked)
+    if reader.partly_read:
+        unavailable.append(f"the start date or dose of {reader.partly_read} medication(s): out of range, read as unknown")
     kept = _bounded(list(medications.values()))
     if medication_problems or len(kept) < len(medications):
         # An unreadable or uncounted current medication may be the mTOR inhibitor or what interacts with it.
@@ -125,6 +129,7 @@ class _Reader:
         self.medications = medications
         self.skipped = 0  # every resource not read: unreadable or another patient's
         self.unreadable: Counter[str] = Counter()  # resource type -> resources that could not be read
+        self.partly_read = 0  # medications read with an out-of-range date or amount taken as unknown
 
     def _codings(self, concept: Any) -> list[dict]:
         """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
@@ -174,6 +179,14 @@ class _Reader:
         when = resource.get("authoredOn") or resource.get("occurrenceDateTime")
         if rtype == "MedicationStatement":
             when = resource.get("effectiveDateTime") or _get(resource, "effectivePeriod", "start") or resource.get("dateAsserted")
+        # What the drug is matters more than when or how much (interactions, live vaccines): an out-of-range
+        # date or amount reads as unknown here, and is said, rather than dropping the medication.
+        unknown: list[str] = []
+        authored_on, dose_mg, doses_per_day = (
+            _or_unknown(_datetime, when, unknown), _or_unknown(_dose_mg, dosage, unknown), _or_unknown(_doses_per_day, dosage, unknown)
+        )
+        if unknown:
+            self.partly_read += 1
         return MedicationOrder(
             ref=f"{rtype}/{resource.get('id')}",
             kind=_ORDER_KINDS[rtype],
@@ -182,9 +195,9 @@ class _Reader:
             status=str(resource.get("status") or ""),
             is_draft=is_draft,
             is_selected=selected,
-            authored_on=_datetime(when),
-            dose_mg=_dose_mg(dosage),
-            doses_per_day=_doses_per_day(dosage),
+            authored_on=authored_on,
+            dose_mg=dose_mg,
+            doses_per_day=doses_per_day,
             product_rxnorm=next(
                 (c["code"] for c in codings if c.get("system") == RXNORM and c.get("code") in self.k.mtor_products), None
             ),
@@ -458,6 +471,15 @@ def _doses_per_day(dosage: Mapping) -> float | None:
         return None
     days = _measure(period) * _PERIOD_DAYS.get(unit, 0) if isinstance(unit, str) else 0
     return _measure(_measure(frequency) / days) if days else None
+
+
+def _or_unknown(read: Callable[[Any], Any], value: Any, unknown: list[str]) -> Any:
+    """read(value), or None (noted in `unknown`) when the value is present but out of range."""
+    try:
+        return read(value)
+    except (Unreadable, OverflowError):
+        unknown.append(getattr(read, "__name__", "value"))
+        return None
 
 
 def _measure(value: float) -> float:
