@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from payloads import bundle, fhir_resources
 
 RESOURCE_TYPE_TO_KEY = {
-    "MedicationRequest": "medications", "Observation": "observations", "Condition": "conditions",
+    "MedicationRequest": "medications", "MedicationStatement": "medicationStatements", "Observation": "observations", "Condition": "conditions",
     "Procedure": "procedures", "ServiceRequest": "serviceRequests", "Appointment": "appointments",
 }
 

@@ -129,6 +129,7 @@ def fhir_resources() -> dict[str, list[dict[str, Any]]]:
     return {
         "patient": [_patient()],
         "medications": medications,
+        "medicationStatements": [],
         "observations": observations,
         "conditions": conditions,
         "procedures": [],

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.app_state import AppState
 from cds_service.auth import TokenRefused, expected_audience, www_authenticate
-from cds_service.errors import BadRequest, CdsError, PayloadTooLarge, UnknownService, UnsupportedMediaType
+from cds_service.errors import BadRequest, CdsError, DataUnavailable, PayloadTooLarge, UnknownService, UnsupportedMediaType
 from cds_service.hooks import Caller, answer_hook
 from cds_service.observability import Stopwatch, log_request
 from cds_service.services import HookCall, ServiceDefinition
@@ -240,6 +240,8 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
 def _cds_error(error: CdsError) -> Response:
     if hasattr(g, "log_fields"):
         g.log_fields["error"] = type(error).__name__
+        if isinstance(error, DataUnavailable) and error.fhir_timings:  # a 412 logs the queries tried and how each ended
+            g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in error.fhir_timings]
     if error.status == 401:  # no body, as the CDS Hooks best practices ask; RFC 6750 says why in the header
         return Response(status=401, headers={"WWW-Authenticate": www_authenticate(error)})
     return operation_outcome(error.status, error.code, error.message)

@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class CdsError(Exception):
     """Base of the errors that map to an HTTP status."""
@@ -63,10 +66,17 @@ class UnsupportedMediaType(CdsError):
 
 
 class DataUnavailable(CdsError):
-    """Required data was neither prefetched nor fetchable (CDS Hooks: 412 Precondition Failed)."""
+    """Required data was neither prefetched nor fetchable (CDS Hooks: 412 Precondition Failed).
+
+    The message names each missing key and why; fhir_timings are the queries tried, for the request's log line.
+    """
 
     status = 412
     code = "incomplete"
+
+    def __init__(self, message: str = "", fhir_timings: Sequence[Any] = ()):
+        super().__init__(message)
+        self.fhir_timings = tuple(fhir_timings)
 
 
 class FhirError(Exception):

@@ -58,18 +58,21 @@ def answer_hook(
     now = now or datetime.now(timezone.utc)
     data = gather(call, service, settings)
     snapshot = build_snapshot(data, call, knowledge, now)
-    incomplete = check_data_completeness(snapshot, data.fhir_server_refused)
     findings: list[Finding]
     if not snapshot.mtor_orders:
         # Some medications could not be identified (unresolved references, pages not fetched): an empty answer
         # would read as "not on an mTOR inhibitor", so say what could not be checked instead. Otherwise this
         # service speaks only about mTOR inhibitors.
         unidentified = "medications" in snapshot.unavailable and call.hook != "order-select"
-        findings = list(incomplete) if unidentified else []
+        findings = list(check_data_completeness(snapshot, data.fhir_server_refused)) if unidentified else []
     else:
-        findings = _in_focus(evaluate(snapshot, knowledge), call)
+        notes: list[str] = []  # checks that failed on this data, findings beyond a card's cap
+        findings = _in_focus(evaluate(snapshot, knowledge, notes), call)
+        if notes:
+            snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *notes))
         if call.hook != "order-select" or findings or _selection_concerns_mtor(call, snapshot):
-            findings += incomplete  # on order-select, speak about the selected orders only
+            # on order-select, speak about the selected orders only
+            findings += check_data_completeness(snapshot, data.fhir_server_refused)
     cards = render_cards(findings, snapshot)
     records = [_card_record(card, call, service, caller, now) for card in cards]
     shown = [_not_recently_overridden(card, record, settings, now, history) for card, record in zip(cards, records, strict=True)]

@@ -51,7 +51,7 @@ FHIR_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
 
 # Every type the service's prefetch templates and reads ask for (tests/test_metrics.py keeps it complete).
 FHIR_RESOURCE_TYPES = frozenset({
-    "Patient", "MedicationRequest", "Medication", "Observation", "Condition", "Procedure", "ServiceRequest",
+    "Patient", "MedicationRequest", "MedicationStatement", "Medication", "Observation", "Condition", "Procedure", "ServiceRequest",
     "Appointment",
 })
 INDICATORS = frozenset({"info", "warning", "critical"})

@@ -13,12 +13,13 @@ from cds_service.knowledge import DrugConcept, DrugRole
 
 @dataclasses.dataclass(frozen=True)
 class MedicationOrder:
-    """A MedicationRequest (or a draft Immunization) with what the knowledge recognises in it."""
+    """A MedicationRequest, a current MedicationStatement or a draft Immunization, with what the knowledge recognises."""
 
     ref: str  # relative reference, e.g. "MedicationRequest/123"
     text: str  # what the clinician sees, e.g. "Afinitor 10 MG Oral Tablet"
     concepts: tuple[DrugConcept, ...]
     status: str
+    kind: str = "request"  # "request" | "statement" (taken, e.g. over the counter: nothing to delete) | "immunization"
     is_draft: bool = False
     is_selected: bool = False
     authored_on: datetime | None = None
@@ -95,8 +96,9 @@ class PatientSnapshot:
     labs: tuple[LabResult, ...] = ()
     conditions: tuple[ConditionRecord, ...] = ()
     procedures: tuple[ProcedureEvent, ...] = ()
-    unavailable: tuple[str, ...] = ()  # prefetch keys whose data could not be had
-    skipped_resources: int = 0  # resources that were not valid enough to read
+    unavailable: tuple[str, ...] = ()  # prefetch keys whose data could not be had (or a check that could not run)
+    skipped_resources: int = 0  # resources not read: not valid enough, or another patient's
+    unreadable: tuple[tuple[str, int], ...] = ()  # (resource type, count) of resources skipped as unreadable
 
     @functools.cached_property
     def mtor_orders(self) -> tuple[MedicationOrder, ...]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_service.knowledge import Knowledge
+from cds_service.limits import SEARCH_PAGE_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +59,17 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
     # and the URL stays a third as long (every FHIR request pays for its length in URL encoding).
     codes = ",".join(loinc)
     patient = "{{context.patientId}}"
+    count = f"_count={SEARCH_PAGE_SIZE}"  # every search: a server's default page (often 20) would page long records
     return {
         "patient": f"Patient/{patient}",
-        "medications": f"MedicationRequest?patient={patient}&status=active,on-hold",
-        "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&_count=100",
-        "conditions": f"Condition?patient={patient}",
-        "procedures": f"Procedure?patient={patient}&_sort=-date&_count=100",
-        "serviceRequests": f"ServiceRequest?patient={patient}&status=draft,active,on-hold",
-        "appointments": f"Appointment?patient={patient}&status=proposed,pending,booked,arrived,checked-in,waitlist",
+        "medications": f"MedicationRequest?patient={patient}&status=active,on-hold&{count}",
+        # Taken, not ordered (St John's wort, CBD over the counter): FHIR R4 statuses of current use.
+        "medicationStatements": f"MedicationStatement?patient={patient}&status=active,intended,on-hold&{count}",
+        "observations": f"Observation?patient={patient}&code={codes}&_sort=-date&{count}",
+        "conditions": f"Condition?patient={patient}&{count}",
+        "procedures": f"Procedure?patient={patient}&_sort=-date&{count}",
+        "serviceRequests": f"ServiceRequest?patient={patient}&status=draft,active,on-hold&{count}",
+        "appointments": f"Appointment?patient={patient}&status=proposed,pending,booked,arrived,checked-in,waitlist&{count}",
     }
 
 

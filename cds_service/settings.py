@@ -96,7 +96,7 @@ class Settings:
         "(the service refuses to start without it); unset in trials: any https server or loopback.")
     fhir_deadline_s: float = _setting(
         _positive_float, 3.0, "Overall deadline, in seconds, for all FHIR queries of one hook call.")
-    fhir_max_pages: int = _setting(_positive_int, 10, "Most `next` pages followed for one search.")
+    fhir_max_pages: int = _setting(_positive_int, 60, "Most `next` pages followed for one search.")
     fhir_max_response_bytes: int = _setting(_positive_int, 20_000_000, "Largest FHIR response body read.")
     max_body_bytes: int = _setting(_positive_int, 5_000_000, "Largest hook request body accepted (413 beyond).")
     patient_hash_salt: str = _setting(

@@ -34,7 +34,7 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 SURGICAL_PROCEDURE = {"system": SNOMED, "code": "387713003", "display": "Surgical procedure"}
-PREFETCH_KEYS = ("patient", "medications", "observations", "conditions", "procedures", "serviceRequests", "appointments")
+PREFETCH_KEYS = ("patient", "medications", "medicationStatements", "observations", "conditions", "procedures", "serviceRequests", "appointments")
 
 _ids = itertools.count(1)
 
@@ -283,6 +283,7 @@ def hook_request(
     selections: Iterable[str] | None = None,
     prefetch: Mapping[str, Any] | None = None,
     patient_id: str = PATIENT_ID,
+    medication_statements: Iterable[Mapping] = (),
 ) -> dict[str, Any]:
     """A complete CDS Hooks 2.0 request with every prefetch key filled (override keys with `prefetch`)."""
     drafts = list(drafts)
@@ -294,6 +295,7 @@ def hook_request(
     full_prefetch: dict[str, Any] = {
         "patient": patient_resource(patient_id),
         "medications": bundle(*medications),
+        "medicationStatements": bundle(*medication_statements),
         "observations": bundle(*observations),
         "conditions": bundle(*conditions),
         "procedures": bundle(*procedures),

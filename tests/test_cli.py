@@ -13,6 +13,7 @@ import responses
 
 from cds_service.cli import main
 from cds_service.devkit import signing
+from cds_service.settings import Settings
 from cds_service.store import CardRecord, CardStore, FeedbackEntry
 from conftest import FIXTURE_NOW, FIXTURES, load_fixture
 
@@ -385,7 +386,8 @@ def mock_fhir_patient(patient_id: str = "pt-cyp-1", next_url: str | None = None)
     responses.get(f"{FHIR}/Patient/{patient_id}", json=fixture["prefetch"]["patient"])
     medications = [e["resource"] for e in fixture["prefetch"]["medications"]["entry"]]
     responses.get(f"{FHIR}/MedicationRequest", json=searchset(*medications, next_url=next_url))
-    for resource_type in ("Observation", "Condition", "Procedure", "ServiceRequest", "Appointment", "Medication"):
+    for resource_type in ("MedicationStatement", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment",
+                          "Medication"):
         responses.get(f"{FHIR}/{resource_type}", json=searchset())
 
 
@@ -435,8 +437,8 @@ def test_call_prefetch_stops_a_server_that_pages_forever(capsys):
     mock_fhir_patient()
     responses.replace(responses.GET, f"{FHIR}/MedicationRequest", json=searchset(next_url=f"{FHIR}/MedicationRequest?page=n"))
     code, _, err = run(capsys, "call", "patient-view", "--patient", "pt-cyp-1", "--fhir", FHIR, "--prefetch")
-    assert code == 1 and "the medications search has more than 10 pages" in err  # as the service does
-    assert len([c for c in responses.calls if "/MedicationRequest" in c.request.url]) == 10
+    assert code == 1 and f"the medications search has more than {Settings().fhir_max_pages} pages" in err  # as the service does
+    assert len([c for c in responses.calls if "/MedicationRequest" in c.request.url]) == Settings().fhir_max_pages
 
 
 @responses.activate

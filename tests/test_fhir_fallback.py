@@ -34,7 +34,7 @@ class FakeFhirServer:
         self.routes[path] = (status, body)
 
     def serve_empty_searches(self) -> None:
-        for resource_type in ("MedicationRequest", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment"):
+        for resource_type in ("MedicationRequest", "MedicationStatement", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment"):
             self.routes.setdefault(resource_type, (200, bundle()))
         self.routes.setdefault(f"Patient/{PATIENT_ID}", (200, patient_resource()))
 
@@ -111,7 +111,8 @@ def test_the_core_queries_are_exactly_what_the_readme_says(call_hook, fhir):
     fhir.serve_empty_searches()
     call_hook(without_prefetch())
     assert f"{BASE}/Patient/{PATIENT_ID}" in fhir.urls
-    assert f"{BASE}/MedicationRequest?patient={PATIENT_ID}&status=active,on-hold" in fhir.urls
+    assert f"{BASE}/MedicationRequest?patient={PATIENT_ID}&status=active,on-hold&_count=200" in fhir.urls
+    assert f"{BASE}/MedicationStatement?patient={PATIENT_ID}&status=active,intended,on-hold&_count=200" in fhir.urls
     [observations] = [u for u in fhir.urls if "/Observation?" in u]
     codes = parse_qs(urlsplit(observations).query)["code"][0].split(",")
     assert {"50544-6", "29247-4", "82810-3", "2106-3", "2571-8", "8302-2"} <= set(codes)
@@ -303,3 +304,33 @@ def test_invalid_json_from_the_server_counts_as_unavailable(call_hook, fhir):
     assert core_topics(body) == ["cyp3a4-interaction", "checks-incomplete"]
     [incomplete] = [c for c in body["cards"] if c["source"]["topic"]["code"] == "checks-incomplete"]
     assert "conditions" in incomplete["detail"]
+
+
+# --- long records: a server that pages at 20 whatever _count asks ------------------------------------
+
+
+def test_every_search_template_sets_count():
+    from cds_service.limits import SEARCH_PAGE_SIZE
+    from cds_service.services import prefetch_templates
+    from snapshots import knowledge
+
+    searches = {k: t for k, t in prefetch_templates(knowledge()).items() if "?" in t}
+    assert len(searches) == 7 and SEARCH_PAGE_SIZE == 200
+    assert all(parse_qs(urlsplit(t).query)["_count"] == ["200"] for t in searches.values()), searches
+
+
+def test_a_long_record_from_a_server_that_pages_at_20_is_read_whole(call_hook, fhir):
+    from snapshots import SNOMED, condition
+
+    conditions = [condition(SNOMED, "38341003", "Hypertension") for _ in range(201)] + [condition(SNOMED, "19943007", "Cirrhosis of liver")]
+    pages = [conditions[i : i + 20] for i in range(0, len(conditions), 20)]
+    for n, page in enumerate(pages, start=1):
+        following = f"{BASE}/Condition?patient={PATIENT_ID}&page={n + 1}" if n < len(pages) else None
+        fhir.serve("Condition" if n == 1 else f"Condition?page={n}", bundle(*page, next_url=following))
+    fhir.serve("MedicationRequest", bundle(everolimus()))
+    fhir.serve_empty_searches()
+    body = ok(call_hook(without_prefetch()))
+    topics = [c["source"]["topic"]["code"] for c in body["cards"]]
+    assert "checks-incomplete" not in topics
+    assert "hepatic-impairment" in topics  # the cirrhosis on page 11 was read
+    assert fhir.paths.count("Condition") == 11

@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+from cds_assertions import assert_valid_cds_response, topics_of
+from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
 
 from cds_service import create_app
-from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
-from cds_assertions import assert_valid_cds_response, topics_of
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "fhir-access-token-abc123"
@@ -292,3 +292,87 @@ def test_a_refused_connection_is_412_not_500(tmp_path):
     response, elapsed = timed_call(client, call)
     assert_412(response)
     assert elapsed < 1.0 + MARGIN_S
+
+
+# --- a 412 says which data and why; its log line lists the queries tried ----------------------------
+
+REASONS_412 = {
+    "http-401": ({"status": 401, "json": {"resourceType": "OperationOutcome"}}, "answered HTTP 401: the access token was not accepted", "http-401"),
+    "http-403": ({"status": 403}, "answered HTTP 403: the access token was not accepted", "http-403"),
+    "timeout": ({"body": requests.Timeout("read timed out")}, "did not answer in time", "timeout"),
+    "connection-refused": ({"body": requests.ConnectionError(ConnectionRefusedError(111, "Connection refused"))}, "refused the connection", "connection failed"),
+    "invalid-json": ({"body": "{not json", "content_type": "application/fhir+json"}, "invalid response from the FHIR server: invalid JSON", "invalid JSON"),
+    "operation-outcome": ({"json": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden"}]}},
+                          "invalid response from the FHIR server: expected a Bundle, got OperationOutcome", "ok"),
+}
+
+
+def request_log(caplog) -> dict:
+    [fields] = [r.fields for r in caplog.records if r.name == "mtor_cds.request" and "hook" in getattr(r, "fields", {})]
+    return fields
+
+
+@pytest.mark.parametrize("fault", REASONS_412, ids=str)
+def test_a_412_says_which_data_and_why_and_logs_the_queries(client, fhir, caplog, fault):
+    answer, reason, outcome = REASONS_412[fault]
+    call, server_data = fallback_call()
+    serve(fhir, server_data, medications=answer)
+    with caplog.at_level("INFO"):
+        response = client.post(ORDER_SELECT, json=call)
+    assert_412(response)
+    diagnostics = response.get_json(force=True)["issue"][0]["diagnostics"]
+    assert f"medications (the FHIR server {reason}" in diagnostics or f"medications ({reason}" in diagnostics, diagnostics
+    queries = request_log(caplog)["fhir_queries"]
+    assert ["MedicationRequest", outcome] in [q[:2] for q in queries]
+    assert len(queries) == len(TYPE_OF_KEY)  # every query tried is logged, not only the failed one
+    assert TOKEN not in caplog.text and "pt-cyp-1" not in json.dumps(request_log(caplog))
+
+
+def test_a_412_for_a_server_off_the_allowlist_says_so_in_the_answer_and_the_log(client, fhir, caplog):
+    call, _ = fallback_call("https://evil.example.com/fhir")
+    with caplog.at_level("INFO"):
+        response = client.post(ORDER_SELECT, json=call)
+    assert_412(response)
+    assert "not on CDS_ALLOWED_FHIR_SERVERS" in response.get_json(force=True)["issue"][0]["diagnostics"]
+    assert request_log(caplog)["fhir_queries"] == [["-", "not-allowed", 0.0]]
+    assert not fhir.calls
+
+
+def test_a_412_for_a_failed_prefetch_without_a_server_quotes_its_operation_outcome(client):
+    call, server_data = fallback_call()
+    del call["fhirServer"], call["fhirAuthorization"]
+    call["prefetch"] = {**server_data, "medications": {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "processing", "diagnostics": "MedicationRequest search timed out in the EHR"}]}}
+    response = client.post(ORDER_SELECT, json=call)
+    assert_412(response)
+    diagnostics = response.get_json(force=True)["issue"][0]["diagnostics"]
+    assert "MedicationRequest search timed out in the EHR" in diagnostics and "no fhirServer" in diagnostics
+
+
+def test_an_unresolved_medication_reference_is_logged_as_unresolved_never_ok(client, fhir, caplog):
+    call, server_data = fallback_call()
+    by_reference = json.loads(json.dumps(server_data["medications"]))
+    order = by_reference["entry"][0]["resource"]
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/med-gone"}
+    serve(fhir, server_data, medications={"json": by_reference})
+    fhir.add(responses.GET, f"{BASE}/Medication/med-gone", json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]})
+    with caplog.at_level("INFO"):
+        response = client.post("/cds-services/mtor-safety-patient-view", json={**call, "hook": "patient-view", "context": {
+            "userId": call["context"]["userId"], "patientId": "pt-cyp-1"}})
+    assert response.status_code == 200
+    assert topics_of(response.get_json()) == ["checks-incomplete"]  # the unidentified order is said, not hidden
+    queries = [q[:2] for q in request_log(caplog)["fhir_queries"]]
+    assert ["Medication", "unresolved"] in queries
+
+
+def test_a_412_for_a_real_refused_connection_says_refused(tmp_path):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/fhir"
+    client = make_app(tmp_path, allowed_fhir_servers=(base,)).test_client()
+    call, _ = fallback_call(base)
+    response = client.post(ORDER_SELECT, json=call)
+    assert_412(response)
+    assert "medications (the FHIR server refused the connection)" in response.get_json(force=True)["issue"][0]["diagnostics"]

@@ -21,7 +21,7 @@ from conftest import FIXTURE_NOW, FIXTURES, SERVICE_FOR_HOOK, load_fixture
 from cds_assertions import assert_valid_cds_response, topics_of
 
 SERVICE_IDS = sorted(SERVICE_FOR_HOOK.values())
-PREFETCH_KEYS = ["patient", "medications", "observations", "conditions", "procedures", "serviceRequests", "appointments"]
+PREFETCH_KEYS = ["patient", "medications", "medicationStatements", "observations", "conditions", "procedures", "serviceRequests", "appointments"]
 ANSWERS = {200, 400, 404, 412, 413, 415}
 SCHEMA_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 FUZZ_SETTINGS = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -82,4 +82,4 @@ def test_documented_literal_defaults():
     """Pinned as literals: a change to a default must change this test and the README together."""
     defaults = Settings()
     assert (defaults.require_jwt, defaults.jwt_clock_skew_s, defaults.jwt_max_lifetime_s) == (True, 60, 300)
-    assert (defaults.fhir_deadline_s, defaults.fhir_max_pages, defaults.cors_origins) == (3.0, 10, ("*",))
+    assert (defaults.fhir_deadline_s, defaults.fhir_max_pages, defaults.cors_origins) == (3.0, 60, ("*",))

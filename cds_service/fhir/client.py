@@ -76,6 +76,8 @@ class QueryOutcome(enum.StrEnum):
     LEAVES_SERVER = "next link leaves the FHIR server"
     PAGE_LIMIT = "page limit reached"
     INTERNAL_ERROR = "internal error"
+    NOT_ALLOWED = "not-allowed"  # no request sent: the server is not on CDS_ALLOWED_FHIR_SERVERS
+    UNRESOLVED = "unresolved"  # no request sent or none answered: a Medication reference stays unresolved
     HTTP_401 = "http-401"
     HTTP_403 = "http-403"
     HTTP_404 = "http-404"

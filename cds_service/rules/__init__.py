@@ -9,10 +9,13 @@ for the same drug.
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from cds_service.findings import Finding, Topic
 from cds_service.knowledge import Knowledge
+from cds_service.limits import MAX_FINDINGS_PER_TOPIC
 from cds_service.patient import PatientSnapshot
 from cds_service.rules.angioedema import check_angioedema
 from cds_service.rules.common import drug_of
@@ -25,6 +28,7 @@ from cds_service.rules.surgery import check_surgery_timing
 from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
 from cds_service.rules.vaccines import check_live_vaccines
 
+_LOG = logging.getLogger(__name__)
 Rule = Callable[[PatientSnapshot, Knowledge], Sequence[Finding]]
 
 RULES: tuple[Rule, ...] = (
@@ -50,14 +54,47 @@ SUPERSEDED_BY: dict[Topic, frozenset[Topic]] = {
 }
 
 
-def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Finding]:
-    """Every finding for the patient; empty when the patient is on no current or draft mTOR inhibitor."""
+def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge, notes: list[str] | None = None) -> list[Finding]:
+    """Every finding for the patient; empty when the patient is on no current or draft mTOR inhibitor.
+
+    Each rule runs in isolation: one that fails on this patient's data (date arithmetic out of range, ...) is
+    logged and named in `notes` (for the checks-incomplete card) while the others still run. At most
+    MAX_FINDINGS_PER_TOPIC findings per topic are kept, most severe and selected/draft orders first; `notes` says
+    how many more there were.
+    """
     if not snapshot.mtor_orders:
         return []
-    findings = [finding for rule in RULES for finding in rule(snapshot, knowledge)]
+    notes = [] if notes is None else notes
+    findings: list[Finding] = []
+    for rule in RULES:
+        try:
+            findings += rule(snapshot, knowledge)
+        except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            _LOG.error("rule %s failed: %s", rule.__name__, type(exc).__name__)  # the type only: no patient data
+            notes.append(f"the {rule.__name__.removeprefix('check_').replace('_', ' ')} check (it failed on this patient's data)")
     fired = {(f.topic, drug_of(f.mtor) if f.mtor else None) for f in findings}
-    return [
+    findings = [
         dataclasses.replace(f, label=knowledge.label_sources[drug_of(f.mtor)]) if f.mtor else f
         for f in findings
         if not any((t, drug_of(f.mtor) if f.mtor else None) in fired for t in SUPERSEDED_BY.get(f.topic, ()))
     ]
+    return _at_most_per_topic(findings, snapshot, notes)
+
+
+def _at_most_per_topic(findings: list[Finding], snapshot: PatientSnapshot, notes: list[str]) -> list[Finding]:
+    """Findings grow as mTOR orders x other medications: a card lists at most MAX_FINDINGS_PER_TOPIC of them."""
+    selected = {m.ref for m in snapshot.medications if m.is_selected}
+    drafts = {m.ref for m in snapshot.medications if m.is_draft}
+    ranked = sorted(range(len(findings)), key=lambda i: (-findings[i].severity, not findings[i].refs & selected, not findings[i].refs & drafts))
+    kept: set[int] = set()
+    listed: Counter[Topic] = Counter()
+    more: Counter[Topic] = Counter()
+    for i in ranked:
+        topic = findings[i].topic
+        if listed[topic] < MAX_FINDINGS_PER_TOPIC:
+            kept.add(i)
+            listed[topic] += 1
+        else:
+            more[topic] += 1
+    notes += [f"{n} more {topic.value} finding(s) beyond the {MAX_FINDINGS_PER_TOPIC} one card lists" for topic, n in more.items()]
+    return [f for i, f in enumerate(findings) if i in kept]

@@ -1,0 +1,211 @@
+"""Patient data for one hook call, the I/O half: prefetch first, fetch what is missing.
+
+Prefetch values are told apart as the spec asks: an absent key (fetch it), `null` (no data), a Bundle
+(its entries, plus its `next` pages when a server can be reached) and an OperationOutcome or anything
+else (the EHR's prefetch failed: fetch it). What could not be had is kept with the reason, for the
+checks-incomplete card, the 412 and the log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+from urllib.parse import quote
+
+from cds_service.errors import DataUnavailable, FhirError, FhirNotAllowed
+from cds_service.fhir.client import Deadline, FhirClient, QueryOutcome, QueryTiming, entry_resources, next_link, run_parallel
+from cds_service.limits import MAX_RESOURCES_PER_CALL
+from cds_service.services import HookCall, ServiceDefinition
+from cds_service.settings import Settings
+
+_LOG = logging.getLogger(__name__)
+_TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
+MEDICATION_KEYS = ("medications", "medicationStatements")  # keys whose resources may reference a Medication
+
+
+@dataclasses.dataclass
+class GatheredData:
+    """Raw resources per prefetch key, and what could not be had."""
+
+    by_key: dict[str, list[dict[str, Any]]]
+    unchecked: list[str]  # keys with no data or only part of it
+    medications: dict[str, dict[str, Any]]  # "Medication/id" -> Medication, for references
+    timings: list[QueryTiming]
+    fhir_server_refused: bool = False
+    malformed_entries: int = 0  # prefetched Bundle entries with no resource object
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # unchecked key -> why, for the 412 and logs
+
+
+def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> GatheredData:
+    """Prefetch first; fetch missing keys (and further pages) in parallel under one deadline.
+
+    Raises DataUnavailable (412, naming each missing key and why) when required data can be had neither way.
+    Resources beyond MAX_RESOURCES_PER_CALL (prefetched or fetched) are cut, and their key reported unchecked.
+    """
+    deadline = Deadline.after(settings.fhir_deadline_s)
+    client, refusal = _client_for(call, settings, deadline)
+    no_server = refusal or "the request names no fhirServer"
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    reasons: dict[str, str] = {}
+    malformed = 0
+    jobs = {}
+    for key, template in service.prefetch.items():
+        present, value = key in call.prefetch, call.prefetch.get(key)
+        if present and value is None:
+            by_key[key] = []  # the EHR says: no data
+        elif present and isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry", []), list):
+            by_key[key] = entry_resources(value)
+            malformed += len(value.get("entry") or ()) - len(by_key[key])
+            if next_link(value):
+                if client:
+                    jobs[key] = partial(client.continue_search, value)
+                else:
+                    reasons[key] = f"its prefetch has more pages; {no_server}"
+        elif present and isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
+            by_key[key] = [value]  # a single resource, e.g. Patient
+        elif client:
+            jobs[key] = partial(_fetch_template, client, template, call.context)
+        else:
+            failed_prefetch = _outcome_text(value) if present else ""
+            reasons[key] = f"{failed_prefetch or 'not prefetched'}; {no_server}"
+    drafts = len(draft_resources(call))
+    for key, result in run_parallel(jobs, deadline).items():
+        if isinstance(result, FhirError):
+            reasons[key] = _reason(result)
+        else:
+            by_key[key] = result
+    _cap_resources(by_key, reasons, drafts)
+    timings = client.timings if client else []
+    if refusal:
+        timings = [QueryTiming("-", QueryOutcome.NOT_ALLOWED, 0.0)]
+    missing_required = sorted(k for k in service.required_prefetch if k not in by_key)
+    if missing_required:
+        raise DataUnavailable(
+            "required data could not be prefetched or fetched: "
+            + "; ".join(f"{k} ({reasons.get(k, 'not available')})" for k in missing_required),
+            fhir_timings=timings,
+        )
+    medications, unresolved = _resolve_medication_references(by_key, call, client)
+    if unresolved:
+        timings = [*timings, *(QueryTiming("Medication", QueryOutcome.UNRESOLVED, 0.0) for _ in range(unresolved))]
+        # An order we cannot identify must not read as "nothing interacting".
+        reasons.setdefault("medications", f"{unresolved} Medication reference(s) could not be resolved")
+    unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
+    return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons)
+
+
+def _client_for(call: HookCall, settings: Settings, deadline: Deadline) -> tuple[FhirClient | None, str]:
+    """The client for the call's fhirServer, or None and why it may not be contacted ("" when none was given)."""
+    if not call.fhir_server:
+        return None, ""
+    try:
+        return FhirClient(call.fhir_server, call.access_token, settings, deadline), ""
+    except FhirError as exc:
+        _LOG.warning("fhirServer not contacted: %s", exc)
+        return None, f"the fhirServer may not be contacted: {exc}"
+
+
+def _fetch_template(client: FhirClient, template: str, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    query = _TOKEN.sub(lambda m: quote(str(context.get(m.group(1), "")), safe=""), template)
+    if "?" in query:
+        return client.search(query)
+    return [client.read(query)]
+
+
+def _cap_resources(by_key: dict[str, list[dict[str, Any]]], reasons: dict[str, str], drafts: int) -> None:
+    """Data beyond MAX_RESOURCES_PER_CALL is cut and said, never read as complete (draft orders always count)."""
+    total = drafts
+    for key in list(by_key):
+        room = max(MAX_RESOURCES_PER_CALL - total, 0)
+        if len(by_key[key]) > room:
+            by_key[key] = by_key[key][:room]
+            reasons[key] = f"more than {MAX_RESOURCES_PER_CALL} resources in one call"
+        total += len(by_key[key])
+
+
+def _reason(error: FhirError) -> str:
+    """Why a query failed, in words an integrator can act on (never the URL or token)."""
+    if isinstance(error, FhirNotAllowed):
+        return f"the fhirServer may not be contacted: {error}"
+    if _caused_by(error, ConnectionRefusedError):
+        return "the FHIR server refused the connection"
+    text = str(error)
+    if text in ("http-401", "http-403"):
+        return f"the FHIR server answered HTTP {text[5:]}: the access token was not accepted"
+    if text.startswith("http-"):
+        return f"the FHIR server answered HTTP {text[5:]}"
+    if text in ("timeout", "deadline passed"):
+        return "the FHIR server did not answer in time"
+    if text == "connection failed":
+        return "the FHIR server could not be reached"
+    if text.startswith("more pages than"):
+        return f"the search has {text}"
+    return f"invalid response from the FHIR server: {text}"
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is anywhere in the chain (causes, wrapped args, urllib3's `reason`) behind error."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return False
+
+
+def _outcome_text(value: Any) -> str:
+    """A failed prefetch, said with the EHR's own OperationOutcome diagnostics (short, for the 412 and card)."""
+    if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
+        return "its prefetch is not a FHIR Bundle or resource"
+    issue = value.get("issue")
+    issues = issue if isinstance(issue, list) else []
+    words = [str(i.get("diagnostics") or i.get("code") or "") for i in issues if isinstance(i, dict)]
+    said = "; ".join(w for w in words if w)[:200]
+    return f"its prefetch failed (OperationOutcome: {said})" if said else "its prefetch failed (OperationOutcome)"
+
+
+def _resolve_medication_references(
+    by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Medication resources by reference (from any bundle, e.g. _include, else read) and how many stayed unresolved."""
+    known = {
+        f"Medication/{r.get('id')}": r
+        for resources in by_key.values()
+        for r in resources
+        if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str)
+    }
+    wanted = set()
+    for resource in [*(r for key in MEDICATION_KEYS for r in by_key.get(key, ())), *draft_resources(call)]:
+        reference = medication_reference(resource)
+        if reference and reference not in known:
+            wanted.add(reference)
+    if wanted and client:
+        results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
+        known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
+    return known, len(wanted - known.keys())
+
+
+def medication_reference(resource: Mapping[str, Any]) -> str | None:
+    """"Medication/id" for a medicationReference to another resource (not a contained one), else None."""
+    reference = resource.get("medicationReference")
+    reference = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(reference, str) or reference.startswith("#"):
+        return None
+    parts = reference.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "Medication" and parts[-1]:
+        return f"Medication/{parts[-1]}"
+    return None
+
+
+def draft_resources(call: HookCall) -> list[dict[str, Any]]:
+    draft_orders = call.context.get("draftOrders")
+    return entry_resources(draft_orders) if isinstance(draft_orders, dict) else []

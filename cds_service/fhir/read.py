@@ -1,0 +1,524 @@
+"""Patient data for one hook call, the reading half: FHIR JSON -> PatientSnapshot. No I/O.
+
+Resources are read with plain dict access, each in isolation: one that cannot be read (wrong types, a date
+the service cannot place in time, a negative or non-finite quantity) is skipped and counted by resource type
+for the checks-incomplete card, never allowed to hide findings from the others. An unknown date ("next
+Tuesday") is not a broken resource: it reads as no date. A medication is never dropped for an out-of-range date
+or dose alone (what the drug is matters for interactions): that value reads as unknown and is said. Observations
+are read by one reader per lab kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference
+from cds_service.knowledge import DrugRole, Knowledge, normalize_text
+from cds_service.knowledge.loader import LOINC, RXNORM
+from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
+from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.services import HookCall
+
+_PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?/?$")
+# Dates the rules can reason about; outside them a date is a data error (9999-12-31, 0001-01-01), not a time.
+READABLE_YEARS = range(1800, 2201)
+# No amount read (ng/mL, mg/dL, cm, kg, mg, doses per day, timing periods) comes near a billion: beyond is a data error.
+MAX_AMOUNT = 1e9
+CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # MedicationStatement: taken now or soon
+
+
+_ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _LabFacts:
+    """What every lab reader gets: the Observation and what was already read from it."""
+
+    resource: Mapping[str, Any]
+    ref: str
+    kind: str
+    analyte: str | None
+    effective: datetime | None
+    text: str
+
+
+class Unreadable(ValueError):
+    """A value that is present but cannot be used (out of range, not finite, negative): its resource is skipped."""
+
+
+# --- FHIR JSON -> snapshot ---------------------------------------------------------------------
+
+
+def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now: datetime) -> PatientSnapshot:
+    reader = _Reader(knowledge, call.patient_id, data.medications)
+    selections = set(call.selections)
+    medications: dict[str, MedicationOrder] = {}
+    procedures: list[ProcedureEvent] = []
+    for resource in data.by_key.get("medications", ()):
+        order = reader.safely(reader.medication_order, resource, is_draft=False, selected=False)
+        if order and order.status in ("active", "on-hold"):
+            medications[order.ref] = order
+    for resource in data.by_key.get("medicationStatements", ()):
+        statement = reader.safely(reader.medication_statement, resource)
+        if statement:
+            medications[statement.ref] = statement
+    medication_problems = sum(reader.unreadable.values())
+    for resource in draft_resources(call):
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        ref = f"{rtype}/{resource.get('id')}" if rtype else ""
+        if rtype in ("MedicationRequest", "Immunization"):
+            order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections)
+            if order:
+                medications[order.ref] = order  # a re-signed order replaces its prefetched twin
+        elif rtype == "ServiceRequest":
+            event = reader.safely(reader.procedure_event, resource, is_draft=True)
+            procedures += [event] if event else []
+    for key in ("procedures", "serviceRequests", "appointments"):
+        for resource in data.by_key.get(key, ()):
+            event = reader.safely(reader.procedure_event, resource, is_draft=False)
+            procedures += [event] if event else []
+    labs = [lab for r in data.by_key.get("observations", ()) if (lab := reader.safely(reader.lab_result, r))]
+    conditions = [c for r in data.by_key.get("conditions", ()) if (c := reader.safely(reader.condition, r))]
+    patient = next(
+        (r for r in data.by_key.get("patient", ()) if isinstance(r, dict) and r.get("resourceType") == "Patient" and r.get("id") == call.patient_id),
+        {},
+    )  # demographics of another patient must never feed the age- and sex-based checks
+    demographics = reader.safely(reader.demographics, patient) if patient else None
+    unavailable = list(data.unchecked)
+    if reader.partly_read:
+        unavailable.append(f"the start date or dose of {reader.partly_read} medication(s): out of range, read as unknown")
+    kept = _bounded(list(medications.values()))
+    if medication_problems or len(kept) < len(medications):
+        # An unreadable or uncounted current medication may be the mTOR inhibitor or what interacts with it.
+        unavailable.append("medications")
+    return PatientSnapshot(
+        now=now,
+        patient_id=call.patient_id,
+        birth_date=demographics[0] if demographics else None,
+        gender=demographics[1] if demographics else None,
+        medications=tuple(kept),
+        labs=tuple(labs),
+        conditions=tuple(conditions),
+        procedures=tuple(procedures),
+        unavailable=tuple(dict.fromkeys(unavailable)),
+        skipped_resources=reader.skipped + data.malformed_entries,
+        unreadable=tuple(sorted((reader.unreadable + Counter({"Bundle.entry": data.malformed_entries})).items())),
+    )
+
+
+def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
+    """Findings grow as mTOR orders x other medications: at most MAX_MTOR_ORDERS_PER_CALL of the one and
+    MAX_MEDICATIONS_PER_CALL in all are weighed, drafts first (what is being ordered now)."""
+    mtor = sorted((m for m in medications if m.mtor_drug), key=lambda m: not m.is_draft)[:MAX_MTOR_ORDERS_PER_CALL]
+    others = sorted((m for m in medications if not m.mtor_drug), key=lambda m: not m.is_draft)
+    kept = {id(m) for m in [*mtor, *others[: MAX_MEDICATIONS_PER_CALL - len(mtor)]]}
+    return [m for m in medications if id(m) in kept]
+
+
+class _Reader:
+    """Reads one resource type at a time into snapshot records; counts what it must skip."""
+
+    def __init__(self, knowledge: Knowledge, patient_id: str, medications: Mapping[str, Mapping]):
+        self.k = knowledge
+        self.patient_id = patient_id
+        self.medications = medications
+        self.skipped = 0  # every resource not read: unreadable or another patient's
+        self.unreadable: Counter[str] = Counter()  # resource type -> resources that could not be read
+        self.partly_read = 0  # medications read with an out-of-range date or amount taken as unknown
+
+    def _codings(self, concept: Any) -> list[dict]:
+        """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
+        codings = _codings(concept)
+        aliases = self.k.system_aliases
+        return [{**c, "system": aliases[c["system"]]} if isinstance(c.get("system"), str) and c["system"] in aliases else c
+                for c in codings]
+
+    def safely(self, read: Callable[..., Any], resource: Any, **kwargs: Any) -> Any:
+        """read(resource), or None when the resource is another patient's or cannot be read (then counted)."""
+        if not isinstance(resource, dict):
+            self.skipped += 1
+            self.unreadable["not a resource"] += 1
+            return None
+        try:
+            if not self._is_this_patients(resource):
+                self.skipped += 1
+                return None
+            return read(resource, **kwargs)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError, ArithmeticError):
+            self.skipped += 1
+            rtype = resource.get("resourceType")
+            self.unreadable[rtype if isinstance(rtype, str) and rtype.isalpha() else "unknown"] += 1
+            return None
+
+    def demographics(self, patient: Mapping) -> tuple[date | None, str | None]:
+        gender = patient.get("gender")
+        return _date(patient.get("birthDate")), gender if isinstance(gender, str) else None
+
+    def _is_this_patients(self, resource: Mapping[str, Any]) -> bool:
+        """Drop resources that plainly belong to another patient (a prefetch must never mix patients)."""
+        reference = _get(resource, "subject", "reference") or _get(resource, "patient", "reference")
+        match = _PATIENT_REFERENCE.search(reference) if isinstance(reference, str) else None
+        return match is None or match.group(1) == self.patient_id
+
+    def medication_order(self, resource: Mapping, *, is_draft: bool, selected: bool) -> MedicationOrder | None:
+        rtype = resource.get("resourceType")
+        if rtype == "Immunization":
+            concept_source = resource.get("vaccineCode") or {}
+            codings, texts = self._codings(concept_source), _texts(concept_source)
+        elif rtype in ("MedicationRequest", "MedicationStatement"):
+            codings, texts = self._medication_codes(resource)
+        else:
+            return None
+        dosage = _first(resource.get("dosageInstruction" if rtype != "MedicationStatement" else "dosage"))
+        texts_for_exclusions = [*texts, *_texts(dosage), *_texts(dosage.get("route") if dosage else None)]
+        when = resource.get("authoredOn") or resource.get("occurrenceDateTime")
+        if rtype == "MedicationStatement":
+            when = resource.get("effectiveDateTime") or _get(resource, "effectivePeriod", "start") or resource.get("dateAsserted")
+        # What the drug is matters more than when or how much (interactions, live vaccines): an out-of-range
+        # date or amount reads as unknown here, and is said, rather than dropping the medication.
+        unknown: list[str] = []
+        authored_on, dose_mg, doses_per_day = (
+            _or_unknown(_datetime, when, unknown), _or_unknown(_dose_mg, dosage, unknown), _or_unknown(_doses_per_day, dosage, unknown)
+        )
+        if unknown:
+            self.partly_read += 1
+        return MedicationOrder(
+            ref=f"{rtype}/{resource.get('id')}",
+            kind=_ORDER_KINDS[rtype],
+            text=_display(texts, codings) or "unnamed medication",
+            concepts=self.k.recognize_medication(codings, texts_for_exclusions),
+            status=str(resource.get("status") or ""),
+            is_draft=is_draft,
+            is_selected=selected,
+            authored_on=authored_on,
+            dose_mg=dose_mg,
+            doses_per_day=doses_per_day,
+            product_rxnorm=next(
+                (c["code"] for c in codings if c.get("system") == RXNORM and c.get("code") in self.k.mtor_products), None
+            ),
+            resource=resource,
+        )
+
+    def medication_statement(self, resource: Mapping) -> MedicationOrder | None:
+        """A current MedicationStatement (e.g. St John's wort taken over the counter): taken, not an order."""
+        if resource.get("resourceType") != "MedicationStatement" or resource.get("status") not in CURRENT_STATEMENT_STATUSES:
+            return None
+        return self.medication_order(resource, is_draft=False, selected=False)
+
+    def _medication_codes(self, request: Mapping) -> tuple[list[Mapping], list[str]]:
+        concept = request.get("medicationCodeableConcept")
+        if isinstance(concept, dict):
+            return self._codings(concept), _texts(concept)
+        reference = request.get("medicationReference")
+        if not isinstance(reference, dict):
+            return [], []
+        medication = None
+        target = reference.get("reference")
+        if isinstance(target, str) and target.startswith("#"):
+            contained = request.get("contained")
+            medication = next(
+                (c for c in contained or () if isinstance(c, dict) and c.get("id") == target[1:]), None
+            )
+        elif (resolved := medication_reference(request)) is not None:
+            medication = self.medications.get(resolved)
+        codings, texts = [], [reference.get("display")]
+        if isinstance(medication, dict):
+            codings += self._codings(medication.get("code"))
+            texts += _texts(medication.get("code"))
+            for ingredient in medication.get("ingredient") or ():
+                item = ingredient.get("itemCodeableConcept") if isinstance(ingredient, dict) else None
+                codings += self._codings(item)
+                texts += _texts(item)
+        return codings, [t for t in texts if isinstance(t, str)]
+
+    def lab_result(self, resource: Mapping) -> LabResult | None:
+        if resource.get("resourceType") != "Observation" or resource.get("status") in ("entered-in-error", "cancelled"):
+            return None
+        code = resource.get("code") or {}
+        codings = self._codings(code)
+        kinds = self.k.observation_kinds
+        match = next((kinds[c["code"]] for c in codings if c.get("system") == LOINC and c.get("code") in kinds), None)
+        if match is None and isinstance(resource.get("valueQuantity"), dict):
+            # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
+            named = [c for c in self.k.names.find(normalize_text(" ".join(_texts(code)))) if c.role is DrugRole.MTOR_INHIBITOR]
+            match = ("drug-level", named[0].key) if named else None
+        if match is None:
+            return None  # not an observation any rule reads: skip it before any further work
+        kind, analyte = match
+        effective = _datetime(
+            resource.get("effectiveDateTime")
+            or _get(resource, "effectivePeriod", "start")
+            or resource.get("effectiveInstant")
+            or resource.get("issued")
+        )
+        ref = f"Observation/{resource.get('id')}"
+        text = _display(_texts(code), codings) or "observation"
+        return _LAB_READERS[kind](self, _LabFacts(resource, ref, kind, analyte, effective, text))
+
+    def _drug_level(self, lab: _LabFacts) -> LabResult:
+        molar_mass = self.k.mtor_drugs[lab.analyte]["molar_mass"]["g_per_mol"]
+        return self._quantity(lab, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
+
+    def _pregnancy_status(self, lab: _LabFacts) -> LabResult:
+        resource = lab.resource
+        values = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
+        answer = normalize_text(str(_get(resource, "valueCodeableConcept", "text") or resource.get("valueString") or ""))
+        if values & self.k.pregnant_codes or (not values and answer in self.k.pregnant_words):
+            result = "pregnant"
+        elif values & self.k.not_pregnant_codes or (not values and answer in self.k.not_pregnant_words):
+            result = "not-pregnant"
+        else:
+            result = None
+        return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result)
+
+    def _hcg(self, lab: _LabFacts) -> LabResult:
+        return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=self._test_result(lab.resource))
+
+    def _lipid(self, lab: _LabFacts) -> LabResult:
+        per_mmol = self.k.lipids[lab.analyte]["mg_dl_per_mmol_l"]
+        return self._quantity(lab, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
+
+    def _height(self, lab: _LabFacts) -> LabResult:
+        return self._quantity(lab, lambda v, u: v * self.k.cm_factor[u] if u in self.k.cm_factor else None, with_analyte=False)
+
+    def _weight(self, lab: _LabFacts) -> LabResult:
+        return self._quantity(lab, lambda v, u: v * self.k.kg_factor[u] if u in self.k.kg_factor else None, with_analyte=False)
+
+    def _quantity(self, lab: _LabFacts, convert: Callable[[float, str], float | None], with_analyte: bool = True) -> LabResult:
+        """A quantity in its kind's canonical unit; a unit we cannot convert is kept visible, never guessed."""
+        ref, kind, effective, text = lab.ref, lab.kind, lab.effective, lab.text
+        analyte = lab.analyte if with_analyte else None
+        quantity = lab.resource.get("valueQuantity") or {}
+        value = quantity.get("value")
+        unit_label = str(quantity.get("unit") or quantity.get("code") or "")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return LabResult(ref, kind, effective, text, analyte=analyte, unreadable_unit="no numeric value")
+        value = _measure(value)
+        if quantity.get("comparator") in ("<", "<="):
+            value = max(value - 1e-9, 0.0)  # "< 2 ng/mL" is below 2
+        converted = None
+        for unit in dict.fromkeys((quantity.get("code"), quantity.get("unit"))):
+            if isinstance(unit, str) and converted is None:
+                converted = convert(value, unit.strip().replace("μ", "µ").lower())
+        converted = None if converted is None else _measure(converted)
+        written = f"{quantity.get('value'):g} {unit_label}".strip()
+        return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=written,
+                         unreadable_unit=None if converted is not None else unit_label or "no unit")
+
+    def _test_result(self, resource: Mapping) -> str | None:
+        codes = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
+        for interpretation in resource.get("interpretation") or ():
+            codes |= {(c.get("system"), c.get("code")) for c in self._codings(interpretation)}
+        if codes & self.k.result_positive:
+            return "positive"
+        if codes & self.k.result_negative:
+            return "negative"
+        words = " ".join(normalize_text(str(resource.get("valueString") or _get(resource, "valueCodeableConcept", "text") or "")))
+        if words in self.k.result_negative_words:
+            return "negative"
+        if words in self.k.result_positive_words:
+            return "positive"
+        return None
+
+    def condition(self, resource: Mapping) -> ConditionRecord | None:
+        if resource.get("resourceType") != "Condition":
+            return None
+        clinical = {c.get("code") for c in self._codings(resource.get("clinicalStatus"))}
+        verification = {c.get("code") for c in self._codings(resource.get("verificationStatus"))}
+        abated = any(k.startswith("abatement") for k in resource)
+        is_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not (
+            verification & {"refuted", "entered-in-error"}
+        )
+        code = resource.get("code") or {}
+        codes = frozenset((c.get("system"), c.get("code")) for c in self._codings(code) if isinstance(c.get("code"), str))
+        return ConditionRecord(
+            ref=f"Condition/{resource.get('id')}",
+            text=_display(_texts(code), self._codings(code)) or "condition",
+            codes=codes,
+            kinds=self.k.condition_kinds(codes, " ".join(_texts(code))),
+            is_active=is_active,
+            asserted=_datetime(resource.get("onsetDateTime") or _get(resource, "onsetPeriod", "start") or resource.get("recordedDate")),
+        )
+
+    def procedure_event(self, resource: Mapping, *, is_draft: bool) -> ProcedureEvent | None:
+        rtype = resource.get("resourceType")
+        status = resource.get("status")
+        planned = status in self.k.planned_statuses.get(rtype, ())
+        done = status in self.k.done_statuses.get(rtype, ())
+        if not (planned or done):
+            return None
+        if rtype == "ServiceRequest":
+            when = resource.get("occurrenceDateTime") or _get(resource, "occurrencePeriod", "start")
+            concepts = [resource.get("code"), *(resource.get("category") or ())]
+        elif rtype == "Procedure":
+            when = resource.get("performedDateTime") or _get(resource, "performedPeriod", "start")
+            if done:
+                when = _get(resource, "performedPeriod", "end") or when
+            concepts = [resource.get("code"), resource.get("category")]
+        elif rtype == "Appointment":
+            when = resource.get("start")
+            concepts = [*(resource.get("serviceType") or ()), *(resource.get("serviceCategory") or ()),
+                        resource.get("appointmentType"), *(resource.get("reasonCode") or ()), *(resource.get("specialty") or ())]
+        else:
+            return None
+        texts = [t for c in concepts for t in _texts(c)]
+        if rtype == "Appointment" and isinstance(resource.get("description"), str):
+            texts.append(resource["description"])
+        codes = {(c.get("system"), c.get("code")) for concept in concepts for c in self._codings(concept)}
+        return ProcedureEvent(
+            ref=f"{rtype}/{resource.get('id')}",
+            text=_display(texts, []) or rtype,
+            when=_datetime(when, keep_offset=True),  # days to surgery count on the hospital's calendar
+            is_planned=planned,
+            is_surgery=bool(codes & self.k.surgical_categories) or self._names_surgery(texts),
+            is_draft=is_draft,
+        )
+
+    def _names_surgery(self, texts: Iterable[str]) -> bool:
+        words = normalize_text(" ".join(texts))
+        return any(w in self.k.surgical_words or w.endswith(self.k.surgical_suffixes) for w in words)
+
+
+# One reader per lab kind (observations.json names the kinds); adding a kind adds a row here.
+_LAB_READERS: dict[str, Callable[[_Reader, _LabFacts], LabResult]] = {
+    "drug-level": _Reader._drug_level,
+    "pregnancy-status": _Reader._pregnancy_status,
+    "hcg": _Reader._hcg,
+    "lipid": _Reader._lipid,
+    "height": _Reader._height,
+    "weight": _Reader._weight,
+}
+
+
+# --- small readers ------------------------------------------------------------------------------
+
+
+def _get(resource: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(resource, dict):
+            return None
+        resource = resource.get(key)
+    return resource
+
+
+def _first(value: Any) -> dict:
+    return value[0] if isinstance(value, list) and value and isinstance(value[0], dict) else {}
+
+
+def _codings(concept: Any) -> list[dict]:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return [c for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+
+
+def _texts(concept: Any) -> list[str]:
+    if not isinstance(concept, dict):
+        return []
+    texts = [concept.get("text")] + [c.get("display") for c in _codings(concept)]
+    return [t for t in texts if isinstance(t, str) and t.strip()]
+
+
+def _display(texts: list[str], codings: list[dict]) -> str:
+    for text in texts:
+        if isinstance(text, str) and text.strip():
+            return text.strip()[:200]
+    for coding in codings:
+        if isinstance(coding.get("code"), str):
+            return f"{coding.get('system', '')}|{coding['code']}"[:200]
+    return ""
+
+
+def _dose_mg(dosage: Mapping) -> float | None:
+    quantity = _get(_first(dosage.get("doseAndRate")), "doseQuantity") if dosage else None
+    if not isinstance(quantity, dict):
+        return None
+    value, unit = quantity.get("value"), quantity.get("code") or quantity.get("unit")
+    unit = unit.lower() if isinstance(unit, str) else ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and unit == "mg":
+        return _measure(value)
+    return None
+
+
+def _to_ng_per_ml(value: float, unit: str, grams_per_mol: float, knowledge: Knowledge) -> float | None:
+    if unit in knowledge.ng_per_ml_factor:
+        return value * knowledge.ng_per_ml_factor[unit]
+    if unit in knowledge.nmol_per_l_factor:
+        return value * knowledge.nmol_per_l_factor[unit] * grams_per_mol / 1000
+    return None
+
+
+def _to_mg_dl(value: float, unit: str, mg_dl_per_mmol_l: float, knowledge: Knowledge) -> float | None:
+    if unit in knowledge.mg_dl_factor:
+        return value * knowledge.mg_dl_factor[unit]
+    if unit == "mmol/l":
+        return value * mg_dl_per_mmol_l
+    return None
+
+
+_PERIOD_DAYS = {"d": 1, "h": 1 / 24, "wk": 7, "mo": 30, "min": 1 / 1440}
+
+
+def _doses_per_day(dosage: Mapping) -> float | None:
+    repeat = _get(dosage, "timing", "repeat") if dosage else None
+    if not isinstance(repeat, dict):
+        return None
+    frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (frequency, period)):
+        return None
+    days = _measure(period) * _PERIOD_DAYS.get(unit, 0) if isinstance(unit, str) else 0
+    return _measure(_measure(frequency) / days) if days else None
+
+
+def _or_unknown(read: Callable[[Any], Any], value: Any, unknown: list[str]) -> Any:
+    """read(value), or None (noted in `unknown`) when the value is present but out of range."""
+    try:
+        return read(value)
+    except (Unreadable, OverflowError):
+        unknown.append(getattr(read, "__name__", "value"))
+        return None
+
+
+def _measure(value: float) -> float:
+    """A measured amount as a float, from 0 to MAX_AMOUNT; anything else makes the resource unreadable."""
+    number = float(value)  # an integer too large for a float raises OverflowError: unreadable too
+    if not 0 <= number <= MAX_AMOUNT:  # NaN fails this too
+        raise Unreadable("not an amount the service can read")
+    return number
+
+
+def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
+    """FHIR date/dateTime/instant (partial dates allowed) as an aware datetime (UTC unless keep_offset).
+
+    None for no date or text that is not a date; Unreadable for a date outside READABLE_YEARS (in UTC or as
+    written), which no rule can place in time (9999-12-31T23:59:59-14:00 is not even a representable instant).
+    """
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            parsed = datetime(int(text), 1, 1, tzinfo=UTC)
+        elif len(text) == 7:
+            parsed = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        in_utc = parsed.astimezone(UTC)
+    except OverflowError:
+        raise Unreadable("date out of range") from None
+    if in_utc.year not in READABLE_YEARS or parsed.year not in READABLE_YEARS:
+        raise Unreadable("date out of range")
+    return parsed if keep_offset else in_utc
+
+
+def _date(value: Any) -> date | None:
+    parsed = _datetime(value)
+    return parsed.date() if parsed else None
