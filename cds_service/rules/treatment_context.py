@@ -13,14 +13,15 @@ no TSC advice. When several uses are plausible `candidates` lists them and `assu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.loader import contains_phrase, normalize_text
 from cds_service.knowledge.records import ContextEntry, ProductUse, Source
 from cds_service.patient import ConditionRecord, MedicationOrder, PatientSnapshot
 
-__all__ = ["TreatmentContext", "treatment_context", "treatment_contexts", "USES"]
+__all__ = ["TreatmentContext", "regimen_entry", "regimen_for", "treatment_context", "treatment_contexts", "USES"]
 
 USES = ("transplant", "tsc-aml", "tsc-sega", "tsc-seizures", "lam", "oncology", "unknown")
 TSC_LAM_USES = frozenset({"tsc-aml", "tsc-sega", "tsc-seizures", "lam"})
@@ -214,6 +215,15 @@ def _prefer_specific_organ(candidates: Iterable[str]) -> list[str]:
     if "transplant-other" in keys and any(k in keys for k in ("transplant-kidney", "transplant-liver")):
         keys.remove("transplant-other")  # Z94.0 is also under the Z94 category: the organ code wins
     return keys
+
+
+def regimen_for(knowledge: Knowledge, context: TreatmentContext, candidate: str, drug: str | None) -> Mapping[str, Any] | None:
+    """The regimens.json entry governing one plausible use of this order (None when no entry covers it)."""
+    return regimen_entry(knowledge, _regimen(knowledge, context.product, drug, [candidate]))
+
+
+def regimen_entry(knowledge: Knowledge, key: str | None) -> Mapping[str, Any] | None:
+    return next((e for e in knowledge.files["regimens.json"]["uses"] if e["key"] == key), None) if key else None
 
 
 def _regimen(knowledge: Knowledge, product: str | None, drug: str | None, candidates: list[str]) -> str | None:
