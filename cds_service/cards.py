@@ -251,7 +251,7 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     lab: LabResult = top.evidence[0]
     drug, mtor, limit = top.drug, _mtor(top), top.limit.upper_ng_per_ml
     when = _lab_date(lab)
-    if top.context is not None:
+    if top.context is not None and not top.context.allows_tsc_lam_rules:
         return _context_trough_card(top, lab)
     if lab.value is not None and (top.stale or top.not_steady_until):
         return _recheck_trough_card(top, lab, f"above the {limit:g} ng/mL limit", snapshot.today)
@@ -266,7 +266,10 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     if top.assumed_indication and top.proposal and top.proposal.proposed_dose_mg is not None:
         lines.append(f"Indication: {_indication_text(top.indication)}. The dose below assumes trough-guided use "
                      f"({top.assumed_indication}); it does not apply to fixed-dose TSC-AML, where the label sets no trough target.")
-    lines += _dose_lines(top.proposal, lab, "reduce")
+    if top.context is not None and top.context.implied_only:  # no use on record: no dose from an assumed use
+        lines.append(f"{top.context.assumption} No dose is computed; review the dose for the patient's actual use.")
+    else:
+        lines += _dose_lines(top.proposal, lab, "reduce")
     lines.append(f"{_cap(_recheck_text(top.recheck, 'the change'))}; confirm the sample was drawn just before a dose.")
     return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, top.proposal))
 

@@ -12,9 +12,11 @@ from cds_service.findings import Severity, Topic
 from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
 from snapshots import (
     AML_RECORD,
+    ICD10CM,
     NOW,
     SEGA_RECORD,
     TSC_RECORD,
+    condition,
     drug_level,
     everolimus,
     knowledge,
@@ -28,14 +30,18 @@ from snapshots import (
 )
 
 
-def trough(*observations, medications=None):
+def trough(*observations, medications=None, conditions=()):
     medications = [everolimus()] if medications is None else medications
-    snapshot = snapshot_of(hook="patient-view", medications=medications, observations=observations)
+    snapshot = snapshot_of(hook="patient-view", medications=medications, observations=observations, conditions=conditions)
     return check_trough_high(snapshot, knowledge()), snapshot
 
 
-def findings_for(*observations, medications=None):
-    return trough(*observations, medications=medications)[0]
+def findings_for(*observations, medications=None, conditions=()):
+    return trough(*observations, medications=medications, conditions=conditions)[0]
+
+
+# Oral sirolimus with no use on record may be for renal transplant (no knowable target): these tests record LAM.
+LAM_CONDITION = condition(ICD10CM, "J84.81", "Lymphangioleiomyomatosis")
 
 
 def summary_for(*observations, medications=None):
@@ -79,8 +85,8 @@ def test_nmol_per_l_converted_with_everolimus_molar_mass():
 
 def test_nmol_per_l_converted_with_sirolimus_molar_mass():
     # 16.5 nmol/L x 914.2 g/mol = 15.08 ng/mL (above); 16.3 nmol/L = 14.90 ng/mL (not above)
-    assert findings_for(level("sirolimus", 16.5, "nmol/L"), medications=[sirolimus()])
-    assert findings_for(level("sirolimus", 16.3, "nmol/L"), medications=[sirolimus()]) == []
+    assert findings_for(level("sirolimus", 16.5, "nmol/L"), medications=[sirolimus()], conditions=[LAM_CONDITION])
+    assert findings_for(level("sirolimus", 16.3, "nmol/L"), medications=[sirolimus()], conditions=[LAM_CONDITION]) == []
 
 
 def test_unit_text_read_when_the_ucum_code_is_unknown():
@@ -131,7 +137,7 @@ def test_everolimus_level_does_not_count_for_a_sirolimus_patient():
 
 
 def test_high_sirolimus_level_for_sirolimus_patient_cites_rapamune():
-    [finding] = findings_for(level("sirolimus", 17), medications=[sirolimus()])
+    [finding] = findings_for(level("sirolimus", 17), medications=[sirolimus()], conditions=[LAM_CONDITION])
     assert finding.source.key == "RAPAMUNE-PI"
     assert finding.drug == "sirolimus"
 
@@ -234,7 +240,7 @@ def test_high_trough_for_fixed_dose_aml_proposes_no_formula_dose():
 
 from datetime import timedelta as _td  # noqa: E402
 
-from snapshots import ICD10CM, condition_record  # noqa: E402
+from snapshots import condition_record  # noqa: E402
 
 KIDNEY_TX = condition_record("Z94.0", ICD10CM, ref="Condition/ktx")
 LIVER_TX = condition_record("Z94.4", ICD10CM, ref="Condition/ltx")
@@ -345,3 +351,19 @@ def test_trough_older_than_the_lookback_window_is_info_and_asks_for_a_recheck():
     [card] = render_cards([finding], snap)
     assert "recheck now" in card.summary
     assert check_trough_low(record_snapshot([mtor_order()], [drug_level(2, days_ago=120)], [TSC_RECORD, SEGA_RECORD]), knowledge()) == []
+
+
+def test_afinitor_with_no_use_on_record_keeps_the_tsc_limit_but_computes_no_dose():
+    # treatment_contexts.json product_implies Afinitor: oncology or TSC; the label's only trough limit is TSC's 15 ng/mL
+    afinitor = mtor_order(text="everolimus 10 MG Oral Tablet [Afinitor]", code="845512")
+    snap = record_snapshot([afinitor], [drug_level(20)])
+    [finding] = check_trough_high(snap, K)
+    assert finding.severity is Severity.WARNING and finding.proposal is None
+    [card] = render_cards([finding], snap)
+    assert "No dose is computed" in card.detail and "×" not in card.detail and not card.suggestions
+
+
+def test_everolimus_for_breast_cancer_gets_no_trough_card():
+    # Afinitor oncology dosing is fixed; its label has no trough target for cancer
+    snap = record_snapshot([mtor_order()], [drug_level(20)], [condition_record("C50.911", "http://hl7.org/fhir/sid/icd-10-cm")])
+    assert check_trough_high(snap, K) == [] and check_trough_low(snap, K) == []

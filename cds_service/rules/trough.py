@@ -54,7 +54,7 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         not_steady = steady_from if steady_from and latest.effective and latest.effective.date() < steady_from else None
         if stale:
             severity = Severity.INFO  # an old level does not describe today: ask for a recheck, nothing more
-        if latest.value is not None and indication.dosing != "fixed" and not (not_steady or stale):
+        if latest.value is not None and indication.dosing != "fixed" and not (not_steady or stale or context.implied_only):
             # Indication unknown: propose the trough-guided dose and say so (the card names the assumption).
             assumed = indication.key or _trough_guided_indication(knowledge, drug, indication)
             proposal = _dose_proposal(mtor, latest.value, assumed, knowledge, lower=True)
@@ -66,6 +66,7 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
                 severity=severity, mtor=mtor, evidence=(latest,), source=limit.source, section=limit.section,
                 limit=limit, indication=indication, target=target, proposal=proposal, assumed_indication=assumed_display,
                 recheck=trough_timing(knowledge, drug, "dose-change"), not_steady_until=not_steady, stale=stale,
+                context=context if context.implied_only else None,
             )
         )
     return findings
