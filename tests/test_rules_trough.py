@@ -367,3 +367,17 @@ def test_everolimus_for_breast_cancer_gets_no_trough_card():
     # Afinitor oncology dosing is fixed; its label has no trough target for cancer
     snap = record_snapshot([mtor_order()], [drug_level(20)], [condition_record("C50.911", "http://hl7.org/fhir/sid/icd-10-cm")])
     assert check_trough_high(snap, K) == [] and check_trough_low(snap, K) == []
+
+
+def test_prior_prescription_at_the_same_dose_is_followed_back_to_the_regimen_start():
+    # a renewal (priorPrescription) of an ended order at the same dose: steady state counts from the first order
+    import dataclasses as _dc
+    june = _dc.replace(mtor_order("MedicationRequest/june", authored=NOW - _td(days=170)), status="completed")
+    renewal = _dc.replace(mtor_order("MedicationRequest/now", authored=NOW - _td(days=5)), prior_prescription="MedicationRequest/june")
+    snap = _dc.replace(record_snapshot([renewal], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD]), order_history=(june,))
+    [finding] = check_trough_high(snap, K)
+    assert finding.not_steady_until is None and finding.proposal is not None
+    lower = _dc.replace(june, dose_mg=5.0)
+    snap = _dc.replace(snap, order_history=(lower,))
+    [finding] = check_trough_high(snap, K)
+    assert finding.not_steady_until is not None and finding.proposal is None

@@ -247,20 +247,26 @@ def _steady_state_from(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: Me
 
 
 def _regimen_started(snapshot: PatientSnapshot, mtor: MedicationOrder) -> date | None:
-    """When the current daily dose began: walk back through earlier orders of the same drug at the same dose."""
+    """When the current daily dose began: follow priorPrescription, else earlier orders of the same drug by date,
+    back through orders at the same daily dose (a renewal is not a change; an unknown dose counts as a change)."""
     if mtor.authored_on is None:
         return None
-    earlier = sorted(
-        ((o.authored_on, o) for o in snapshot.mtor_orders if o.mtor_drug == mtor.mtor_drug and not o.is_draft
-         and o is not mtor and o.authored_on and o.authored_on < mtor.authored_on),
-        key=lambda pair: pair[0], reverse=True,
-    )
-    started = mtor.authored_on
-    for authored, prior in earlier:
-        if prior.daily_dose_mg is None or mtor.daily_dose_mg is None or abs(prior.daily_dose_mg - mtor.daily_dose_mg) > 1e-9:
-            break  # a dose change (or an unknown dose): the regimen started with the later order
-        started = authored
-    return started.date()
+    orders = [o for o in (*snapshot.mtor_orders, *snapshot.order_history)
+              if o.mtor_drug == mtor.mtor_drug and not o.is_draft and o.authored_on]
+    by_ref = {o.ref: o for o in orders}
+    started, current = mtor.authored_on, mtor
+    while True:
+        prior = by_ref.get(current.prior_prescription or "") or max(
+            (o for o in orders if o.authored_on and started and o.authored_on < started and o is not current),
+            key=lambda o: o.authored_on or started, default=None,
+        )
+        if prior is None or prior.authored_on is None or prior.authored_on >= started or not _same_dose(prior, mtor):
+            return started.date()
+        started, current = prior.authored_on, prior
+
+
+def _same_dose(a: MedicationOrder, b: MedicationOrder) -> bool:
+    return a.daily_dose_mg is not None and b.daily_dose_mg is not None and abs(a.daily_dose_mg - b.daily_dose_mg) < 1e-9
 
 
 def _is_stale(snapshot: PatientSnapshot, knowledge: Knowledge, latest: LabResult) -> bool:
