@@ -110,3 +110,21 @@ def test_a_higher_dose_with_a_strong_inducer_is_not_called_too_high():
     assert too_high.severity.name == "WARNING"
     rifampin = order("rifampin 300 MG Oral Capsule", ref="MedicationRequest/rif")
     assert check_dose(record_snapshot([draft, rifampin], (), [TSC_RECORD, AML_RECORD]), knowledge()) == []
+
+
+def test_far_above_the_inducer_adjusted_start_is_still_too_high():
+    from cds_service.rules.ordering import check_dose
+    from snapshots import AML_RECORD, TSC_RECORD, knowledge, order
+    rifampin = order("rifampin 300 MG Oral Capsule", ref="MedicationRequest/rif")
+    [finding] = check_dose(record_snapshot([mtor_order(draft=True, dose=40.0), rifampin], (), [TSC_RECORD, AML_RECORD]), knowledge())
+    assert finding.severity.name == "WARNING"
+
+
+def test_moderate_inhibitor_fixed_dose_of_2_5_mg_is_a_label_dose():
+    # regimens.json afinitor moderate_inhibitor_fixed_dose 2.5 mg (AFINITOR-2012 Highlights §2, verified)
+    from cds_service.rules.ordering import check_dose
+    from snapshots import AML_RECORD, TSC_RECORD, knowledge, order
+    verapamil = order("verapamil 80 MG Oral Tablet", ref="MedicationRequest/ver")
+    snap = record_snapshot([mtor_order(draft=True, dose=2.5), verapamil], (), [TSC_RECORD, AML_RECORD])
+    assert check_dose(snap, knowledge()) == []
+    assert check_dose(record_snapshot([mtor_order(draft=True, dose=2.5)], (), [TSC_RECORD, AML_RECORD]), knowledge())

@@ -381,3 +381,19 @@ def test_prior_prescription_at_the_same_dose_is_followed_back_to_the_regimen_sta
     snap = _dc.replace(snap, order_history=(lower,))
     [finding] = check_trough_high(snap, K)
     assert finding.not_steady_until is not None and finding.proposal is None
+
+
+def test_sirolimus_oral_solution_gets_no_tablet_dose():
+    # dosing.json strengths: Rapamune oral solution has no tablet strengths; a tablet dose would name the wrong form
+    solution = mtor_order("MedicationRequest/sol", "sirolimus 1 MG/ML Oral Solution", "314230", dose=2.0)
+    lam = condition_record("J84.81", "http://hl7.org/fhir/sid/icd-10-cm")
+    [finding] = check_trough_high(record_snapshot([solution], [drug_level(20, drug="sirolimus")], [lam]), K)
+    assert finding.proposal is None
+
+
+def test_sirolimus_increase_is_not_capped_at_plus_5_mg():
+    # dosing.json titration: the +5 mg cap is Afinitor §2.8 (everolimus); Rapamune §2 states no maximum increment
+    lam = condition_record("J84.81", "http://hl7.org/fhir/sid/icd-10-cm")
+    rapa = mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0)
+    [finding] = check_trough_low(record_snapshot([rapa], [drug_level(2, drug="sirolimus")], [lam]), K)
+    assert finding.proposal.max_increment_mg is None and finding.proposal.raw_dose_mg == 10

@@ -66,10 +66,10 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         evidence = (bsa.height, bsa.weight) if bsa else ()
         tolerance = knowledge.dosing["dose_check_tolerance"]["fraction"]
         fits = abs(ordered - expected) <= tolerance * expected
+        if not fits and any(abs(ordered - d) <= tolerance * d for d in _adjusted_starts(snapshot, knowledge, drug, bsa)):
+            continue  # a label-adjusted start with a CYP3A4 inhibitor or inducer is a label dose: never "too high"
         if fits and not pediatric:
             continue
-        if not fits and ordered > expected and _strong_inducer(snapshot, knowledge, drug):
-            continue  # the label raises the dose with a strong CYP3A4 inducer (regimens.json adjusted starts)
         severity = Severity.WARNING if not fits and ordered > expected else Severity.INFO
         findings.append(finding(severity=severity, evidence=evidence, expected_mg=expected, fits=fits, bsa=bsa))
     return findings
@@ -82,14 +82,38 @@ def _pediatric_note(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) 
     return next((p for p in knowledge.pediatric_notes if p.drug == drug and age < p.below_age_years), None)
 
 
-def _strong_inducer(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> bool:
-    """A current strong CYP3A4 inducer: the label's adjusted start is higher than the usual one, so a higher ordered
-    dose is not "too high" (regimens.json afinitor strong_inducer_fixed_dose / strong_inducer_tdm_start)."""
+def _adjusted_starts(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str, bsa: BodySurface | None) -> list[float]:
+    """Daily doses the Afinitor label prescribes instead of the usual start when a CYP3A4/P-gp perpetrator is taken
+    (regimens.json afinitor-tsc-and-oncology): moderate inhibitor 2.5 mg, may increase to 5 mg (fixed dose) or
+    2.5 mg/m2 (trough-guided); strong inducer 10 -> 20 mg in 5 mg steps (fixed) or 9 mg/m2 (trough-guided). Used only
+    to keep such a dose from being called wrong; the numbers never appear on a card."""
+    if drug != "everolimus":
+        return []  # the Rapamune label gives no adjusted starting dose for LAM
+    entry = next((e for e in knowledge.files["regimens.json"]["uses"] if e["key"] == "afinitor-tsc-and-oncology"), None)
+    if entry is None:
+        return []
+    strengths = _perpetrator_strengths(snapshot, knowledge, drug)
+    doses: list[float] = []
+    if ("inhibitor", "moderate") in strengths:
+        fixed = entry["moderate_inhibitor_fixed_dose"]["value"]
+        doses += [fixed["dose_mg"], fixed["may_increase_to_mg"]]
+        if bsa:
+            doses.append(entry["moderate_inhibitor_tdm_start_mg_per_m2"]["value"] * bsa.bsa_m2)
+    if ("inducer", "strong") in strengths:
+        step = entry["strong_inducer_fixed_dose"]["value"]
+        doses += [float(d) for d in range(int(step["from_mg"]), int(step["to_mg"]) + 1, int(step["increment_mg"]))]
+        if bsa:
+            doses.append(entry["strong_inducer_tdm_start_mg_per_m2"]["value"] * bsa.bsa_m2)
+    return doses
+
+
+def _perpetrator_strengths(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> set[tuple[str, str]]:
+    """(effect, strength) of every current CYP3A4/P-gp perpetrator, as the drug's own label classifies it."""
+    found = set()
     for med in snapshot.medications:
         if med.status in ("stopped", "completed", "cancelled", "entered-in-error"):
             continue
         for concept in med.concepts_with(DrugRole.CYP3A_PERPETRATOR):
             entry = knowledge.perpetrators.get(concept.key, {})
-            if entry.get("effect") == "inducer" and knowledge.strength_for(entry, drug) == "strong":
-                return True
-    return False
+            found.add((entry.get("effect", ""), knowledge.strength_for(entry, drug)))
+    return found

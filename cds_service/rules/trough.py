@@ -296,6 +296,8 @@ def _dose_proposal(
     current = mtor.daily_dose_mg
     if target is None or strengths is None or current is None or measured <= 0:
         return None
+    if mtor.doses_per_day not in (None, 1):
+        return None  # proposals are once-daily doses (the TSC/LAM labels' schedule); never change the schedule
     titration = knowledge.titrations.get(drug_of(mtor))
     cap = titration.max_increment_mg if titration else None
     aim = (target.low_ng_per_ml + target.high_ng_per_ml) / 2
