@@ -161,6 +161,7 @@ class DoseProposal:
     max_increment_mg: float | None = None  # the label's per-step cap, where it sets one (applied to increases)
     proposed_dose_mg: float | None = None  # None: the strengths cannot do better than the current dose
     product: str = ""
+    formula_dose_mg: float | None = None  # the formula's result before the cap (shown, then the cap)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

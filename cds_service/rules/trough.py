@@ -301,7 +301,7 @@ def _dose_proposal(
     titration = knowledge.titrations.get(drug_of(mtor))
     cap = titration.max_increment_mg if titration else None
     aim = (target.low_ng_per_ml + target.high_ng_per_ml) / 2
-    raw = proportional_dose(current, aim, measured)
+    formula = raw = proportional_dose(current, aim, measured)
     if not lower and cap is not None:
         raw = min(raw, current + cap)
     doses = achievable_doses(strengths.strengths_mg)
@@ -312,6 +312,7 @@ def _dose_proposal(
         current_dose_mg=current, aim_ng_per_ml=aim, raw_dose_mg=raw,
         formula_source=titration.source if titration else target.source,
         max_increment_mg=cap if not lower else None, proposed_dose_mg=proposed, product=strengths.product,
+        formula_dose_mg=formula,
     )
 
 
