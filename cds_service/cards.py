@@ -372,7 +372,7 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
         event = "starting" if top.event == "start" else f"{top.event} ({top.event_date.isoformat()})"
         summary = f"Plan a trough level of {drug} around {due.isoformat()}, {after} after {event}"
     else:
-        summary = f"Order a {drug} trough now: none since {top.event} on {top.event_date.isoformat()}"
+        summary = f"{_cap(drug)} trough due now: none since {top.event} on {top.event_date.isoformat()}"
     last = f"the last trough was on {_lab_date(latest)}" if latest else "no trough is on record"
     lines = [f"- {mtor.text} ({_order_state(mtor)}); {last}.",
              f"- {_cap(top.event)} on {top.event_date.isoformat()}: the label asks for a trough {after} later.",
