@@ -128,3 +128,12 @@ def test_moderate_inhibitor_fixed_dose_of_2_5_mg_is_a_label_dose():
     snap = record_snapshot([mtor_order(draft=True, dose=2.5), verapamil], (), [TSC_RECORD, AML_RECORD])
     assert check_dose(snap, knowledge()) == []
     assert check_dose(record_snapshot([mtor_order(draft=True, dose=2.5)], (), [TSC_RECORD, AML_RECORD]), knowledge())
+
+
+def test_contraception_card_never_cites_afinitor_for_a_zortress_order():
+    # dosing.json contraception: everolimus advice is the Afinitor SmPC's; Zortress's own statement is not on file
+    from cds_service.rules.ordering import check_contraception
+    from snapshots import knowledge
+    zortress = mtor_order("MedicationRequest/zor", "everolimus 0.75 MG Oral Tablet [Zortress]", "977440", draft=True, dose=0.75)
+    assert check_contraception(record_snapshot([zortress]), knowledge()) == []
+    assert check_contraception(record_snapshot([mtor_order(draft=True)]), knowledge())

@@ -147,3 +147,25 @@ def test_inactive_transplant_condition_does_not_count():
 def test_everolimus_with_nothing_on_record_is_unknown_without_candidates_from_the_tsc_uses():
     ctx = context_of({})
     assert ctx.use == "unknown" and ctx.allows_tsc_lam_rules  # today's behaviour: TSC rules decide by indication
+
+
+def test_a_completed_kidney_transplant_procedure_is_transplant_evidence_a_planned_one_is_not():
+    from cds_service.patient import ProcedureEvent
+    from snapshots import NOW
+    done = ProcedureEvent("Procedure/ktx", "Kidney transplant", NOW, is_planned=False, is_surgery=True)
+    planned = ProcedureEvent("ServiceRequest/ktx", "Kidney transplant", NOW, is_planned=True, is_surgery=True)
+    mtor = mtor_order(**GENERIC_SIROLIMUS)
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor]), done), knowledge(), mtor)
+    assert (ctx.use, ctx.organ) == ("transplant", "kidney") and "Procedure/ktx" in ctx.evidence
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor], conditions=[LAM]), planned), knowledge(), mtor)
+    assert ctx.use == "lam"
+
+
+def test_evaluation_for_transplant_written_on_a_coded_condition_is_not_read_by_name():
+    evaluation = condition_record("Z76.82", ICD10CM, text="Awaiting kidney transplant")
+    assert context_of(RAPAMUNE, LAM, evaluation).use == "lam"
+
+
+def _with_procedures(snapshot, *procedures):
+    import dataclasses
+    return dataclasses.replace(snapshot, procedures=tuple(procedures))

@@ -12,6 +12,10 @@ from cds_service.rules.common import drug_of, mosteller_bsa
 from cds_service.rules.indication import infer_indication
 from cds_service.rules.treatment_context import treatment_context
 
+# dosing.json contraception cites the Afinitor (everolimus) and Rapamune (sirolimus) labels; the Zortress and Fyarro
+# labels' own statements are not in the knowledge yet.
+PRODUCTS_WITHOUT_OWN_ADVICE = frozenset({"Zortress", "Fyarro"})
+
 
 def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[ContraceptionFinding]:
     """An mTOR inhibitor ordered for a patient of reproductive potential: the label's contraception advice."""
@@ -24,6 +28,8 @@ def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
     for mtor in snapshot.mtor_orders:
         if not mtor.is_draft:
             continue
+        if treatment_context(snapshot, knowledge, mtor).product in PRODUCTS_WITHOUT_OWN_ADVICE:
+            continue  # the advice on file cites Afinitor/Rapamune: never another product's label on the card
         advice = next(
             (c for c in knowledge.contraception_advice if c.drug == drug_of(mtor) and c.sex == snapshot.gender), None
         )
