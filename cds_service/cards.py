@@ -329,11 +329,15 @@ def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     elif isinstance(top, TroughHighFinding):
         summary = f"{level} is above the limit of every use on record: review the dose"
         lines.append(f"- Above {top.limit.upper_ng_per_ml:g} ng/mL, the highest limit of the plausible uses.")
+    if isinstance(top, TroughHighFinding) and top.stale:
+        summary = f"{level} is too old to dose by ({product}, {_use_text(context)}): recheck now"
+        lines.append("- It is older than this service's look-back window for troughs: recheck now, just before a dose.")
     if context.assumption:
         lines.append(f"- {context.assumption}")
     if top.not_steady_until:
         lines.append(f"- Drawn before steady state on the current regimen: recheck on or after {top.not_steady_until.isoformat()}.")
-    lines.append("- Adjust the dose by the transplant protocol (this label gives no dose formula); no dose is computed here.")
+    if not (isinstance(top, TroughHighFinding) and top.stale):
+        lines.append("- Adjust the dose by the transplant protocol (this label gives no dose formula); no dose is computed here.")
     lines.append(f"\nSource: {_cite(top.source, top.section)}.")
     return CardText(_summary(summary, 1), "\n".join(lines))
 
@@ -345,7 +349,7 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
     until = top.not_steady_until
     if until is not None:
-        when = "now" if until <= today else f"on or after {until.isoformat()}"
+        when = "now" if until <= today else f"from {until.isoformat()}"
         summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
         reason = "It was drawn before steady state on the current dose or interacting drugs, so it gives no new dose."
     else:

@@ -397,3 +397,12 @@ def test_sirolimus_increase_is_not_capped_at_plus_5_mg():
     rapa = mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0)
     [finding] = check_trough_low(record_snapshot([rapa], [drug_level(2, drug="sirolimus")], [lam]), K)
     assert finding.proposal.max_increment_mg is None and finding.proposal.raw_dose_mg == 10
+
+
+def test_old_zortress_trough_is_info_asking_for_a_recheck():
+    # lookback.json trough max_age_days 90 (policy): stale evidence gives at most an info card
+    snap = record_snapshot([zortress()], [drug_level(12, days_ago=120)], [KIDNEY_TX])
+    [finding] = check_trough_high(snap, K)
+    assert finding.severity is Severity.INFO and finding.stale
+    [card] = render_cards([finding], snap)
+    assert "recheck now" in card.summary

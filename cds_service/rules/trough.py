@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, timedelta
 
 from cds_service.findings import (
@@ -39,6 +40,8 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         context = treatment_context(snapshot, knowledge, mtor)
         if not context.allows_tsc_lam_rules:
             found = _context_trough_high(knowledge, mtor, latest, context)
+            if found and _is_stale(snapshot, knowledge, latest):  # an old level: a recheck, nothing more
+                found = dataclasses.replace(found, severity=Severity.INFO, stale=True)
             findings += [found] if found else []
             continue
         limit = knowledge.trough_limits[drug]
