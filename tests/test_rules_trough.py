@@ -406,3 +406,11 @@ def test_old_zortress_trough_is_info_asking_for_a_recheck():
     assert finding.severity is Severity.INFO and finding.stale
     [card] = render_cards([finding], snap)
     assert "recheck now" in card.summary
+
+
+def test_twice_daily_order_gets_no_once_daily_dose():
+    # keep the regimen's schedule: a proposal is a once-daily dose (Afinitor §2), never offered for a BID order
+    import dataclasses as _dc
+    bid = _dc.replace(mtor_order(dose=5.0, code="845515"), doses_per_day=2)
+    [finding] = check_trough_high(record_snapshot([bid], [drug_level(20)], [TSC_RECORD, SEGA_RECORD]), K)
+    assert finding.proposal is None
