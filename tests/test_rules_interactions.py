@@ -58,11 +58,13 @@ def test_moderate_inhibitor_with_everolimus_gives_both_fixed_dose_and_trough_gui
     assert "50%" in actions and "trough" in actions  # TDM: halve the dose, recheck the trough
 
 
-def test_moderate_inhibitor_with_sirolimus_warns_and_cites_rapamune():
+def test_moderate_inhibitor_with_sirolimus_warns_with_rapamunes_own_words():
+    # interactions.json diltiazem by_label.rapamune (Rapamune §7.4, verified) overrides the class advice
     [finding] = interactions(sirolimus(), med("diltiazem 120 MG Oral Capsule"))
     assert finding.severity is Severity.WARNING
     assert finding.strength == "moderate"
-    assert advice_sources(finding) == {"RAPAMUNE-PI"}
+    assert advice_sources(finding) == {"RAPAMUNE-DDI"}
+    assert "Rapamune" in finding.advice[0].action
     assert any("§7.4" in a.section for a in finding.advice)
 
 

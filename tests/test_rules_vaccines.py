@@ -85,10 +85,12 @@ def test_two_live_vaccine_orders_give_two_findings():
     assert len(findings) == 2
 
 
-def test_live_vaccine_for_a_patient_starting_sirolimus_cites_the_sirolimus_statement():
+def test_live_vaccine_for_a_patient_starting_sirolimus_cites_rapamunes_own_immunisation_warning():
+    # regimens.json rapamune-renal-transplant vaccination (verified): never the secondary TSC summary
     [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), sirolimus(draft=True), medications=[])
     assert finding.mtor.mtor_drug == "sirolimus"
-    assert finding.source.key == "TSC-SUMMARY"
+    assert finding.source.key == "RAPAMUNE-FDA-2008"
+    assert "live vaccines" in finding.statement.text
 
 
 def test_live_vaccine_for_a_patient_on_everolimus_cites_the_afinitor_label():

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable
 
 from cds_service.knowledge import Knowledge
+from cds_service.knowledge.loader import contains_phrase, normalize_text
 from cds_service.knowledge.records import ProductStrengths, TroughTarget, TroughTiming
 from cds_service.patient import MedicationOrder, PatientSnapshot
 
@@ -72,3 +73,24 @@ def trough_target(knowledge: Knowledge, drug: str, indication: str | None) -> Tr
 
 def trough_timing(knowledge: Knowledge, drug: str, event: str) -> TroughTiming | None:
     return next((t for t in knowledge.trough_timing if t.drug == drug and t.event == event), None)
+
+
+def mtor_product(order: MedicationOrder, knowledge: Knowledge) -> str | None:
+    """The branded product whose label governs an mTOR order: "Zortress", "Afinitor", "Rapamune", "Fyarro".
+
+    By product code, else by name (treatment_contexts.json product_implies). Oral sirolimus with no brand is
+    Rapamune's (its generics carry Rapamune's label); everolimus with no brand stays None (Afinitor and Zortress
+    generics both exist).
+    """
+    brand = knowledge.mtor_products.get(order.product_rxnorm or "", {}).get("brand")
+    if brand is None:
+        words = normalize_text(order.text)
+        for entry in knowledge.files["treatment_contexts.json"]["product_implies"]:
+            if any(contains_phrase(words, normalize_text(n)) for n in entry.get("names", ())):
+                brand = entry["product"]
+                break
+    if brand == "Afinitor Disperz":
+        brand = "Afinitor"
+    if brand is None and drug_of(order) == "sirolimus":
+        brand = "Rapamune"
+    return brand

@@ -1,4 +1,8 @@
-"""Triglycerides and cholesterol on treatment: CTCAE grade of the latest value, or no recent panel."""
+"""Triglycerides and cholesterol on treatment: CTCAE grade of the latest value, or no recent panel.
+
+A value older than the lipids look-back window (lookback.json) never drives the label's grade action
+(interrupt, discontinue): it gives an info finding asking for a new panel.
+"""
 
 from __future__ import annotations
 
@@ -15,26 +19,30 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
         return []
     lipids = knowledge.lipids
     mtor = preferred_mtor(snapshot, prefer_draft=False)
+    window = knowledge.lookback["lipids"]
+    oldest_current = knowledge.lookback_start("lipids", snapshot.now)
     findings: list[LipidGradeFinding | LipidPanelMissing] = []
     for analyte in ("triglycerides", "cholesterol"):
         latest = snapshot.latest_lab("lipid", analyte)
-        if latest is None or latest.value is None:
+        if latest is None or latest.value is None or latest.effective is None:
             continue
         grade = max((g["grade"] for g in lipids[analyte]["grades"] if latest.value > g["above_mg_dl"]), default=None)
         action = next((a for a in knowledge.lipid_actions if a.grade == grade), None)
         if grade is None or action is None:
             continue
+        stale = latest.effective < oldest_current
         findings.append(
             LipidGradeFinding(
-                severity=Severity[action.indicator.upper()],
+                severity=Severity.INFO if stale else Severity[action.indicator.upper()],
                 mtor=mtor,
                 evidence=(latest,),
-                source=action.source,
-                section=action.section,
+                source=window.source if stale else action.source,
+                section="" if stale else action.section,
                 analyte=analyte,
                 grade=grade,
                 action=action,
                 grade_source=lipids[analyte]["source"],
+                stale_after_days=window.max_age_days if stale else None,
             )
         )
     if findings or "observations" in snapshot.unavailable:

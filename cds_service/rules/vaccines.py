@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from cds_service.findings import LiveVaccineFinding, Severity
 from cds_service.knowledge import DrugConcept, DrugRole, Knowledge
+from cds_service.knowledge.records import LabelStatement
 from cds_service.patient import MedicationOrder, PatientSnapshot
-from cds_service.rules.common import drug_of, preferred_mtor
+from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
 
 
 def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LiveVaccineFinding]:
     if not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
-    statement = knowledge.live_vaccine_statements[drug_of(mtor)]
+    statement = _statement(knowledge, mtor)
     findings = []
     for order in snapshot.medications:
         if order.mtor_drug or not (order.is_draft or order.status in ("active", "on-hold")):
@@ -33,6 +34,16 @@ def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
             )
         )
     return findings
+
+
+def _statement(knowledge: Knowledge, mtor: MedicationOrder) -> LabelStatement:
+    """The governing label's own words: Rapamune's immunisation warning for oral sirolimus (regimens.json, verified),
+    else the drug's statement (vaccines.json)."""
+    product = mtor_product(mtor, knowledge)
+    own = next((a for a in knowledge.product_advice if a.topic == "vaccination" and a.product == product), None)
+    if own is not None:
+        return LabelStatement(source=own.source, section=own.section, drug=drug_of(mtor), text=own.text)
+    return knowledge.live_vaccine_statements[drug_of(mtor)]
 
 
 def _vaccine_in(order: MedicationOrder) -> tuple[DrugConcept, Severity] | tuple[None, None]:
