@@ -12,7 +12,7 @@ import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
@@ -43,6 +43,9 @@ from cds_service.findings import (
 from cds_service.knowledge import Source
 from cds_service.knowledge.records import LevelTest, TroughTiming
 from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+
+if TYPE_CHECKING:
+    from cds_service.rules.treatment_context import TreatmentContext
 
 OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
 SUMMARY_MAX = 139
@@ -248,6 +251,10 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     lab: LabResult = top.evidence[0]
     drug, mtor, limit = top.drug, _mtor(top), top.limit.upper_ng_per_ml
     when = _lab_date(lab)
+    if top.context is not None:
+        return _context_trough_card(top, lab)
+    if lab.value is not None and (top.stale or top.not_steady_until):
+        return _recheck_trough_card(top, lab, f"above the {limit:g} ng/mL limit", snapshot.today)
     if lab.value is None:
         summary = f"Latest {drug} level ({when}) could not be read: unit {lab.unreadable_unit}"
         lines = [f"- The most recent {drug} level, `{lab.ref}` on {when}, reads **{lab.value_as_written or lab.unreadable_unit}**, "
@@ -264,6 +271,64 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, top.proposal))
 
 
+def _use_text(context: TreatmentContext) -> str:
+    """The use in plain words, with the product whose label governs it (issue 10: never another product's label)."""
+    if context.use == "transplant":
+        organ = f"{context.organ} " if context.organ else ""
+        return f"{organ}transplant"
+    return context.use
+
+
+def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResult) -> CardText:
+    """A trough for a transplant use (or several plausible uses): the governing label's range, no computed dose,
+    no TSC wording. An unverified target is never shown as a number (info: review with the transplant team)."""
+    assert top.context is not None and lab.value is not None
+    context, drug, mtor = top.context, top.drug, _mtor(top)
+    product = context.product or drug
+    level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
+    target = top.target
+    lines = [f"- {level}; order: {mtor.text}."]  # FHIR text in one place (md_text() when merged)
+    if isinstance(top, TroughHighFinding) and top.target_unverified:
+        summary = f"{level} ({product}, {_use_text(context)}): review the dose with the transplant team"
+        lines.append("- This service has not verified the label's trough target for this use, so it shows none and "
+                     "computes no dose.")
+    elif isinstance(top, TroughLowFinding) and target is not None:
+        summary = f"{level} is below the {product} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
+        lines.append(f"- {product} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
+    elif target is not None:
+        summary = f"{level} is above the {product} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
+        lines.append(f"- {product} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
+    elif isinstance(top, TroughHighFinding):
+        summary = f"{level} is above the limit of every use on record: review the dose"
+        lines.append(f"- Above {top.limit.upper_ng_per_ml:g} ng/mL, the highest limit of the plausible uses.")
+    if context.assumption:
+        lines.append(f"- {context.assumption}")
+    if top.not_steady_until:
+        lines.append(f"- Drawn before steady state on the current regimen: recheck on or after {top.not_steady_until.isoformat()}.")
+    lines.append("- Adjust the dose by the transplant protocol (this label gives no dose formula); no dose is computed here.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}.")
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResult, where: str, today: date) -> CardText:
+    """A level that cannot drive a dose (older than the look-back window, or drawn before steady state)."""
+    assert lab.value is not None
+    drug, mtor = top.drug, _mtor(top)
+    level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
+    until = top.not_steady_until
+    if until is not None:
+        when = "now" if until <= today else f"on or after {until.isoformat()}"
+        summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
+        reason = "It was drawn before steady state on the current dose or interacting drugs, so it gives no new dose."
+    else:
+        when = "now"
+        summary = f"{level} is {where} but is too old to dose by: recheck now"
+        reason = "It is older than this service's look-back window for troughs, so it gives no new dose."
+    lines = [f"- {level}; order: {mtor.text}.", f"- {reason}", f"- Recheck the trough {when}, just before a dose.",
+             f"\nSource: {_cite(top.source, top.section)}."]
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
 def _target_range(finding: TroughHighFinding) -> str:
     """The target range of the indication on record (or assumed); with none, the label's upper limit."""
     if finding.target is not None and finding.target.high_ng_per_ml == finding.limit.upper_ng_per_ml:
@@ -276,6 +341,10 @@ def _trough_low_card(findings: list[TroughLowFinding], snapshot: PatientSnapshot
     lab: LabResult = top.evidence[0]
     drug, mtor = top.drug, _mtor(top)
     low, high = top.target.low_ng_per_ml, top.target.high_ng_per_ml
+    if top.context is not None:
+        return _context_trough_card(top, lab)
+    if top.not_steady_until:
+        return _recheck_trough_card(top, lab, f"below the {low:g}-{high:g} ng/mL target", snapshot.today)
     summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL ({_lab_date(lab)}) is below the {low:g}-{high:g} ng/mL target"
     lines = [_level_line(lab, drug), f"- Order: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`).",
              f"- Indication: {_indication_text(top.indication)}; target {low:g}-{high:g} ng/mL "

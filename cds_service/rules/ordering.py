@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 
 from cds_service.findings import BodySurface, ContraceptionFinding, DoseCheckFinding, Severity
-from cds_service.knowledge import Knowledge
+from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.knowledge.records import PediatricNote
 from cds_service.patient import PatientSnapshot
 from cds_service.rules.common import drug_of, mosteller_bsa
 from cds_service.rules.indication import infer_indication
+from cds_service.rules.treatment_context import treatment_context
 
 
 def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[ContraceptionFinding]:
@@ -42,6 +43,8 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         if not mtor.is_draft or ordered is None:
             continue
         drug = drug_of(mtor)
+        if not treatment_context(snapshot, knowledge, mtor).allows_tsc_lam_rules:
+            continue  # transplant/oncology: the TSC/LAM starting doses do not apply (Zortress 0.75 mg BID is a label start)
         indication = infer_indication(snapshot, knowledge, drug)
         start = next((s for s in knowledge.starting_doses if s.drug == drug and s.indication == indication.key), None)
         if start is None:
@@ -65,6 +68,8 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         fits = abs(ordered - expected) <= tolerance * expected
         if fits and not pediatric:
             continue
+        if not fits and ordered > expected and _strong_inducer(snapshot, knowledge, drug):
+            continue  # the label raises the dose with a strong CYP3A4 inducer (regimens.json adjusted starts)
         severity = Severity.WARNING if not fits and ordered > expected else Severity.INFO
         findings.append(finding(severity=severity, evidence=evidence, expected_mg=expected, fits=fits, bsa=bsa))
     return findings
@@ -75,3 +80,16 @@ def _pediatric_note(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) 
     if age is None:
         return None
     return next((p for p in knowledge.pediatric_notes if p.drug == drug and age < p.below_age_years), None)
+
+
+def _strong_inducer(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> bool:
+    """A current strong CYP3A4 inducer: the label's adjusted start is higher than the usual one, so a higher ordered
+    dose is not "too high" (regimens.json afinitor strong_inducer_fixed_dose / strong_inducer_tdm_start)."""
+    for med in snapshot.medications:
+        if med.status in ("stopped", "completed", "cancelled", "entered-in-error"):
+            continue
+        for concept in med.concepts_with(DrugRole.CYP3A_PERPETRATOR):
+            entry = knowledge.perpetrators.get(concept.key, {})
+            if entry.get("effect") == "inducer" and knowledge.strength_for(entry, drug) == "strong":
+                return True
+    return False
