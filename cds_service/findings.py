@@ -224,6 +224,7 @@ class LipidGradeFinding(Finding):
     action: LipidAction
     grade_source: Source
     stale_after_days: int | None = None  # set when the value is older than the look-back window: recheck, no action
+    label_action: bool = True  # False: the grade actions are another product's label (Afinitor's): grade only
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

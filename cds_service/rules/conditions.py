@@ -10,7 +10,7 @@ from cds_service.findings import HepaticFinding, InfectionFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.records import ConditionAdvice
 from cds_service.patient import ConditionRecord, PatientSnapshot
-from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
+from cds_service.rules.common import drug_of, mtor_product, preferred_mtor, product_label
 from cds_service.rules.indication import infer_indication
 
 _AFINITOR_TABLE_PRODUCTS = (None, "Afinitor")  # dosing.json hepatic rows are the Afinitor label's
@@ -21,7 +21,7 @@ def check_hepatic_impairment(snapshot: PatientSnapshot, knowledge: Knowledge) ->
     if not conditions or not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=True)
-    drug, product = drug_of(mtor), mtor_product(mtor, knowledge)
+    drug, product = drug_of(mtor), mtor_product(mtor, knowledge, snapshot)
     classes = sorted({k[-1] for c in conditions for k in c.kinds if k.startswith("child-pugh-")})
     child_pugh = classes[-1] if classes else None  # the worst class on record
     indication = infer_indication(snapshot, knowledge, drug)
@@ -48,6 +48,7 @@ def check_hepatic_impairment(snapshot: PatientSnapshot, knowledge: Knowledge) ->
             doses=doses,
             indication=indication,
             advice=advice,
+            label=product_label(knowledge, product),
         )
     ]
 
@@ -62,7 +63,7 @@ def check_infection(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Inf
         return []
     findings = []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
-    drug, product = drug_of(mtor), mtor_product(mtor, knowledge)
+    drug, product = drug_of(mtor), mtor_product(mtor, knowledge, snapshot)
     oldest_current = knowledge.lookback_start("severe-infection-condition", snapshot.now)
     for kind in ("severe-infection", "pneumonitis"):
         conditions = snapshot.active_conditions(kind)
@@ -79,6 +80,7 @@ def check_infection(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Inf
                 section=advice.section,
                 kind=kind,
                 advice=advice,
+                label=product_label(knowledge, product),
                 stale_after_days=None if current else knowledge.lookback["severe-infection-condition"].max_age_days,
             )
         )

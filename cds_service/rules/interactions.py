@@ -15,7 +15,7 @@ from cds_service.findings import InteractionFinding, LevelRaiserFinding, Severit
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.knowledge.records import InteractionAdvice, LabelInteraction, LabelOverride, TroughTiming
 from cds_service.patient import MedicationOrder, PatientSnapshot
-from cds_service.rules.common import drug_of, mtor_product, trough_target
+from cds_service.rules.common import drug_of, mtor_product, product_label, trough_target
 from cds_service.rules.indication import infer_indication
 
 _DEFAULT_SEVERITY = {"strong": Severity.WARNING, "moderate": Severity.WARNING}
@@ -29,7 +29,7 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
     seen = set()
     for mtor in snapshot.mtor_orders:
         drug = drug_of(mtor)
-        product = mtor_product(mtor, knowledge)
+        product = mtor_product(mtor, knowledge, snapshot)
         indication = infer_indication(snapshot, knowledge, drug)
         for other in snapshot.medications:
             if other.ref == mtor.ref or other.mtor_drug:
@@ -69,6 +69,7 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                         else _trough_recheck(snapshot, knowledge, drug, product, indication.key, severity, other),
                         level_test=knowledge.level_tests[drug],
                         product=product,
+                        label=product_label(knowledge, product),
                     )
                 )
     return findings
@@ -127,6 +128,7 @@ def _level_raiser(
         cites_label=cites_label,
         trough_recheck=recheck,
         level_test=knowledge.level_tests[drug],
+        label=product_label(knowledge, product),
     )
 
 

@@ -1,7 +1,8 @@
 """Triglycerides and cholesterol on treatment: CTCAE grade of the latest value, or no recent panel.
 
 A value older than the lipids look-back window (lookback.json) never drives the label's grade action
-(interrupt, discontinue): it gives an info finding asking for a new panel.
+(interrupt, discontinue): it gives an info finding asking for a new panel. The grade actions are Afinitor's
+(monitoring.json lipids.actions): a sirolimus or Zortress card shows the grade with no action (info).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import timedelta
 from cds_service.findings import LipidGradeFinding, LipidPanelMissing, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import PatientSnapshot
-from cds_service.rules.common import preferred_mtor
+from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
 
 
 def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidGradeFinding | LipidPanelMissing]:
@@ -21,6 +22,9 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
     mtor = preferred_mtor(snapshot, prefer_draft=False)
     window = knowledge.lookback["lipids"]
     oldest_current = knowledge.lookback_start("lipids", snapshot.now)
+    # The grade actions (interrupt, discontinue) are the Afinitor label's dose-modification table: another
+    # product's card shows the CTCAE grade and asks for a review, never Afinitor's action.
+    label_action = drug_of(mtor) == "everolimus" and mtor_product(mtor, knowledge, snapshot) in (None, "Afinitor")
     findings: list[LipidGradeFinding | LipidPanelMissing] = []
     for analyte in ("triglycerides", "cholesterol"):
         latest = snapshot.latest_lab("lipid", analyte)
@@ -33,7 +37,7 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
         stale = latest.effective < oldest_current
         findings.append(
             LipidGradeFinding(
-                severity=Severity.INFO if stale else Severity[action.indicator.upper()],
+                severity=Severity.INFO if stale or not label_action else Severity[action.indicator.upper()],
                 mtor=mtor,
                 evidence=(latest,),
                 source=window.source if stale else action.source,
@@ -43,6 +47,7 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
                 action=action,
                 grade_source=lipids[analyte]["source"],
                 stale_after_days=window.max_age_days if stale else None,
+                label_action=label_action,
             )
         )
     if findings or "observations" in snapshot.unavailable:

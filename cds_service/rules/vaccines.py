@@ -13,7 +13,7 @@ def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
     if not snapshot.mtor_orders:
         return []
     mtor = preferred_mtor(snapshot, prefer_draft=False)
-    statement = _statement(knowledge, mtor)
+    statement = _statement(snapshot, knowledge, mtor)
     findings = []
     for order in snapshot.medications:
         if order.mtor_drug or not (order.is_draft or order.status in ("active", "on-hold")):
@@ -36,13 +36,13 @@ def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
     return findings
 
 
-def _statement(knowledge: Knowledge, mtor: MedicationOrder) -> LabelStatement:
+def _statement(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder) -> LabelStatement:
     """The governing label's own words: Rapamune's immunisation warning for oral sirolimus (regimens.json, verified),
     else the drug's statement (vaccines.json)."""
-    product = mtor_product(mtor, knowledge)
+    product = mtor_product(mtor, knowledge, snapshot)
     own = next((a for a in knowledge.product_advice if a.topic == "vaccination" and a.product == product), None)
     if own is not None:
-        return LabelStatement(source=own.source, section=own.section, drug=drug_of(mtor), text=own.text)
+        return LabelStatement(source=own.source, section="Immunizations", drug=drug_of(mtor), text=own.text)
     return knowledge.live_vaccine_statements[drug_of(mtor)]
 
 
