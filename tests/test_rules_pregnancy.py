@@ -273,3 +273,10 @@ def test_pregnancy_rule_alone_is_total_on_a_patient_without_mtor_inhibitor():
 
 def test_pregnancy_rule_accepts_a_hand_built_snapshot_with_no_evidence():
     assert check_pregnancy(plain_snapshot(order("Rapamune 1 mg tablet")), knowledge()) == []
+
+
+def test_stale_pregnancy_card_is_info_asks_for_a_recheck_and_offers_no_deletion():
+    from cds_service.cards import render_cards
+    snapshot = snapshot_of(hook="order-sign", drafts=[everolimus(draft=True)], observations=[hcg("positive", days_ago=40)])
+    [card] = render_cards(check_pregnancy(snapshot, knowledge()), snapshot)
+    assert card.indicator == "info" and "confirm" in card.summary and not card.suggestions
