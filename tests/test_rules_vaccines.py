@@ -112,3 +112,9 @@ def test_live_vaccine_without_an_mtor_inhibitor_gives_no_finding_from_evaluate()
 def test_live_vaccine_rule_alone_is_total_on_a_patient_without_mtor_inhibitor():
     snapshot = plain_snapshot(order("MMR", draft=True))
     assert check_live_vaccines(snapshot, knowledge()) == []
+
+
+def test_fyarro_live_vaccine_card_quotes_rapamune_as_such_never_the_secondary_summary():
+    fyarro = med("Fyarro (sirolimus protein-bound particles) 100 MG injectable suspension")
+    [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), medications=[fyarro])
+    assert finding.source.key == "RAPAMUNE-FDA-2008" and finding.statement.text.startswith("(Rapamune, oral sirolimus)")

@@ -37,12 +37,14 @@ def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
 
 
 def _statement(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder) -> LabelStatement:
-    """The governing label's own words: Rapamune's immunisation warning for oral sirolimus (regimens.json, verified),
-    else the drug's statement (vaccines.json)."""
-    product = mtor_product(mtor, knowledge, snapshot)
-    own = next((a for a in knowledge.product_advice if a.topic == "vaccination" and a.product == product), None)
-    if own is not None:
-        return LabelStatement(source=own.source, section="Immunizations", drug=drug_of(mtor), text=own.text)
+    """The label's own words: Rapamune's immunisation warning for sirolimus (regimens.json, verified; Fyarro's own
+    wording is not in the knowledge, so its card names the Rapamune text as such), else the drug's statement
+    (vaccines.json: Afinitor for everolimus). The secondary TSC summary is never a card's citation."""
+    own = next((a for a in knowledge.product_advice if a.topic == "vaccination" and a.product == "Rapamune"), None)
+    if drug_of(mtor) == "sirolimus" and own is not None:
+        product = mtor_product(mtor, knowledge, snapshot)
+        text = own.text if product == "Rapamune" else f"(Rapamune, oral sirolimus) {own.text}"
+        return LabelStatement(source=own.source, section="Immunizations", drug="sirolimus", text=text)
     return knowledge.live_vaccine_statements[drug_of(mtor)]
 
 
