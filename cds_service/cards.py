@@ -333,7 +333,9 @@ def _hepatic_card(findings: list[HepaticFinding], snapshot: PatientSnapshot) -> 
         summary = f"Hepatic impairment on record: assess the Child-Pugh class to set the {drug} dose"
         lines.append("- Next step: assess and record the Child-Pugh class (A, B or C); the label sets the dose by it.")
     else:
-        summary = f"{impairment} on record: review the {drug} dose against the label"
+        product = top.advice.product if top.advice else drug
+        trough = "" if product == "Fyarro" else " and check the trough"  # Fyarro's label has no trough monitoring
+        summary = f"{impairment} on record: review the {product} dose against its label{trough}"
         lines.append(f"- Next step: {top.advice.text if top.advice else 'review the dose against the label.'}")
     lines.append(f"\nSource: {_cite(top.source, top.section)}")
     return CardText(_summary(summary, 1), "\n".join(lines))
