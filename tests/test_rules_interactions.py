@@ -310,3 +310,13 @@ def test_statement_card_offers_no_deletion():
     [card] = render_cards(check_cyp3a4_interactions(snapshot, knowledge()), snapshot)
     assert not [a for s in card.suggestions for a in s["actions"] if a["type"] == "delete"]
     assert "recorded as taken" in card.detail and "St. John's wort" in card.summary
+
+
+def test_no_trough_recheck_when_one_was_drawn_after_the_due_date():
+    from snapshots import condition, level
+    fluconazole = med("fluconazole 150 MG Oral Tablet", rxnorm="197698", authoredOn=date(-40))
+    conditions = [condition("http://snomed.info/sct", "7199000", "Tuberous sclerosis"),
+                  condition("http://snomed.info/sct", "253152008", "Subependymal giant cell astrocytoma")]
+    [finding] = rule_findings(check_cyp3a4_interactions, hook="patient-view", medications=[everolimus(), fluconazole],
+                              conditions=conditions, observations=[level("everolimus", 8, days_ago=5)])
+    assert finding.trough_recheck is None

@@ -99,7 +99,10 @@ def _trough_recheck(
     if severity is Severity.CRITICAL or product in _NO_TDM_PRODUCTS or trough_target(knowledge, drug, indication_key) is None:
         return None
     timing = next((t for t in knowledge.trough_timing if t.drug == drug and t.event == "interacting-drug-change"), None)
-    return TroughRecheck(_due(snapshot, perpetrator, timing.days_after), timing) if timing else None
+    if timing is None:
+        return None
+    due = _due(snapshot, perpetrator, timing.days_after)
+    return None if _trough_drawn_since(snapshot, drug, due) else TroughRecheck(due, timing)
 
 
 def _level_raiser(
@@ -114,8 +117,7 @@ def _level_raiser(
         timing = TroughTiming(source=interaction.recheck_source, drug=drug, event="interacting-drug-change",
                               days_after=interaction.recheck_days, days_after_latest=interaction.recheck_days_latest)
         due = _due(snapshot, other, interaction.recheck_days)
-        latest = snapshot.latest_lab("drug-level", drug)
-        if latest is None or latest.effective is None or latest.effective.date() < due:
+        if not _trough_drawn_since(snapshot, drug, due):
             recheck = TroughRecheck(due, timing)
     return LevelRaiserFinding(
         severity=Severity[interaction.indicator.upper()],
@@ -136,3 +138,9 @@ def _due(snapshot: PatientSnapshot, started: MedicationOrder, days: int) -> date
     """`days` after the interacting drug was started (or recorded); from today when no date is on record."""
     start = started.authored_on.date() if started.authored_on and not started.is_draft else snapshot.today
     return min(start, snapshot.today) + timedelta(days=days)
+
+
+def _trough_drawn_since(snapshot: PatientSnapshot, drug: str, due: date) -> bool:
+    """A trough on or after the due date already answers the recheck."""
+    latest = snapshot.latest_lab("drug-level", drug)
+    return latest is not None and latest.effective is not None and latest.effective.date() >= due
