@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, timedelta
@@ -29,6 +30,7 @@ from cds_service.findings import (
     Indication,
     InfectionFinding,
     InteractionFinding,
+    LevelRaiserFinding,
     LipidGradeFinding,
     LipidPanelMissing,
     LiveVaccineFinding,
@@ -41,8 +43,8 @@ from cds_service.findings import (
     TroughMonitoringFinding,
 )
 from cds_service.knowledge import Source
-from cds_service.knowledge.records import LevelTest, TroughTiming
-from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.knowledge.records import HepaticDose, LevelTest, TroughTiming
+from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 
 if TYPE_CHECKING:
     from cds_service.rules.treatment_context import TreatmentContext
@@ -141,40 +143,82 @@ def render_cards(findings: Sequence[Finding], snapshot: PatientSnapshot) -> list
 # --- one renderer per topic ---------------------------------------------------------------------
 
 
-def _interaction_card(findings: list[InteractionFinding], snapshot: PatientSnapshot) -> CardText:
-    top = findings[0]
-    verb = "raises" if top.effect == "inhibitor" else "lowers"
-    summary = (
-        f"{_cap(top.perpetrator)} with {top.drug}: {top.strength} CYP3A4/P-gp "
-        f"{top.effect}, {verb} {top.drug} levels"
-    )
-    lines = []
+def _interaction_card(findings: list[InteractionFinding | LevelRaiserFinding], snapshot: PatientSnapshot) -> CardText:
+    """CYP3A4/P-gp perpetrators and cannabidiol: what each does to the mTOR level, what to do, one citation."""
+    top, today = findings[0], snapshot.today
+    lines: list[str] = []
     for f in findings:
-        o: MedicationOrder = f.evidence[0]
-        lines.append(
-            f"- **{o.text}** ({_order_state(o)}, `{o.ref}`) is a **{f.strength} CYP3A4/P-gp "
-            f"{f.effect}**; with **{_mtor(f).text}** ({_order_state(_mtor(f))}, `{_mtor(f).ref}`) it "
-            f"{'raises' if f.effect == 'inhibitor' else 'lowers'} {f.drug} exposure."
-        )
-        for advice in f.advice:
-            scope = _INDICATION_SCOPE.get(advice.indication or "", "")
-            lines.append(f"  - {scope}{advice.action} _({_cite(advice.source, advice.section)})_")
-        if not f.advice:
-            lines.append("  - The label gives no specific dose advice for this combination; check the trough level.")
-        lines.append(f"  - Classification: {_cite(f.classification_source)}.")
+        lines += _level_raiser_lines(f, today) if isinstance(f, LevelRaiserFinding) else _cyp3a_lines(f, today)
+    source, section = _interaction_citation(top)
+    lines.append(f"\nSource: {_cite(source, section)}")
     suggestions = _removal_suggestions(
         [f.evidence[0] for f in findings if f.evidence[0].is_draft]
         + [_mtor(f) for f in findings if _mtor(f).is_draft and not f.evidence[0].is_draft]
-    )
+    )  # a MedicationStatement (taken over the counter) is never a draft: nothing to delete, the card asks for a review
     due = next((f for f in findings if f.trough_recheck), None)
     if due is not None and due.trough_recheck is not None:
-        when, rule = due.trough_recheck.due, due.trough_recheck.timing
-        lines.append(f"\nIf the combination is kept, recheck the {due.drug} trough on or after **{when.isoformat()}** "
-                     f"_({_cite(rule.source, rule.section)})_.")
-        suggestions.append(_trough_order_suggestion(snapshot, _mtor(due), due.drug, when, due.level_test))
+        suggestions.append(_trough_order_suggestion(snapshot, _mtor(due), due.drug, max(due.trough_recheck.due, today), due.level_test))
         for s in suggestions[:-1]:
             s["isRecommended"] = False  # removing the drug and rechecking the trough are alternatives
-    return CardText(_summary(summary, len(findings)), "\n".join(lines), suggestions)
+    return CardText(_summary(_interaction_summary(top, today), 1), "\n".join(lines), suggestions)
+
+
+def _interaction_summary(top: InteractionFinding | LevelRaiserFinding, today: date) -> str:
+    if isinstance(top, LevelRaiserFinding):
+        check = f"check the {top.drug} trough {_when(top.trough_recheck.due, today)}" if top.trough_recheck else f"watch for {top.drug} toxicity"
+        return f"Cannabidiol can raise {top.drug} levels: {check}"
+    verb = "raises" if top.effect == "inhibitor" else "lowers"
+    what = f"{_cap(top.perpetrator)} {verb} {top.drug} levels"
+    if top.severity is Severity.CRITICAL:
+        return f"{what}: avoid the combination"
+    if not top.advice:
+        return f"{what}: check the {top.product or top.drug} label and the {top.drug} trough"
+    if len(top.advice) == 1:
+        return f"{_cap(top.perpetrator)} with {top.product or top.drug}: {_first_clause(top.advice[0].action)}"
+    if top.trough_recheck:
+        return f"{what}: adjust the dose for the use on record; trough {_when(top.trough_recheck.due, today)}"
+    return f"{what}: adjust the dose as the label says for the use on record"
+
+
+def _cyp3a_lines(f: InteractionFinding, today: date) -> list[str]:
+    other, mtor = f.evidence[0], _mtor(f)
+    verb = "raises" if f.effect == "inhibitor" else "lowers"
+    lines = [f"- **{md_text(other.text)}** ({_taken_state(other)}) with **{md_text(mtor.text)}** ({_taken_state(mtor)}): "
+             f"a {f.strength} CYP3A4/P-gp {f.effect}, it {verb} {f.drug} exposure."]
+    for advice in f.advice:
+        lines.append(f"  - {_INDICATION_SCOPE.get(advice.indication or '', '')}{advice.action}")
+    if not f.advice:
+        lines.append(f"  - The {f.product or f.drug} label governs this combination and this service has not verified its "
+                     f"advice: check the label before combining, and check the {f.drug} trough.")
+    if f.trough_recheck is not None:
+        rule = f.trough_recheck.timing
+        lines.append(f"  - If the combination is kept, check the {f.drug} trough {_when(f.trough_recheck.due, today)} "
+                     f"({_days_after_text(rule)} after starting it).")
+    return lines
+
+
+def _level_raiser_lines(f: LevelRaiserFinding, today: date) -> list[str]:
+    other, mtor, interaction = f.evidence[0], _mtor(f), f.interaction
+    lines = [f"- **{md_text(other.text)}** ({_taken_state(other)}) with **{md_text(mtor.text)}** ({_taken_state(mtor)}): "
+             f"cannabidiol can raise {f.drug} blood levels."]
+    if f.cites_label and interaction.label_text:
+        lines.append(f"  - {interaction.label_product} label: \"{interaction.label_text}\".")
+    if f.trough_recheck is not None:
+        lines.append(f"  - Check the {f.drug} trough {_when(f.trough_recheck.due, today)} "
+                     f"({_days_after_text(f.trough_recheck.timing)} after starting or changing cannabidiol) and watch for "
+                     f"{f.drug} toxicity; a dose reduction may be needed.")
+    else:
+        lines.append(f"  - Watch for {f.drug} toxicity; a dose reduction may be needed.")
+    return lines
+
+
+def _interaction_citation(top: InteractionFinding | LevelRaiserFinding) -> tuple[Source, str]:
+    """The card's one citation: the label (or study) whose words the card quotes, else the governing label."""
+    if isinstance(top, LevelRaiserFinding):
+        return top.source, top.section
+    if top.advice:
+        return top.advice[0].source, top.advice[0].section
+    return top.label or top.source, ""
 
 
 _INDICATION_SCOPE = {
@@ -187,37 +231,200 @@ def _live_vaccine_card(findings: list[LiveVaccineFinding], snapshot: PatientSnap
     top = findings[0]
     drug, mtor = top.drug, _mtor(top)
     if top.ambiguous:
-        summary = f"{_cap(top.vaccine)} may be a live vaccine; patient on {drug}: check the product"
+        summary = f"{_cap(top.vaccine)} may be a live vaccine and the patient is on {drug}: check the product before giving it"
     else:
-        summary = f"Live vaccine ({top.vaccine}) ordered for a patient on {drug}: avoid"
+        summary = f"Live vaccine ({top.vaccine}) ordered for a patient on {drug}: do not give it"
     lines = []
     for f in findings:
         order: MedicationOrder = f.evidence[0]
         kind = "may be a live vaccine (the record does not say which product)" if f.ambiguous else "is a live attenuated vaccine"
-        lines.append(f"- **{order.text}** ({_order_state(order)}, `{order.ref}`) {kind}.")
-    lines.append(
-        f"\nPatient is taking or being started on **{mtor.text}** (`{mtor.ref}`). "
-        f"Label: \"{top.statement.text}\" _({_cite(top.statement.source, top.statement.section)})_"
-    )
-    lines.append("\nCancel the live vaccine order, or confirm with the prescriber of the mTOR inhibitor first.")
+        lines.append(f"- **{md_text(order.text)}** ({_taken_state(order)}) {kind}.")
+    lines.append(f"- The patient is taking or starting **{md_text(mtor.text)}**. The label: \"{top.statement.text}\"")
+    lines.append("\nCancel the live vaccine order, or give it only after the prescriber of the mTOR inhibitor agrees.")
+    lines.append(f"\nSource: {_cite(top.statement.source, top.statement.section)}")
     suggestions = _removal_suggestions([f.evidence[0] for f in findings if f.evidence[0].is_draft])
-    return CardText(_summary(summary, len(findings)), "\n".join(lines), suggestions)
+    return CardText(_summary(summary, 1), "\n".join(lines), suggestions)
 
 
 def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot) -> CardText:
     top = findings[0]
     drug, mtor = top.drug, _mtor(top)
     evidence = top.evidence[0]
-    summary = f"Pregnancy on record while {'ordering' if mtor.is_draft else 'taking'} {drug}: it can cause fetal harm"
-    lines = [f"- Evidence of pregnancy: {_describe(evidence)}.",
-             f"- mTOR inhibitor: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`)."]
-    lines.append(f"\nThe label warns that {drug} can cause fetal harm _({_cite(top.source, top.section)})_.")
+    seen = _evidence_date(evidence)
+    if top.stale_after_days is not None:
+        summary = f"Pregnancy evidence from {_human(seen) if seen else 'an unknown date'} is over {top.stale_after_days} days old: confirm status before {drug}"
+    else:
+        summary = f"Pregnancy on record while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm it and review the order"
+    lines = [f"- Evidence of pregnancy: {_pregnancy_evidence(evidence)}.",
+             f"- mTOR inhibitor: **{md_text(mtor.text)}** ({_taken_state(mtor)}). {_cap(drug)} can cause fetal harm."]
+    if top.stale_after_days is not None:
+        lines.append(f"- This is older than the {top.stale_after_days}-day look-back for this evidence, so it is shown for a "
+                     "recheck only: confirm pregnancy status (for example with a new hCG test) before starting or continuing.")
+    else:
+        lines.append(f"- Confirm pregnancy status and review with the patient and prescriber whether to start or continue {drug}.")
     if top.contraception_weeks:
-        lines.append("Females of reproductive potential should use effective contraception during treatment and for "
-                     f"{top.contraception_weeks} weeks after the last dose.")
-    lines.append("\nConfirm pregnancy status and review whether to start or continue the mTOR inhibitor with the patient and prescriber.")
-    suggestions = _removal_suggestions([mtor] if mtor.is_draft else [])
+        lines.append(f"- If {drug} is given: effective contraception during treatment and for {top.contraception_weeks} weeks "
+                     "after the last dose.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}")
+    suggestions = _removal_suggestions([mtor] if mtor.is_draft and top.stale_after_days is None else [])
     return CardText(_summary(summary, 1), "\n".join(lines), suggestions)
+
+
+def _pregnancy_evidence(evidence: ConditionRecord | LabResult) -> str:
+    seen = _evidence_date(evidence)
+    when = _human(seen) if seen else "an unknown date"
+    if isinstance(evidence, LabResult):
+        result = {"positive": "positive", "pregnant": "pregnant"}.get(evidence.result or "", evidence.result or "")
+        return f"**{md_text(evidence.text)}** {result} on {when}"
+    return f"active condition **{md_text(evidence.text)}** recorded on {when}"
+
+
+def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot: PatientSnapshot) -> CardText:
+    top = findings[0]
+    drug = top.drug
+    if isinstance(top, LipidPanelMissing):
+        when = f"the last one was on {_human(top.last.effective.date())}" if top.last and top.last.effective else "none is on record"
+        summary = f"No lipid panel in the last {top.missing_panel_days} days while on {drug}: order a fasting lipid panel"
+        detail = (f"- The label asks to monitor lipids before and periodically during treatment; {when}.\n"
+                  f"- Order a fasting lipid panel.\n\nSource: {_cite(top.source)} ({top.missing_panel_days}-day interval)")
+        return CardText(_summary(summary, 1), detail)
+    graded = [f for f in findings if isinstance(f, LipidGradeFinding)]
+    lab: LabResult = top.evidence[0]
+    value = f"{_cap(top.analyte)} {lab.value:.0f} mg/dL on {_lab_day(lab)}"
+    if top.stale_after_days is not None:
+        summary = f"{value} (CTCAE grade {top.grade}) is over {top.stale_after_days} days old: recheck a fasting lipid panel"
+    elif not top.label_action:
+        summary = f"{value} is CTCAE grade {top.grade} on {drug}: review lipid treatment"
+    else:
+        summary = f"{value} is CTCAE grade {top.grade} on {drug}: {_first_clause(top.action.action.split(':', 1)[-1])}"
+    lines = []
+    for f in graded:
+        lab = f.evidence[0]
+        written = f" (reported as {md_text(lab.value_as_written)})" if not (lab.value_as_written or "").lower().endswith("mg/dl") else ""
+        lines.append(f"- {_cap(f.analyte)}: **{lab.value:.0f} mg/dL**{written} on {_lab_day(lab)}: CTCAE v5 grade {f.grade}.")
+        if f.stale_after_days is not None:
+            lines.append(f"  - Older than the {f.stale_after_days}-day look-back: no grade action is advised on it. "
+                         "Order a fasting lipid panel and act on the new result.")
+        elif not f.label_action:
+            lines.append(f"  - Review lipid-lowering treatment with the {drug} prescriber.")
+        else:
+            lines.append(f"  - {f.action.action}")
+    if top.stale_after_days is not None:
+        lines.append(f"\nSource: look-back window: {_cite(top.source)}")
+    else:
+        lines.append(f"\nSource: {_cite(top.source, top.section) if top.label_action else _cite(top.grade_source)}")
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _hepatic_card(findings: list[HepaticFinding], snapshot: PatientSnapshot) -> CardText:
+    """The next step for this patient (the dose for the Child-Pugh class on record, or what to record), not a table."""
+    top = findings[0]
+    drug, mtor, cp = top.drug, _mtor(top), top.child_pugh
+    impairment = f"Child-Pugh {cp} hepatic impairment" if cp else "Hepatic impairment"
+    conditions = ", ".join(f"**{md_text(c.text)}**" for c in top.evidence)
+    dose = f", {mtor.daily_dose_mg:g} mg/day" if mtor.daily_dose_mg else ""
+    lines = [f"- On record: {conditions}.", f"- Order: **{md_text(mtor.text)}** ({_taken_state(mtor)}){dose}."]
+    if top.doses and cp:
+        steps = [f"{_hepatic_dose(d)}{_HEPATIC_SCOPE.get(d.dosing or '', '')}" for d in top.doses]
+        summary = (f"{impairment}: {drug} {steps[0]}" if len(steps) == 1
+                   else f"{impairment} on record: adjust the {drug} dose for the use on record")
+        lines += [f"- Next step: {step}." for step in steps]
+    elif top.doses:
+        summary = f"Hepatic impairment on record: assess the Child-Pugh class to set the {drug} dose"
+        lines.append("- Next step: assess and record the Child-Pugh class (A, B or C); the label sets the dose by it.")
+    else:
+        product = top.advice.product if top.advice else drug
+        trough = "" if product == "Fyarro" else " and check the trough"  # Fyarro's label has no trough monitoring
+        summary = f"{impairment} on record: review the {product} dose against its label{trough}"
+        lines.append(f"- Next step: {top.advice.text if top.advice else 'review the dose against the label.'}")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}")
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+_HEPATIC_SCOPE = {"fixed": " (fixed-dose use)", "tdm": " (trough-guided use)"}
+
+
+def _hepatic_dose(d: HepaticDose) -> str:
+    if d.dose_mg is not None:
+        dose = f"{d.dose_mg:g} mg once daily"
+    elif d.dose_mg_per_m2 is not None:
+        dose = f"{d.dose_mg_per_m2:g} mg/m² once daily"
+    else:
+        dose = d.action or "see the label"
+    note = f" ({d.note})" if d.note and "UNVERIFIED" not in d.note else ""
+    return f"{dose}{note}"
+
+
+def _infection_card(findings: list[InfectionFinding], snapshot: PatientSnapshot) -> CardText:
+    top = findings[0]
+    mtor, drug = _mtor(top), top.drug
+    if top.stale_after_days is not None:
+        summary = f"Infection recorded over {top.stale_after_days} days ago is still active on the list: confirm it has resolved"
+    elif top.kind == "pneumonitis":
+        summary = f"Non-infectious pneumonitis on record while on {drug}: grade it and decide whether to hold {drug}"
+    else:
+        summary = f"Active severe infection on record while on {drug}: review holding {drug} with the prescriber today"
+    lines = []
+    for f in findings:
+        conditions = ", ".join(f"**{md_text(c.text)}**" + (f" (since {_human(c.asserted.date())})" if c.asserted else "")
+                               for c in f.evidence)
+        lines.append(f"- On record: {conditions}; order **{md_text(mtor.text)}** ({_taken_state(mtor)}).")
+        lines.append(f"- The label: {f.advice.text}")
+        if f.stale_after_days is not None:
+            lines.append(f"- Next step: it is older than the {f.stale_after_days}-day look-back; confirm whether it has resolved "
+                         f"and update the problem list. If it is still active, review holding {drug}.")
+        elif f.kind == "pneumonitis":
+            lines.append(f"- Next step: grade the pneumonitis and decide with the prescriber whether to hold or stop {drug}.")
+        else:
+            lines.append(f"- Next step: review today with the {drug} prescriber whether to hold it until the infection is controlled.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}")
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _angioedema_card(findings: list[AngioedemaFinding], snapshot: PatientSnapshot) -> CardText:
+    top = findings[0]
+    ace = top.evidence[0]
+    act = "reconsider the ACE inhibitor order" if ace.is_draft else "counsel the patient"
+    summary = f"{_cap(top.ace_inhibitor)} with {top.drug}: higher risk of angioedema; {act}"
+    lines = [f"- **{md_text(f.evidence[0].text)}** ({_taken_state(f.evidence[0])}) with **{md_text(_mtor(f).text)}** "
+             f"({_taken_state(_mtor(f))})." for f in findings]
+    lines.append(f"- {top.statement.text}")
+    lines.append("- Tell the patient to report swelling of the face, lips, tongue or throat at once.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}")
+    suggestions = _removal_suggestions([f.evidence[0] for f in findings if f.evidence[0].is_draft])
+    return CardText(_summary(summary, 1), "\n".join(lines), suggestions)
+
+
+# --- wording shared by the interaction, pregnancy, lipid, hepatic, infection, angioedema and vaccine cards ---------
+
+
+def _taken_state(order: MedicationOrder) -> str:
+    """How the order stands, in words; a MedicationStatement is a drug the patient takes, not an order."""
+    return "recorded as taken" if order.kind == "statement" else _order_state(order)
+
+
+def _human(day: date) -> str:
+    return f"{day.day} {day:%b %Y}"
+
+
+def _when(due: date, today: date) -> str:
+    """A due date already reached is "now" (issue 13), else "on 4 Dec 2026"."""
+    return "now" if due <= today else f"on {_human(due)}"
+
+
+def _lab_day(lab: LabResult) -> str:
+    return _human(lab.effective.date()) if lab.effective else "an unknown date"
+
+
+def _evidence_date(evidence: ConditionRecord | LabResult) -> date | None:
+    when = evidence.effective if isinstance(evidence, LabResult) else evidence.asserted
+    return when.date() if when else None
+
+
+def _first_clause(text: str) -> str:
+    """The first instruction of a label sentence, lower-cased for use after a colon."""
+    clause = text.strip().split(";")[0].split(": ")[0].rstrip(".")  # not ". ": "St. John's wort"
+    return clause[:1].lower() + clause[1:]
 
 
 def _surgery_card(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> CardText:
@@ -385,75 +592,6 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
     order_date = max(due, snapshot.today)
     suggestion = _trough_order_suggestion(snapshot, mtor, drug, order_date, top.level_test)
     return CardText(_summary(summary, 1), "\n".join(lines), [suggestion])
-
-
-def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot: PatientSnapshot) -> CardText:
-    top = findings[0]
-    drug = top.drug
-    if isinstance(top, LipidPanelMissing):
-        when = f"the last one was on {_lab_date(top.last)}" if top.last else "none is on record"
-        summary = f"No lipid panel in the last {top.missing_panel_days} days while on {drug}"
-        detail = (f"The label asks to monitor lipids before and periodically during treatment; {when}. "
-                  f"Order a fasting lipid panel. _(Interval: {_cite(top.source)})_")
-        return CardText(_summary(summary, 1), detail)
-    graded = [f for f in findings if isinstance(f, LipidGradeFinding)]
-    lab: LabResult = top.evidence[0]
-    summary = f"{_cap(top.analyte)} {lab.value:.0f} mg/dL ({_lab_date(lab)}) on {drug}: CTCAE grade {top.grade}"
-    lines = []
-    for f in graded:
-        lab = f.evidence[0]
-        written = f" (reported as {lab.value_as_written})" if not (lab.value_as_written or "").lower().endswith("mg/dl") else ""
-        lines.append(f"- Latest {f.analyte}: **{lab.value:.0f} mg/dL**{written} on {_lab_date(lab)} "
-                     f"(`{lab.ref}`): CTCAE v5 grade {f.grade} _({_cite(f.grade_source)})_.")
-        lines.append(f"  - {f.action.action} _({_cite(f.source, f.section)})_")
-    return CardText(_summary(summary, len(graded)), "\n".join(lines))
-
-
-def _hepatic_card(findings: list[HepaticFinding], snapshot: PatientSnapshot) -> CardText:
-    top = findings[0]
-    drug, mtor, cp = top.drug, _mtor(top), top.child_pugh
-    summary = f"Hepatic impairment{f' (Child-Pugh {cp})' if cp else ''} on record: {drug} dose needs adjusting"
-    conditions = ", ".join(f"**{c.text}** (`{c.ref}`)" for c in top.evidence)
-    lines = [f"- On record: {conditions}.", f"- Order: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`)"
-             + (f", {mtor.daily_dose_mg:g} mg/day." if mtor.daily_dose_mg else "."),
-             f"- Indication: {_indication_text(top.indication)}.", "", "Label dose:"]
-    for d in top.doses:
-        dose = (f"{d.dose_mg:g} mg daily" if d.dose_mg is not None
-                else f"{d.dose_mg_per_m2:g} mg/m² daily" if d.dose_mg_per_m2 is not None else d.action or "see the label")
-        scope = {"fixed": " (fixed-dose use)", "tdm": " (trough-guided use)"}.get(d.dosing or "", "")
-        note = f"; {d.note}" if d.note and "UNVERIFIED" not in d.note else ""
-        lines.append(f"- Child-Pugh {d.child_pugh}{scope}: {dose}{note} _({_cite(d.source, d.section)})_")
-    if not top.doses:
-        lines.append("- The knowledge base has no label dose for this case; review the label.")
-    if not cp:
-        lines.append("\nThe Child-Pugh class is not on record: the dose depends on it.")
-    if top.advice:
-        lines.append(f"\n{top.advice.text} _({_cite(top.advice.source, top.advice.section)})_")
-    return CardText(_summary(summary, 1), "\n".join(lines))
-
-
-def _infection_card(findings: list[InfectionFinding], snapshot: PatientSnapshot) -> CardText:
-    top = findings[0]
-    mtor = _mtor(top)
-    what = "Non-infectious pneumonitis" if top.kind == "pneumonitis" else "Active severe infection"
-    summary = f"{what} on record while on {top.drug}: review whether to hold it"
-    lines = []
-    for f in findings:
-        conditions = ", ".join(f"**{c.text}** (`{c.ref}`)" for c in f.evidence)
-        lines.append(f"- {conditions}: {f.advice.text} _({_cite(f.source, f.section)})_")
-    lines.append(f"\nOrder: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`).")
-    return CardText(_summary(summary, len(findings)), "\n".join(lines))
-
-
-def _angioedema_card(findings: list[AngioedemaFinding], snapshot: PatientSnapshot) -> CardText:
-    top = findings[0]
-    summary = f"{_cap(top.ace_inhibitor)} with {top.drug}: higher risk of angioedema"
-    lines = [f"- **{f.evidence[0].text}** ({_order_state(f.evidence[0])}, `{f.evidence[0].ref}`) with **{_mtor(f).text}** "
-             f"({_order_state(_mtor(f))}, `{_mtor(f).ref}`)." for f in findings]
-    lines.append(f"\n{top.statement.text} _({_cite(top.source, top.section)})_")
-    lines.append("Tell the patient to report swelling of the face, lips, tongue or throat at once.")
-    suggestions = _removal_suggestions([f.evidence[0] for f in findings if f.evidence[0].is_draft])
-    return CardText(_summary(summary, len(findings)), "\n".join(lines), suggestions)
 
 
 def _contraception_card(findings: list[ContraceptionFinding], snapshot: PatientSnapshot) -> CardText:
@@ -703,6 +841,13 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
         for s in suggestions:
             s["isRecommended"] = True
     return suggestions
+
+
+def md_text(value: str) -> str:
+    """Text from FHIR (a drug name, a display), safe inside Markdown: one line, Markdown control characters escaped.
+    (Stand-in: the ops-hardening branch adds the shared md_text here; keep theirs at merge.)"""
+    text = " ".join(str(value).split())
+    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", text)  # never at a line start here: # - + 1. need no escape
 
 
 def _summary(text: str, count: int) -> str:

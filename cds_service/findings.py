@@ -17,6 +17,7 @@ from cds_service.knowledge.records import (
     ConditionAdvice,
     HepaticDose,
     InteractionAdvice,
+    LabelInteraction,
     LabelStatement,
     LevelTest,
     LipidAction,
@@ -126,6 +127,19 @@ class InteractionFinding(Finding):
     indication: Indication
     trough_recheck: TroughRecheck | None
     level_test: LevelTest
+    product: str | None = None  # the mTOR product whose label governs ("Zortress", "Rapamune", ...), when known
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LevelRaiserFinding(Finding):
+    """A product that raises mTOR levels outside the CYP3A classes (cannabidiol): same topic as CYP3A interactions."""
+
+    topic: ClassVar[Topic] = Topic.CYP3A4_INTERACTION
+    interaction: LabelInteraction
+    product: str | None
+    cites_label: bool  # the product's own label states it (Zortress, Rapamune); else the literature is cited
+    trough_recheck: TroughRecheck | None
+    level_test: LevelTest
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,6 +154,7 @@ class LiveVaccineFinding(Finding):
 class PregnancyFinding(Finding):
     topic: ClassVar[Topic] = Topic.PREGNANCY
     contraception_weeks: int | None
+    stale_after_days: int | None = None  # set when the evidence is older than its look-back window: ask to recheck
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -209,6 +224,8 @@ class LipidGradeFinding(Finding):
     grade: int  # CTCAE v5
     action: LipidAction
     grade_source: Source
+    stale_after_days: int | None = None  # set when the value is older than the look-back window: recheck, no action
+    label_action: bool = True  # False: the grade actions are another product's label (Afinitor's): grade only
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -232,6 +249,7 @@ class InfectionFinding(Finding):
     topic: ClassVar[Topic] = Topic.INFECTION
     kind: str  # "severe-infection" | "pneumonitis"
     advice: ConditionAdvice
+    stale_after_days: int | None = None  # set when every such Condition is older than its look-back window
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -52,7 +52,8 @@ def test_st_johns_wort_taken_over_the_counter_warns_without_offering_to_delete_i
     assert_valid_cds_response(body)
     assert core_topics(body) == ["cyp3a4-interaction"]
     card = body["cards"][0]
-    assert card["indicator"] == "warning" and "MedicationStatement/ms-sjw-active" in card["detail"]
+    # issue 13: no resource ids in the text; the statement is named and said to be taken, not ordered
+    assert card["indicator"] == "warning" and "recorded as taken" in card["detail"] and "MedicationStatement/" not in card["detail"]
     deletes = [a for s in card.get("suggestions", ()) for a in s.get("actions", ()) if a.get("type") == "delete"]
     assert not [a for a in deletes if "MedicationStatement" in str(a.get("resourceId"))]
 

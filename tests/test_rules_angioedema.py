@@ -19,7 +19,11 @@ def test_everolimus_with_ace_inhibitor_warns_of_angioedema():
     assert finding.severity is Severity.WARNING and finding.evidence == (lisinopril,)
 
 
-def test_sirolimus_with_ace_inhibitor_has_no_angioedema_card():
+def test_sirolimus_with_ace_inhibitor_warns_with_rapamune_wording_and_the_published_incidence():
+    # Rapamune W&P 5.5 Angioedema (DailyMed); incidence with ACE inhibitors: PubMed 20093343
     lisinopril = mtor_order("MedicationRequest/lis", "Lisinopril 10 MG Oral Tablet", "314076", dose=10)
     sirolimus = mtor_order("MedicationRequest/rapa", "Sirolimus 2 MG Oral Tablet", "360110", dose=2)
-    assert check_angioedema(record_snapshot([sirolimus, lisinopril]), K) == []
+    [finding] = check_angioedema(record_snapshot([sirolimus, lisinopril]), K)
+    assert finding.severity is Severity.WARNING
+    assert finding.source.key == "MTORI-ACEI-2010" and "Rapamune" in finding.statement.text
+    assert "everolimus" not in finding.statement.text.lower() and "afinitor" not in finding.statement.text.lower()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
+
 from cds_service.rules.conditions import check_hepatic_impairment, check_infection
 from snapshots import (
     AML_RECORD,
     ICD10CM,
+    NOW,
+    SNOMED,
     TSC_RECORD,
     condition_record,
     knowledge,
@@ -14,6 +20,7 @@ from snapshots import (
 )
 
 K = knowledge()
+NOW_2 = NOW - timedelta(days=2)
 
 
 def test_cirrhosis_with_fixed_dose_everolimus_lists_child_pugh_doses():
@@ -40,3 +47,91 @@ def test_pneumonitis_fires_with_its_own_advice():
 def test_lam_is_not_taken_for_pneumonitis():
     assert check_infection(record_snapshot([mtor_order(code="360110", text="Sirolimus 2 MG Oral Tablet", dose=2)], [],
                                     [condition_record("277844007")]), K) == []
+
+
+# --- issue 10 §4: sirolimus gets Rapamune's own advice, never Afinitor's table ---------------------------------
+
+RAPAMUNE = ("MedicationRequest/rapa", "Rapamune 2 MG Oral Tablet", "404432")
+CIRRHOSIS_C = condition_record("K74.60", ICD10CM)
+
+
+def test_hepatic_impairment_with_sirolimus_gives_rapamunes_advice_and_no_afinitor_numbers():
+    # Rapamune §2.7 (maintenance dose reduced; size unverified, so no number) and §2.1 (7 to 14 days)
+    [finding] = check_hepatic_impairment(record_snapshot([mtor_order(*RAPAMUNE, dose=2)], [], [CIRRHOSIS_C]), K)
+    assert finding.doses == ()  # the Afinitor Child-Pugh table is everolimus's
+    assert finding.advice is not None and finding.advice.product == "Rapamune" and finding.source.key == "RAPAMUNE-DOSE"
+    assert "7.5" not in finding.advice.text and "AFINITOR" not in finding.advice.text.upper()
+
+
+def test_hepatic_impairment_with_zortress_gives_the_zortress_label_advice():
+    # Zortress 2010 Highlights: moderate hepatic impairment, reduce the daily dose by one half
+    zortress = mtor_order("MedicationRequest/zor", "Zortress 0.75 MG Oral Tablet", "977440", dose=0.75)
+    [finding] = check_hepatic_impairment(record_snapshot([zortress], [], [CIRRHOSIS_C]), K)
+    assert finding.doses == () and finding.advice.source.key == "ZORTRESS-2010"
+
+
+def test_hepatic_impairment_with_fyarro_points_to_its_label_without_numbers():
+    fyarro = mtor_order("MedicationRequest/fy", "Fyarro (sirolimus protein-bound particles) injectable suspension", None, dose=None)
+    [finding] = check_hepatic_impairment(record_snapshot([fyarro], [], [CIRRHOSIS_C]), K)
+    assert finding.advice.product == "Fyarro" and not any(ch.isdigit() for ch in finding.advice.text.replace("§2.4", ""))
+
+
+# --- issue 10 §5: severe infection value sets; §2: look-back windows -----------------------------------------------
+
+
+def test_sepsis_coded_only_in_icd10_fires():
+    # clinical_conditions.json severe_infections A41 (prefix), set sepsis
+    [finding] = check_infection(record_snapshot([mtor_order()], [], [condition_record("A41.9", ICD10CM, asserted=NOW_2)]), K)
+    assert finding.kind == "severe-infection" and finding.severity.name == "WARNING"
+
+
+@pytest.mark.parametrize("code, system", [("R65.21", ICD10CM), ("76571007", SNOMED), ("B59", ICD10CM), ("J18.9", ICD10CM),
+                                          ("B44.0", ICD10CM), ("A15.0", ICD10CM), ("B25.9", ICD10CM), ("B16.9", ICD10CM)])
+def test_broadened_severe_infection_value_sets_fire(code, system):
+    [finding] = check_infection(record_snapshot([mtor_order()], [], [condition_record(code, system, asserted=NOW_2)]), K)
+    assert finding.kind == "severe-infection"
+
+
+def test_uncoded_septic_shock_is_recognised_by_name():
+    [finding] = check_infection(record_snapshot([mtor_order()], [], [condition_record(None, text="Septic shock", asserted=NOW_2)]), K)
+    assert finding.kind == "severe-infection"
+
+
+def test_infection_older_than_the_look_back_window_gives_only_an_info_card():
+    # lookback.json severe-infection-condition: 30 days (policy)
+    [finding] = check_infection(record_snapshot([mtor_order()], [], [condition_record("A41.9", ICD10CM)]), K)  # 400 days old
+    assert finding.severity.name == "INFO" and finding.stale_after_days == 30
+
+
+def test_sirolimus_infection_card_quotes_rapamune():
+    [finding] = check_infection(record_snapshot([mtor_order(*RAPAMUNE, dose=2)], [], [condition_record("A41.9", ICD10CM, asserted=NOW_2)]), K)
+    assert finding.source.key == "RAPAMUNE-WP" and "AFINITOR" not in finding.advice.text.upper()
+
+
+# --- cards (issue 13): the concrete next step, the governing product's words only --------------------------------
+
+
+def card_for(findings, snapshot):
+    from cds_service.cards import render_cards
+    [card] = render_cards(findings, snapshot)
+    return card
+
+
+def test_sirolimus_hepatic_card_names_no_afinitor_and_says_the_next_step():
+    snapshot = record_snapshot([mtor_order(*RAPAMUNE, dose=2)], [], [CIRRHOSIS_C])
+    card = card_for(check_hepatic_impairment(snapshot, K), snapshot)
+    assert "afinitor" not in (card.summary + card.detail).lower() and "Next step:" in card.detail
+    assert "Child-Pugh A" not in card.detail and "Rapamune" in card.detail
+
+
+def test_afinitor_hepatic_card_without_child_pugh_asks_for_it_instead_of_repeating_the_table():
+    snapshot = record_snapshot([mtor_order()], [], [TSC_RECORD, AML_RECORD, condition_record("19943007")])
+    card = card_for(check_hepatic_impairment(snapshot, K), snapshot)
+    assert "Child-Pugh class" in card.detail and "7.5 mg" not in card.detail
+
+
+def test_infection_card_says_the_next_step_and_shows_no_resource_ids():
+    snapshot = record_snapshot([mtor_order()], [], [condition_record("A41.9", ICD10CM, text="Sepsis", asserted=NOW_2)])
+    card = card_for(check_infection(snapshot, K), snapshot)
+    assert "Next step:" in card.detail and "Condition/" not in card.detail and "MedicationRequest/" not in card.detail
+    assert len(card.summary) < 140 and "more)" not in card.summary

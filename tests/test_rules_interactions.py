@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from cds_service.findings import Severity, Topic
 from cds_service.rules.interactions import check_cyp3a4_interactions
-from snapshots import everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
+from snapshots import NOW, date, everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
+
+NOW_DAY = NOW.date()
+date_days = date
 
 
 def interactions(*medications, drafts=(), hook="order-sign"):
@@ -58,11 +63,13 @@ def test_moderate_inhibitor_with_everolimus_gives_both_fixed_dose_and_trough_gui
     assert "50%" in actions and "trough" in actions  # TDM: halve the dose, recheck the trough
 
 
-def test_moderate_inhibitor_with_sirolimus_warns_and_cites_rapamune():
+def test_moderate_inhibitor_with_sirolimus_warns_with_rapamunes_own_words():
+    # interactions.json diltiazem by_label.rapamune (Rapamune §7.4, verified) overrides the class advice
     [finding] = interactions(sirolimus(), med("diltiazem 120 MG Oral Capsule"))
     assert finding.severity is Severity.WARNING
     assert finding.strength == "moderate"
-    assert advice_sources(finding) == {"RAPAMUNE-PI"}
+    assert advice_sources(finding) == {"RAPAMUNE-DDI"}
+    assert "Rapamune" in finding.advice[0].action
     assert any("§7.4" in a.section for a in finding.advice)
 
 
@@ -185,3 +192,131 @@ def test_rule_works_on_a_snapshot_built_by_hand():
     snapshot = plain_snapshot(order("Afinitor 10 mg tablet"), order("posaconazole 100 mg DR tablet"))
     [finding] = check_cyp3a4_interactions(snapshot, knowledge())
     assert finding.severity is Severity.CRITICAL
+
+
+# --- issue 10 §3: each product's own label overrides the general table (interactions.json by_label) -------------
+
+ZORTRESS = dict(text="Zortress (everolimus) 0.75 MG Oral Tablet", rxnorm="977440", dose_mg=0.75)
+RAPAMUNE = dict(text="Rapamune (sirolimus) 2 MG Oral Tablet", rxnorm="404432", dose_mg=2)
+FYARRO = dict(text="Fyarro (sirolimus protein-bound particles) 100 MG injectable suspension")
+
+
+def test_zortress_with_cyclosporine_is_the_labelled_combination_and_gives_no_card():
+    # Zortress 2010 label: everolimus is given WITH reduced-dose cyclosporine (by_label.zortress intended-combination)
+    assert interactions(med(**ZORTRESS), med("cyclosporine, modified 100 MG Oral Capsule")) == []
+
+
+def test_rapamune_with_cyclosporine_gives_the_4_hour_timing_advice_as_info_only():
+    # Rapamune §2.1 / §7.1: take Rapamune 4 hours after cyclosporine (MODIFIED)
+    [finding] = interactions(med(**RAPAMUNE), med("cyclosporine, modified 100 MG Oral Capsule"))
+    assert finding.severity is Severity.INFO
+    assert advice_sources(finding) == {"RAPAMUNE-DDI"} and "4 hours after cyclosporine" in finding.advice[0].action
+    assert finding.trough_recheck is None
+
+
+def test_erythromycin_is_a_strong_inhibitor_for_sirolimus_per_rapamune():
+    # Rapamune §7.2 names erythromycin among strong inhibitors to avoid (strength_by_drug), not moderate as for everolimus
+    [finding] = interactions(sirolimus(), med("erythromycin 250 MG Delayed Release Oral Tablet"))
+    assert finding.strength == "strong" and finding.severity is Severity.CRITICAL
+
+
+def test_zortress_never_gets_afinitors_dose_numbers():
+    [finding] = interactions(med(**ZORTRESS), med("fluconazole 150 MG Oral Tablet", rxnorm="197698"))
+    assert finding.product == "Zortress" and finding.advice == ()  # Afinitor's 2.5 mg / 50% advice is not Zortress's
+    assert finding.label is not None and finding.label.key == "ZORTRESS-LABEL"
+
+
+def test_fyarro_never_gets_rapamunes_advice():
+    [finding] = interactions(med(**FYARRO), med("itraconazole 100 MG Oral Capsule"))
+    assert finding.product == "Fyarro" and finding.advice == () and finding.trough_recheck is None
+
+
+def test_unverified_perpetrators_give_no_card():
+    # interactions.json perpetrators_unverified (ciprofloxacin, fluvoxamine): classification not read in FDA Table 1
+    assert interactions(everolimus(), med("ciprofloxacin 500 MG Oral Tablet")) == []
+    assert interactions(everolimus(), med("fluvoxamine maleate 100 MG Oral Tablet")) == []
+
+
+def test_a_drug_recorded_only_as_a_medication_statement_counts():
+    st_johns_wort = {"resourceType": "MedicationStatement", "id": "ms-sjw", "status": "active",
+                     "subject": {"reference": "Patient/pt-1"}, "medicationCodeableConcept": {"text": "St. John's wort 300 mg capsule"}}
+    [finding] = rule_findings(check_cyp3a4_interactions, hook="patient-view", medications=[everolimus()],
+                              medication_statements=[st_johns_wort])
+    assert finding.evidence[0].kind == "statement" and finding.effect == "inducer"
+
+
+def test_trough_recheck_is_due_the_labels_interval_after_the_inhibitor_was_started():
+    # Afinitor (older label) §2: trough about 2 weeks after starting a moderate inhibitor (TDM use)
+    from snapshots import condition
+    fluconazole = med("fluconazole 150 MG Oral Tablet", rxnorm="197698", authoredOn=date(-3))
+    sega = condition("http://snomed.info/sct", "253152008", "Subependymal giant cell astrocytoma")
+    tsc = condition("http://snomed.info/sct", "7199000", "Tuberous sclerosis")
+    [finding] = rule_findings(check_cyp3a4_interactions, hook="patient-view", medications=[everolimus(), fluconazole],
+                              conditions=[tsc, sega])
+    assert finding.trough_recheck is not None
+    assert finding.trough_recheck.due == NOW.date() - timedelta(days=3) + timedelta(days=finding.trough_recheck.timing.days_after)
+
+
+# --- cannabidiol (interactions.json label_specific) ----------------------------------------------------------------
+
+EPIDIOLEX = dict(text="Epidiolex (cannabidiol) 100 mg/mL oral solution", rxnorm="2058900")
+
+
+def test_cannabidiol_with_afinitor_asks_for_a_trough_and_cites_the_literature_not_an_afinitor_label():
+    # CBD-MTOR-2020 (Pediatric Neurology 2020); the Afinitor label's CBD text was not read (afinitor_label.verified false)
+    [finding] = interactions(everolimus(), med(**EPIDIOLEX, authoredOn=date_days(-14)))
+    assert finding.severity is Severity.WARNING
+    assert finding.source.key == "CBD-MTOR-2020" and not finding.cites_label
+    assert finding.trough_recheck is not None and finding.trough_recheck.due <= NOW_DAY  # 14 days after: due now
+
+
+def test_cannabidiol_with_zortress_cites_the_zortress_label():
+    # Zortress W&P 5.22 / DI 7.13 (FDA SrLC 09/2023)
+    [finding] = interactions(med(**ZORTRESS), med(**EPIDIOLEX))
+    assert finding.cites_label and finding.source.key == "ZORTRESS-SRLC"
+
+
+def test_cannabidiol_with_sirolimus_cites_rapamune_and_rechecks_7_to_14_days_after():
+    # Rapamune W&P 5.21 / DI 7.5 (FDA SrLC 08/2022); §2.1: 7 to 14 days before further adjustment
+    [finding] = interactions(sirolimus(), med(**EPIDIOLEX, authoredOn=date_days(-2)))
+    assert finding.source.key == "RAPAMUNE-SRLC"
+    timing = finding.trough_recheck.timing
+    assert (timing.days_after, timing.days_after_latest) == (7, 14)
+    assert finding.trough_recheck.due == NOW_DAY + timedelta(days=5)
+
+
+def test_cbd_recorded_as_a_medication_statement_counts():
+    cbd = {"resourceType": "MedicationStatement", "id": "ms-cbd", "status": "active",
+           "subject": {"reference": "Patient/pt-1"}, "medicationCodeableConcept": {"text": "CBD oil 25 mg"}}
+    [finding] = rule_findings(check_cyp3a4_interactions, hook="patient-view", medications=[everolimus()], medication_statements=[cbd])
+    assert finding.interaction.perpetrator == "cannabidiol" and finding.evidence[0].kind == "statement"
+
+
+def test_cannabidiol_card_says_now_for_a_date_already_reached_and_orders_the_trough():
+    from cds_service.cards import render_cards
+    from snapshots import snapshot_of
+    snapshot = snapshot_of(hook="patient-view", medications=[everolimus(), med(**EPIDIOLEX, authoredOn=date_days(-20))])
+    [card] = render_cards(check_cyp3a4_interactions(snapshot, knowledge()), snapshot)
+    assert "trough now" in card.summary and "AFINITOR label" not in card.detail
+    assert [s["actions"][0]["type"] for s in card.suggestions] == ["create"]  # the trough order; nothing deleted
+
+
+def test_statement_card_offers_no_deletion():
+    from cds_service.cards import render_cards
+    from snapshots import snapshot_of
+    sjw = {"resourceType": "MedicationStatement", "id": "ms-sjw", "status": "active",
+           "subject": {"reference": "Patient/pt-1"}, "medicationCodeableConcept": {"text": "St. John's wort 300 mg capsule"}}
+    snapshot = snapshot_of(hook="patient-view", medications=[everolimus()], medication_statements=[sjw])
+    [card] = render_cards(check_cyp3a4_interactions(snapshot, knowledge()), snapshot)
+    assert not [a for s in card.suggestions for a in s["actions"] if a["type"] == "delete"]
+    assert "recorded as taken" in card.detail and "St. John's wort" in card.summary
+
+
+def test_no_trough_recheck_when_one_was_drawn_after_the_due_date():
+    from snapshots import condition, level
+    fluconazole = med("fluconazole 150 MG Oral Tablet", rxnorm="197698", authoredOn=date(-40))
+    conditions = [condition("http://snomed.info/sct", "7199000", "Tuberous sclerosis"),
+                  condition("http://snomed.info/sct", "253152008", "Subependymal giant cell astrocytoma")]
+    [finding] = rule_findings(check_cyp3a4_interactions, hook="patient-view", medications=[everolimus(), fluconazole],
+                              conditions=conditions, observations=[level("everolimus", 8, days_ago=5)])
+    assert finding.trough_recheck is None

@@ -39,3 +39,32 @@ def test_no_lipid_panel_within_the_interval_gives_an_info_card():
 
 def test_missing_panel_is_not_claimed_when_observations_were_unavailable():
     assert check_lipids(record_snapshot([mtor_order()], [], unavailable=["observations"]), K) == []
+
+
+# --- issue 10 §2: look-back window (lookback.json lipids, 90 days, policy) -----------------------------------------
+
+
+def test_grade_4_on_an_old_panel_gives_an_info_recheck_never_discontinue():
+    [finding] = check_lipids(record_snapshot([mtor_order()], [lipid_result("triglycerides", 1001, days_ago=120)]), K)
+    assert finding.grade == 4 and finding.severity is Severity.INFO and finding.stale_after_days == 90
+
+
+def test_grade_4_on_a_current_panel_stays_critical():
+    [finding] = check_lipids(record_snapshot([mtor_order()], [lipid_result("triglycerides", 1001, days_ago=80)]), K)
+    assert finding.severity is Severity.CRITICAL and finding.stale_after_days is None
+
+
+# --- issue 10 §4: the grade actions are Afinitor's (monitoring.json lipids.actions cite the Afinitor label) --------
+
+
+def test_sirolimus_grade_4_shows_the_grade_without_afinitors_discontinue_action():
+    rapamune = mtor_order("MedicationRequest/rapa", "Rapamune 2 MG Oral Tablet", "404432", dose=2)
+    [finding] = check_lipids(record_snapshot([rapamune], [lipid_result("triglycerides", 1001)]), K)
+    assert finding.grade == 4 and finding.severity is Severity.INFO and not finding.label_action
+
+
+def test_stale_lipid_card_asks_for_a_new_panel_and_not_to_discontinue():
+    from cds_service.cards import render_cards
+    snapshot = record_snapshot([mtor_order()], [lipid_result("triglycerides", 1001, days_ago=120)])
+    [card] = render_cards(check_lipids(snapshot, K), snapshot)
+    assert card.indicator == "info" and "recheck" in card.summary and "discontinue" not in card.detail.lower()

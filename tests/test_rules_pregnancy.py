@@ -113,8 +113,70 @@ def test_positive_hcg_within_30_days_by_result_code_fires():
     assert finding.evidence[0].ref == ref(test)
 
 
-def test_positive_hcg_older_than_30_days_does_not_fire():
-    assert pregnancy(observations=[hcg("positive", days_ago=31)]) == []
+def test_positive_hcg_older_than_30_days_gives_only_an_info_recheck():
+    # lookback.json hcg-test 30 days (policy): stale evidence never drives the critical card
+    [finding] = pregnancy(observations=[hcg("positive", days_ago=31)])
+    assert finding.severity is Severity.INFO and finding.stale_after_days == 30
+
+
+def test_positive_hcg_older_than_a_pregnancy_says_nothing():
+    assert pregnancy(observations=[hcg("positive", days_ago=300)]) == []
+
+
+def test_pregnancy_condition_older_than_280_days_gives_only_an_info_recheck():
+    # lookback.json pregnancy-condition 280 days (ACOG Committee Opinion 700)
+    [finding] = pregnancy(conditions=[condition(SNOMED, "77386006", "Pregnant", onset_days_ago=300)])
+    assert finding.severity is Severity.INFO and finding.stale_after_days == 280
+
+
+def test_pregnancy_condition_within_280_days_is_critical():
+    [finding] = pregnancy(conditions=[condition(SNOMED, "77386006", "Pregnant", onset_days_ago=200)])
+    assert finding.severity is Severity.CRITICAL and finding.stale_after_days is None
+
+
+# --- quantitative hCG (lookback.json hcg_quantitative: interpretation, then referenceRange, then 5 IU/L) -------
+
+
+def quantitative(value, days_ago, *, unit="m[IU]/mL", loinc="21198-7", high=None, interpretation=None):
+    fields = {"valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    if high is not None:
+        fields["referenceRange"] = [{"high": {"value": high, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}]
+    if interpretation:
+        fields["interpretation"] = [concept(None, coding(INTERPRETATION, interpretation))]
+    return observation(loinc, days_ago, text="hCG quantitative", **fields)
+
+
+def test_later_negative_quantitative_hcg_outweighs_an_earlier_positive():
+    assert pregnancy(observations=[hcg("positive", days_ago=13), quantitative(2, 5, high=5, interpretation="N")]) == []
+
+
+def test_quantitative_interpretation_high_is_positive_even_below_the_fallback_cutoff():
+    [finding] = pregnancy(observations=[quantitative(3, 2, interpretation="H")])
+    assert finding.severity is Severity.CRITICAL
+
+
+def test_quantitative_value_above_the_labs_reference_range_is_positive():
+    assert pregnancy(observations=[quantitative(40, 2, high=5)])
+
+
+def test_quantitative_value_within_the_labs_reference_range_is_negative():
+    assert pregnancy(observations=[hcg("positive", days_ago=10), quantitative(6, 2, high=8.3)]) == []
+
+
+def test_quantitative_serum_value_below_5_iu_per_l_with_no_range_is_negative():
+    assert pregnancy(observations=[hcg("positive", days_ago=10), quantitative(4, 2, unit="IU/L")]) == []
+
+
+def test_quantitative_value_between_5_and_the_unknown_upper_limit_is_indeterminate_not_negative():
+    # No referenceRange and no interpretation: 5-25 IU/L is indeterminate (MERITER-HCG: retest in 48 h), so the
+    # earlier positive still stands.
+    [finding] = pregnancy(observations=[hcg("positive", days_ago=10), quantitative(12, 2)])
+    assert finding.evidence[0].result == "positive"
+
+
+def test_urine_quantitative_hcg_has_no_fallback_cutoff():
+    [finding] = pregnancy(observations=[hcg("positive", days_ago=10), quantitative(1, 2, loinc="25372-4")])
+    assert finding.evidence[0].result == "positive"
 
 
 def test_positive_hcg_by_loinc_answer_code_fires():
@@ -211,3 +273,10 @@ def test_pregnancy_rule_alone_is_total_on_a_patient_without_mtor_inhibitor():
 
 def test_pregnancy_rule_accepts_a_hand_built_snapshot_with_no_evidence():
     assert check_pregnancy(plain_snapshot(order("Rapamune 1 mg tablet")), knowledge()) == []
+
+
+def test_stale_pregnancy_card_is_info_asks_for_a_recheck_and_offers_no_deletion():
+    from cds_service.cards import render_cards
+    snapshot = snapshot_of(hook="order-sign", drafts=[everolimus(draft=True)], observations=[hcg("positive", days_ago=40)])
+    [card] = render_cards(check_pregnancy(snapshot, knowledge()), snapshot)
+    assert card.indicator == "info" and "confirm" in card.summary and not card.suggestions

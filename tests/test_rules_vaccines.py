@@ -85,10 +85,12 @@ def test_two_live_vaccine_orders_give_two_findings():
     assert len(findings) == 2
 
 
-def test_live_vaccine_for_a_patient_starting_sirolimus_cites_the_sirolimus_statement():
+def test_live_vaccine_for_a_patient_starting_sirolimus_cites_rapamunes_own_immunisation_warning():
+    # regimens.json rapamune-renal-transplant vaccination (verified): never the secondary TSC summary
     [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), sirolimus(draft=True), medications=[])
     assert finding.mtor.mtor_drug == "sirolimus"
-    assert finding.source.key == "TSC-SUMMARY"
+    assert finding.source.key == "RAPAMUNE-FDA-2008"
+    assert "live vaccines" in finding.statement.text
 
 
 def test_live_vaccine_for_a_patient_on_everolimus_cites_the_afinitor_label():
@@ -110,3 +112,9 @@ def test_live_vaccine_without_an_mtor_inhibitor_gives_no_finding_from_evaluate()
 def test_live_vaccine_rule_alone_is_total_on_a_patient_without_mtor_inhibitor():
     snapshot = plain_snapshot(order("MMR", draft=True))
     assert check_live_vaccines(snapshot, knowledge()) == []
+
+
+def test_fyarro_live_vaccine_card_quotes_rapamune_as_such_never_the_secondary_summary():
+    fyarro = med("Fyarro (sirolimus protein-bound particles) 100 MG injectable suspension")
+    [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), medications=[fyarro])
+    assert finding.source.key == "RAPAMUNE-FDA-2008" and finding.statement.text.startswith("(Rapamune, oral sirolimus)")

@@ -282,7 +282,35 @@ class _Reader:
         return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result)
 
     def _hcg(self, lab: _LabFacts) -> LabResult:
-        return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=self._test_result(lab.resource))
+        result = self._test_result(lab.resource)
+        if result is None and isinstance(lab.resource.get("valueQuantity"), dict):
+            result = self._quantitative_hcg_result(lab.resource)
+        return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result)
+
+    def _quantitative_hcg_result(self, resource: Mapping) -> str | None:
+        """A quantitative hCG (lookback.json hcg_quantitative): interpretation codes first, then the lab's
+        referenceRange, then the sourced serum cut-off; anything else (e.g. 5-25 IU/L with no range) is indeterminate."""
+        q = self.k.quantitative_hcg
+        interpretations = {(c.get("system"), c.get("code")) for i in resource.get("interpretation") or () for c in self._codings(i)}
+        if interpretations & q.positive_interpretations:
+            return "positive"
+        if interpretations & q.negative_interpretations:
+            return "negative"
+        quantity = resource["valueQuantity"]
+        value = quantity.get("value")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        for reference in resource.get("referenceRange") or ():
+            high = reference.get("high") if isinstance(reference, dict) else None
+            if isinstance(high, dict) and isinstance(high.get("value"), (int, float)) and _same_unit(high, quantity):
+                below = value < high["value"] or (quantity.get("comparator") in ("<", "<=") and value <= high["value"])
+                return "negative" if below else "positive"
+        loinc = {c.get("code") for c in self._codings(resource.get("code")) if c.get("system") == LOINC}
+        factor = next((q.iu_per_l_factor[u.strip().lower()] for u in (quantity.get("code"), quantity.get("unit"))
+                       if isinstance(u, str) and u.strip().lower() in q.iu_per_l_factor), None)
+        if loinc & q.threshold_loinc and factor is not None and value * factor < q.negative_below_iu_per_l:
+            return "negative"
+        return None
 
     def _lipid(self, lab: _LabFacts) -> LabResult:
         per_mmol = self.k.lipids[lab.analyte]["mg_dl_per_mmol_l"]
@@ -493,6 +521,13 @@ def _measure(value: float) -> float:
     if not 0 <= number <= MAX_AMOUNT:  # NaN fails this too
         raise Unreadable("not an amount the service can read")
     return number
+
+
+def _same_unit(a: Mapping, b: Mapping) -> bool:
+    """Two quantities in the same unit (a referenceRange compared with its value); an absent unit matches."""
+    unit_a = str(a.get("code") or a.get("unit") or "").strip().lower()
+    unit_b = str(b.get("code") or b.get("unit") or "").strip().lower()
+    return not unit_a or not unit_b or unit_a == unit_b
 
 
 def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:

@@ -13,6 +13,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,13 +25,18 @@ from cds_service.knowledge.records import (
     ContraceptionAdvice,
     HepaticDose,
     InteractionAdvice,
+    LabelInteraction,
+    LabelOverride,
     LabelStatement,
     LevelTest,
     LipidAction,
+    LookbackWindow,
     PediatricNote,
     PregnancyAdvice,
+    ProductAdvice,
     ProductStrengths,
     ProductUse,
+    QuantitativeHcg,
     Source,
     StartingDose,
     SupportingDrug,
@@ -79,6 +85,7 @@ class DrugRole(str, enum.Enum):
     AMBIGUOUS_VACCINE = "ambiguous-vaccine"
     NOT_LIVE_VACCINE = "not-live-vaccine"
     ACE_INHIBITOR = "ace-inhibitor"
+    LABEL_INTERACTION = "label-interaction"  # raises mTOR levels outside the CYP3A classes (cannabidiol)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +145,33 @@ class Knowledge:
         interactions = files["interactions.json"]
         self.perpetrators: Mapping[str, Mapping] = {e["key"]: e for e in interactions["perpetrators"]}
         self.interaction_advice = tuple(build(InteractionAdvice, a) for a in interactions["advice"])
+        self.label_overrides: Mapping[tuple[str, str], LabelOverride] = {
+            (e["key"], product): build(LabelOverride, o, perpetrator=e["key"], product=product)
+            for e in interactions["perpetrators"]
+            for product, o in e.get("by_label", {}).items()
+            if o.get("verified") is True  # an unread label statement never reaches a card
+        }
+        self.label_interactions: Mapping[tuple[str, str], LabelInteraction] = {
+            (e["key"], drug): _label_interaction(e, drug, advice) for e in interactions["label_specific"]
+            for drug, advice in e["by_drug"].items()
+        }
+        self._build_lookback(files["lookback.json"], obs_quantitative=files["observations.json"]["hcg_tests"])
+        self.product_advice = tuple(
+            build(ProductAdvice, fact, product=use["product"], topic=topic, text=fact["value"])
+            for use in files["regimens.json"]["uses"]
+            for topic in ("vaccination", "hepatic", "ace_inhibitor_angioedema")
+            if isinstance(fact := use.get(topic), dict) and fact.get("verified") is True and isinstance(fact.get("value"), str)
+        )
         self.live_vaccine_statements: Mapping[str, LabelStatement] = {
             s["drug"]: build(LabelStatement, s) for s in files["vaccines.json"]["label_statements"]
         }
         self.angioedema_statement = build(LabelStatement, files["ace_inhibitors.json"]["label_statement"])
+        self.angioedema_statements: Mapping[str, LabelStatement] = {
+            s.drug: s for s in (self.angioedema_statement, *(
+                build(LabelStatement, e) for e in files["ace_inhibitors.json"].get("label_statements_by_drug", ())
+                if e.get("verified") is True
+            ))
+        }
         self.label_sources: Mapping[str, Source] = {k: e["label_source"] for k, e in self.mtor_drugs.items()}
         self.surgery_windows = {k: build(SurgeryWindow, e["surgery"]) for k, e in self.mtor_drugs.items()}
         self.trough_limits = {k: build(TroughLimit, e["trough_limit"]) for k, e in self.mtor_drugs.items()}
@@ -153,7 +183,8 @@ class Knowledge:
         }
         self.pregnancy_status = obs["pregnancy_status"]
         self.hcg_tests = obs["hcg_tests"]
-        self.hcg_loinc = frozenset(self.hcg_tests["qualitative_loinc"]) | frozenset(self.hcg_tests["quantitative_loinc"])
+        self.hcg_loinc = (frozenset(self.hcg_tests["qualitative_loinc"]) | frozenset(self.hcg_tests["quantitative_loinc"])
+                          | self.quantitative_hcg.loinc)
         results = obs["result_codes"]
         self.result_positive = _coding_set(results["positive"]) | _coding_set(results["positive_interpretations"])
         self.result_negative = _coding_set(results["negative"]) | _coding_set(results["negative_interpretations"])
@@ -229,6 +260,28 @@ class Knowledge:
         if problems:
             raise ValueError("treatment_contexts.json: " + "; ".join(problems))
 
+    def _build_lookback(self, lookback: Mapping[str, Any], obs_quantitative: Mapping[str, Any]) -> None:
+        self.lookback: Mapping[str, LookbackWindow] = {w["evidence"]: build(LookbackWindow, w) for w in lookback["windows"]}
+        self.stale_evidence_source: Source = lookback["stale_evidence"]["source"]
+        q = lookback["hcg_quantitative"]
+        codes = q["quantitative_codes"]
+        self.quantitative_hcg = QuantitativeHcg(
+            source=q["source"],
+            loinc=frozenset(c["code"] for c in codes) | frozenset(obs_quantitative["quantitative_loinc"]),
+            threshold_loinc=frozenset(c["code"] for c in codes if c["cutoff_applies"]),
+            negative_below_iu_per_l=q["negative_below_iu_per_l"],
+            iu_per_l_factor={u.lower(): f for u, f in q["units_equivalent"].items()},
+            positive_interpretations=_coding_set(q["interpretations"]["positive"]),
+            negative_interpretations=_coding_set(q["interpretations"]["negative"]),
+        )
+
+    def lookback_start(self, evidence: str, now: datetime) -> datetime:
+        """The oldest time evidence of this kind may be from and still drive advice (lookback.json)."""
+        days = self.lookback[evidence].max_age_days
+        if days is None:
+            raise KeyError(f"lookback window {evidence!r} has no max_age_days")
+        return now - timedelta(days=days)
+
     def _build_dosing(self, dosing: Mapping[str, Any]) -> None:
         self.product_strengths = tuple(build(ProductStrengths, e) for e in dosing["strengths"])
         self.starting_doses = tuple(build(StartingDose, e) for e in dosing["starting_doses"])
@@ -267,7 +320,7 @@ class Knowledge:
             add(entry["key"], entry.get("codes", ()), entry.get("names", ()))
         clinical = files["clinical_conditions.json"]
         add("hepatic-impairment", clinical["hepatic_impairment"])
-        add("severe-infection", clinical["severe_infections"])
+        add("severe-infection", clinical["severe_infections"], clinical["severe_infection_names"]["names"])
         add("pneumonitis", clinical["pneumonitis"])
 
     def condition_kinds(self, codes: Iterable[tuple[str, str]], text: str) -> frozenset[str]:
@@ -323,6 +376,8 @@ class Knowledge:
                 add(role, entry, entry.get("rxnorm", ()), entry.get("cvx", ()))
         for entry in files["ace_inhibitors.json"]["ace_inhibitors"]:
             add(DrugRole.ACE_INHIBITOR, entry, entry.get("rxnorm", ()))
+        for entry in files["interactions.json"]["label_specific"]:
+            add(DrugRole.LABEL_INTERACTION, {"key": entry["key"], **entry["perpetrator"]}, entry["perpetrator"].get("rxnorm", ()))
 
     def recognize_medication(self, codings: Iterable[Mapping], texts: Iterable[str]) -> tuple[DrugConcept, ...]:
         """What a medication is: by RxNorm or CVX code first, by generic or brand name when no code is known."""
@@ -364,6 +419,28 @@ class Knowledge:
     def strength_for(self, perpetrator: Mapping, drug: str) -> str:
         """A perpetrator's strength as the mTOR drug's own label classifies it, else the FDA table's."""
         return perpetrator.get("strength_by_drug", {}).get(drug, perpetrator["strength"])
+
+
+def _label_interaction(entry: Mapping[str, Any], drug: str, advice: Mapping[str, Any]) -> LabelInteraction:
+    """`source` is the literature the entry rests on; `label_*` the mTOR product label that states it, when read."""
+    label = advice.get("label") or {}
+    verified_label = label.get("verified") is True
+    literature = (entry.get("literature") or {}).get("source") or entry["source"]
+    return LabelInteraction(
+        source=literature,
+        perpetrator=entry["key"],
+        display=entry["perpetrator"]["display"],
+        drug=drug,
+        indicator=advice["indicator"],
+        action=advice["action"],
+        recheck_days=advice.get("recheck_days", advice.get("recheck_days_min")),
+        recheck_days_latest=advice.get("recheck_days_max"),
+        recheck_source=advice["recheck_source"],
+        label_product=label.get("product") if verified_label else None,
+        label_source=label.get("source") if verified_label else None,
+        label_section=label.get("section", "") if verified_label else "",
+        label_text=label.get("text") if verified_label else None,
+    )
 
 
 def _coding_set(codings: Iterable[Mapping]) -> frozenset[tuple[str, str]]:

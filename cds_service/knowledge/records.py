@@ -146,6 +146,7 @@ class ConditionAdvice(Cited):
     topic: str  # "hepatic-impairment", "infection", "pneumonitis"
     drug: str
     text: str
+    product: str  # the product whose own label gives the advice: "Afinitor", "Zortress", "Rapamune", "Fyarro"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,6 +183,68 @@ class LevelTest:
     drug: str
     loinc: str
     display: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelInteraction(Cited):
+    """A product that raises an mTOR inhibitor's level outside the CYP3A strength classes (cannabidiol).
+
+    `source` is the literature; `label_*` the mTOR product label that states it (cited instead for that product).
+    `recheck_*` says when to draw the trough after starting or changing the product.
+    """
+
+    perpetrator: str  # the key, e.g. "cannabidiol"
+    display: str
+    drug: str
+    indicator: str
+    action: str
+    recheck_days: int
+    recheck_days_latest: int | None
+    recheck_source: Source
+    label_product: str | None = None  # the mTOR product whose own label states it ("Zortress", "Rapamune")
+    label_source: Source | None = None
+    label_section: str = ""
+    label_text: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelOverride(Cited):
+    """How one mTOR product's own label treats a CYP3A perpetrator (interactions.json `by_label`, verified only)."""
+
+    perpetrator: str
+    product: str  # "zortress" | "rapamune" | "afinitor" | "fyarro"
+    treatment: str  # "intended-combination" | "timing" | "caution ..." | "avoid (strong)" | ...
+    action: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LookbackWindow(Cited):
+    """How old a kind of evidence may be and still drive advice (lookback.json; POLICY where it is our choice)."""
+
+    evidence: str
+    max_age_days: int | None = None
+    ahead_days: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantitativeHcg(Cited):
+    """How a quantitative hCG is read: interpretation codes, then the referenceRange, then the sourced cut-off."""
+
+    loinc: frozenset[str]
+    threshold_loinc: frozenset[str]  # IU-based serum codes the fallback cut-off applies to
+    negative_below_iu_per_l: float
+    iu_per_l_factor: Mapping[str, float]  # unit (lowercase) -> factor to IU/L
+    positive_interpretations: frozenset[tuple[str, str]]
+    negative_interpretations: frozenset[tuple[str, str]]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProductAdvice(Cited):
+    """A product label's own statement a card quotes (regimens.json, `verified: true` facts only)."""
+
+    product: str  # "Rapamune"
+    topic: str  # "vaccination", "hepatic", "ace_inhibitor_angioedema"
+    text: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -74,7 +74,7 @@ def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge, notes: list[str] |
             notes.append(f"the {rule.__name__.removeprefix('check_').replace('_', ' ')} check (it failed on this patient's data)")
     fired = {(f.topic, drug_of(f.mtor) if f.mtor else None) for f in findings}
     findings = [
-        dataclasses.replace(f, label=knowledge.label_sources[drug_of(f.mtor)]) if f.mtor else f
+        dataclasses.replace(f, label=knowledge.label_sources[drug_of(f.mtor)]) if f.mtor and f.label is None else f
         for f in findings
         if not any((t, drug_of(f.mtor) if f.mtor else None) in fired for t in SUPERSEDED_BY.get(f.topic, ()))
     ]

@@ -1,4 +1,8 @@
-"""Everolimus with an ACE inhibitor: the label warns of a higher risk of angioedema."""
+"""An mTOR inhibitor with an ACE inhibitor: a higher risk of angioedema.
+
+Everolimus: the Afinitor label (§5.4). Sirolimus: the Rapamune label's angioedema warning (W&P 5.5) with the
+published kidney-transplant incidence (ace_inhibitors.json label_statements_by_drug), never everolimus wording.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from cds_service.rules.common import drug_of
 
 
 def check_angioedema(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[AngioedemaFinding]:
-    statement = knowledge.angioedema_statement
     findings = []
     for mtor in snapshot.mtor_orders:
-        if drug_of(mtor) != statement.drug:
+        statement = knowledge.angioedema_statements.get(drug_of(mtor))
+        if statement is None:
             continue
         for order in snapshot.medications:
             ace = order.concepts_with(DrugRole.ACE_INHIBITOR)

@@ -7,8 +7,9 @@ import math
 from collections.abc import Iterable
 
 from cds_service.knowledge import Knowledge
-from cds_service.knowledge.records import ProductStrengths, TroughTarget, TroughTiming
+from cds_service.knowledge.records import ProductStrengths, Source, TroughTarget, TroughTiming
 from cds_service.patient import MedicationOrder, PatientSnapshot
+from cds_service.rules.treatment_context import treatment_context
 
 
 def drug_of(order: MedicationOrder) -> str:
@@ -75,3 +76,26 @@ def trough_target(knowledge: Knowledge, drug: str, indication: str | None) -> Tr
 
 def trough_timing(knowledge: Knowledge, drug: str, event: str) -> TroughTiming | None:
     return next((t for t in knowledge.trough_timing if t.drug == drug and t.event == event), None)
+
+
+
+def mtor_product(order: MedicationOrder, knowledge: Knowledge, snapshot: PatientSnapshot) -> str | None:
+    """The product whose label governs an mTOR order: "Zortress", "Afinitor", "Rapamune", "Fyarro", or None.
+
+    The treatment context's product (by code, name or a transplant-only strength); else oral sirolimus is
+    Rapamune's (its generics carry Rapamune's label) and everolimus for a transplant use is Zortress's (the only
+    everolimus transplant label). Everolimus otherwise stays None (Afinitor's table applies, as before issue 10).
+    """
+    context = treatment_context(snapshot, knowledge, order)
+    product = "Afinitor" if context.product == "Afinitor Disperz" else context.product
+    if product is None and drug_of(order) == "sirolimus":
+        product = "Rapamune"
+    if product is None and drug_of(order) == "everolimus" and context.use == "transplant":
+        product = "Zortress"
+    return product
+
+
+def product_label(knowledge: Knowledge, product: str | None) -> Source | None:
+    """The governing product's own label (regimens.json `label_source`), for the card's source."""
+    uses = knowledge.files["regimens.json"]["uses"]
+    return next((u["label_source"] for u in uses if u["product"] == product), None)

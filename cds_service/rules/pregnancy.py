@@ -1,58 +1,75 @@
-"""Evidence that the patient is pregnant now, while taking or being ordered an mTOR inhibitor."""
+"""Evidence that the patient is pregnant now, while taking or being ordered an mTOR inhibitor.
+
+Each kind of evidence has a look-back window (lookback.json): a pregnancy Condition or status for 280 days, a
+positive hCG for 30 days. The newest evidence wins: a later negative test (qualitative or quantitative) or a
+'not pregnant' status outweighs an earlier positive. Evidence past its window never drives the critical card: a
+positive hCG or a pregnancy still open on the problem list past its window gives an info card asking to recheck.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cds_service.findings import PregnancyFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
 from cds_service.rules.common import drug_of, preferred_mtor
 
+Evidence = ConditionRecord | LabResult
+
 
 def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[PregnancyFinding]:
     if not snapshot.mtor_orders:
         return []
-    evidence = current_pregnancy_evidence(snapshot, knowledge)
-    if evidence is None:
+    found = current_pregnancy_evidence(snapshot, knowledge)
+    if found is None:
         return []
+    evidence, current = found
     mtor = preferred_mtor(snapshot, prefer_draft=True)
     pregnancy = knowledge.pregnancy_advice[drug_of(mtor)]
+    window = knowledge.lookback[_window_of(evidence)]
     return [
         PregnancyFinding(
-            severity=Severity.CRITICAL,
+            severity=Severity.CRITICAL if current else Severity.INFO,
             mtor=mtor,
             evidence=(evidence,),
             source=pregnancy.source,
             section=pregnancy.section,
             contraception_weeks=pregnancy.contraception_weeks_after_last_dose,
+            stale_after_days=None if current else window.max_age_days,
         )
     ]
 
 
-def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) -> ConditionRecord | LabResult | None:
-    """The newest evidence of pregnancy, unless a later negative test or 'not pregnant' status outweighs it."""
+def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) -> tuple[Evidence, bool] | None:
+    """The newest evidence of pregnancy not outweighed by a later negative, and whether it is inside its window."""
     now = snapshot.now
-    status_days = knowledge.pregnancy_status["valid_days"]
-    hcg_days = knowledge.hcg_tests["recent_days"]
-    negatives = [
-        lab.effective
-        for lab in snapshot.labs
-        if lab.effective and lab.result in ("negative", "not-pregnant") and lab.kind in ("hcg", "pregnancy-status")
-    ]
-    latest_negative = max(negatives, default=None)
-    candidates: list[tuple] = []
+    latest_negative = max(
+        (lab.effective for lab in snapshot.labs
+         if lab.effective and lab.effective <= now + timedelta(days=1)
+         and lab.result in ("negative", "not-pregnant") and lab.kind in ("hcg", "pregnancy-status")),
+        default=None,
+    )
+    candidates: list[tuple[datetime | None, Evidence]] = []
     for lab in snapshot.labs:
         if lab.effective is None or lab.effective > now + timedelta(days=1):
             continue
-        if lab.kind == "pregnancy-status" and lab.result == "pregnant" and lab.effective >= now - timedelta(days=status_days):
-            candidates.append((lab.effective, lab))
-        if lab.kind == "hcg" and lab.result == "positive" and lab.effective >= now - timedelta(days=hcg_days):
+        if (lab.kind, lab.result) in (("pregnancy-status", "pregnant"), ("hcg", "positive")):
             candidates.append((lab.effective, lab))
     for condition in snapshot.active_conditions("pregnancy"):
         candidates.append((condition.asserted, condition))
+    pregnancy_days = knowledge.lookback["pregnancy-condition"].max_age_days or 0
     for when, item in sorted(candidates, key=lambda c: c[0] or now, reverse=True):
-        if latest_negative is None or when is None or when > latest_negative:
-            return item
+        if latest_negative is not None and when is not None and when <= latest_negative:
+            continue
+        if when is not None and when < now - timedelta(days=pregnancy_days) and isinstance(item, LabResult):
+            continue  # a test older than a whole pregnancy says nothing about today
+        current = when is None or when >= knowledge.lookback_start(_window_of(item), now)
+        return item, current
     return None
 
+
+def _window_of(evidence: Evidence) -> str:
+    if isinstance(evidence, ConditionRecord):
+        return "pregnancy-condition"
+    return "hcg-test" if evidence.kind == "hcg" else "pregnancy-status-observation"
