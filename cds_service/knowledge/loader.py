@@ -196,6 +196,12 @@ class Knowledge:
         self.surgical_categories = _coding_set(procedures["surgical_categories"])
         self.surgical_words = frozenset(procedures["surgical_words"]["words"])
         self.surgical_suffixes = tuple(procedures["surgical_words"]["suffixes"])
+        self.non_surgical_codes = _coding_set(procedures["non_surgical_procedures"])
+        self.non_surgical_phrases = tuple(normalize_text(w) for w in procedures["non_surgical_words"]["words"])
+        appointments = procedures["surgical_appointment"]
+        self.surgical_service_types = _coding_set(appointments["service_types"])
+        self.surgical_specialties = _coding_set(appointments["specialties"])
+        self.clinic_visit_appointment_types = _coding_set(procedures["clinic_visit_appointment_types"]["codes"])
         self.planned_statuses = {k: frozenset(v) for k, v in procedures["planned_statuses"].items() if k != "source"}
         self.done_statuses = {k: frozenset(v) for k, v in procedures["done_statuses"].items() if k != "source"}
         self.system_aliases: Mapping[str, str] = {
