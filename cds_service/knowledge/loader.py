@@ -20,6 +20,7 @@ from typing import Any
 from cds_service.knowledge.codes import code_problems
 from cds_service.knowledge.records import (
     ConditionAdvice,
+    ContextEntry,
     ContraceptionAdvice,
     HepaticDose,
     InteractionAdvice,
@@ -29,8 +30,10 @@ from cds_service.knowledge.records import (
     PediatricNote,
     PregnancyAdvice,
     ProductStrengths,
+    ProductUse,
     Source,
     StartingDose,
+    SupportingDrug,
     SurgeryWindow,
     Titration,
     TroughLimit,
@@ -208,6 +211,29 @@ class Knowledge:
             alias: s["uri"] for s in files["code_systems.json"]["systems"] for alias in s["aliases"]
         }
         self._index_drugs(files)
+        self._build_treatment_contexts(files["treatment_contexts.json"])
+
+    def _build_treatment_contexts(self, data: Mapping[str, Any]) -> None:
+        """Why a patient takes an mTOR inhibitor (issue 10): contexts by code/name, products' uses, CNIs."""
+        contexts = []
+        for e in data["contexts"]:
+            codes = [c for c in e.get("codes", ()) if c.get("verified", True)]  # unverified codes are not evidence
+            contexts.append(ContextEntry(
+                key=e["key"], kind=e["kind"], display=e["display"], organ=e.get("organ"), source=e["source"],
+                codes=frozenset((c["system"], c["code"]) for c in codes if not c.get("prefix")),
+                prefixes=tuple((c["system"], c["code"]) for c in codes if c.get("prefix")),
+                exclude_codes=frozenset((c["system"], c["code"]) for c in e.get("exclude_codes", ())),
+                names=tuple(e.get("names", ())),
+            ))
+        self.treatment_contexts: Mapping[str, ContextEntry] = {c.key: c for c in contexts}
+        self.product_uses = tuple(build(ProductUse, e) for e in data["product_implies"])
+        self.supporting_drugs = tuple(build(SupportingDrug, e) for e in data["calcineurin_inhibitors"])
+        problems = [
+            f"{p.product} implies unknown context {key!r}"
+            for p in self.product_uses for key in p.implies if key not in self.treatment_contexts
+        ]
+        if problems:
+            raise ValueError("treatment_contexts.json: " + "; ".join(problems))
 
     def _build_dosing(self, dosing: Mapping[str, Any]) -> None:
         self.product_strengths = tuple(build(ProductStrengths, e) for e in dosing["strengths"])

@@ -182,3 +182,47 @@ class LevelTest:
     drug: str
     loinc: str
     display: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContextEntry(Cited):
+    """One treatment context of treatment_contexts.json: the codes and names that show a patient has this use."""
+
+    key: str  # "transplant-kidney", "lam", "oncology-pecoma", ...
+    kind: str  # "transplant" | "tsc" | "tsc-aml" | "tsc-sega" | "tsc-seizures" | "lam" | "oncology"
+    display: str
+    organ: str | None = None
+    codes: frozenset[tuple[str, str]] = frozenset()
+    prefixes: tuple[tuple[str, str], ...] = ()
+    exclude_codes: frozenset[tuple[str, str]] = frozenset()
+    names: tuple[str, ...] = ()
+
+    def matches_codes(self, codes: frozenset[tuple[str, str]]) -> bool:
+        if codes & self.exclude_codes:
+            return False
+        return bool(codes & self.codes) or any(
+            system == p_system and code.startswith(prefix) for system, code in codes for p_system, prefix in self.prefixes
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProductUse(Cited):
+    """Which uses a product implies (Zortress => transplant; Fyarro => PEComa); `exclusive`: only those uses."""
+
+    product: str
+    drug: str
+    implies: tuple[str, ...]
+    exclusive: bool
+    rxnorm: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SupportingDrug(Cited):
+    """A drug whose presence supports a context (a systemic calcineurin inhibitor supports transplant)."""
+
+    key: str
+    display: str
+    implies: str
+    names: tuple[str, ...] = ()
+    exclude_if_text_contains: tuple[str, ...] = ()

@@ -1,0 +1,251 @@
+"""Why the patient takes an mTOR inhibitor (issue 10 §1): transplant (by organ), TSC uses, LAM, oncology or unknown.
+
+The governing label follows from the use: Zortress for transplant everolimus, Rapamune for oral sirolimus
+(renal transplant, LAM), Fyarro for IV sirolimus (PEComa), Afinitor for TSC and oncology everolimus. Evidence is
+read from the knowledge data (treatment_contexts.json): the product itself, Condition codes and names, completed
+transplant procedures, and a systemic calcineurin inhibitor alongside (supporting evidence of transplant).
+
+Rules ask `treatment_context(snapshot, knowledge, order)` and apply TSC/LAM targets, formulas and wording only
+when `context.allows_tsc_lam_rules` (every plausible use is TSC or LAM); a transplant or oncology candidate means
+no TSC advice. When several uses are plausible `candidates` lists them and `assumption` says so in plain words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from cds_service.knowledge import Knowledge
+from cds_service.knowledge.loader import contains_phrase, normalize_text
+from cds_service.knowledge.records import ContextEntry, ProductUse, Source
+from cds_service.patient import ConditionRecord, MedicationOrder, PatientSnapshot
+
+__all__ = ["TreatmentContext", "treatment_context", "treatment_contexts", "USES"]
+
+USES = ("transplant", "tsc-aml", "tsc-sega", "tsc-seizures", "lam", "oncology", "unknown")
+TSC_LAM_USES = frozenset({"tsc-aml", "tsc-sega", "tsc-seizures", "lam"})
+# Everolimus strengths only the transplant product carries (treatment_contexts.json resolution rule 1).
+TRANSPLANT_EVEROLIMUS_MG = frozenset({0.25, 0.5, 0.75, 1.0})
+NOT_CURRENT = frozenset({"stopped", "completed", "cancelled", "entered-in-error", "not-taken"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TreatmentContext:
+    """The use an mTOR order serves and the label that governs it."""
+
+    use: str  # one of USES; "unknown" when no use or several of different kinds are plausible
+    organ: str | None = None  # "kidney" | "liver" for transplant, when known
+    product: str | None = None  # "Zortress", "Afinitor", "Afinitor Disperz", "Rapamune", "Fyarro" (named or implied)
+    label: Source | None = None  # the governing label; None when the use is unknown
+    regimen: str | None = None  # regimens.json `uses[].key`, when one entry governs
+    evidence: tuple[str, ...] = ()  # references: the order, Conditions, Procedures, calcineurin inhibitor orders
+    candidates: tuple[str, ...] = ()  # treatment_contexts.json context keys that are plausible ("transplant-kidney", "lam")
+    assumption: str | None = None  # what was assumed, in plain words, when the record does not settle the use
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The uses (coarse) of every plausible candidate."""
+        return frozenset(_kind_of(c) for c in self.candidates) or frozenset({self.use})
+
+    @property
+    def allows_tsc_lam_rules(self) -> bool:
+        """TSC/LAM targets, formulas and wording may apply: no transplant or oncology use is plausible."""
+        return not self.is_transplant_or_oncology
+
+    @property
+    def is_transplant_or_oncology(self) -> bool:
+        return bool(self.kinds & {"transplant", "oncology"})
+
+
+def _kind_of(context_key: str) -> str:
+    return "transplant" if context_key.startswith("transplant") else "oncology" if context_key.startswith("oncology") else context_key
+
+
+def treatment_context(snapshot: PatientSnapshot, knowledge: Knowledge, order: MedicationOrder) -> TreatmentContext:
+    """The treatment context of one mTOR order (pure: reads only the snapshot and the knowledge)."""
+    drug = order.mtor_drug
+    product = _product(order, knowledge)
+    evidence: list[str] = [order.ref]
+    found = _condition_contexts(snapshot, knowledge)
+    procedures = _transplant_procedures(snapshot, knowledge)
+    cni = _calcineurin_inhibitors(snapshot, knowledge, order)
+    transplant_keys = {k for k in (*found, *procedures) if k.startswith("transplant")}
+
+    candidates: list[str]
+    if product is not None and product.exclusive:
+        candidates = [k for k in product.implies if k in transplant_keys] or list(product.implies)
+    else:
+        candidates = [k for k in found if _fits_drug(k, drug, product)]
+        candidates += [k for k in procedures if k not in candidates]
+        if cni and not any(k.startswith("transplant") for k in candidates):
+            # A calcineurin inhibitor supports transplant; with oral sirolimus that is the renal-transplant use.
+            candidates.append("transplant-kidney" if drug == "sirolimus" else "transplant-other")
+        if not candidates and product is not None:
+            candidates = list(product.implies)
+    evidence += [ref for key in candidates for ref in found.get(key, ()) + procedures.get(key, ())]
+    if any(k.startswith("transplant") for k in candidates):
+        evidence += cni
+    candidates = _prefer_specific_organ(candidates)
+
+    kinds = {_kind_of(k) for k in candidates}
+    use = kinds.pop() if len(kinds) == 1 else "unknown"
+    organs = {knowledge.treatment_contexts[k].organ for k in candidates if k.startswith("transplant")}
+    organ = organs.pop() if use == "transplant" and len(organs) == 1 else None
+    product_name = product.product if product else None
+    regimen = _regimen(knowledge, product_name, drug, candidates) if len(candidates) == 1 or use == "oncology" else None
+    label = _label(knowledge, regimen, drug, use)
+    settled = len(candidates) == 1 and bool(found or procedures or cni or (product and product.exclusive))
+    assumption = _assumption(knowledge, candidates, product_name, settled)
+    return TreatmentContext(
+        use=use,
+        organ=organ,
+        product=product_name,
+        label=label,
+        regimen=regimen,
+        evidence=tuple(dict.fromkeys(evidence)),
+        candidates=tuple(candidates),
+        assumption=assumption,
+    )
+
+
+treatment_contexts = treatment_context  # the name used in the phase-2 briefs
+
+
+def _product(order: MedicationOrder, knowledge: Knowledge) -> ProductUse | None:
+    """The product (as treatment_contexts.json names it) an order is for: by code, by name, or by a strength only
+    the transplant product has. Generic oral sirolimus takes Rapamune's uses (same label text)."""
+    coded = knowledge.mtor_products.get(order.product_rxnorm or "", {})
+    words = normalize_text(order.text)
+    named = [
+        p for p in knowledge.product_uses
+        if p.drug == order.mtor_drug and (coded.get("brand") == p.product or (order.product_rxnorm or "") in p.rxnorm
+                                          or any(contains_phrase(words, normalize_text(n)) for n in p.names))
+    ]
+    if named:  # the longest name wins ("Afinitor Disperz" over "Afinitor")
+        return max(named, key=lambda p: len(p.product))
+    by_name = {p.product: p for p in knowledge.product_uses}
+    strength = coded.get("strength_mg")
+    if order.mtor_drug == "everolimus" and strength is not None and float(strength) in TRANSPLANT_EVEROLIMUS_MG:
+        return by_name.get("Zortress")
+    if order.mtor_drug == "sirolimus" and coded.get("form") == "tablet for oral suspension":
+        return None
+    if order.mtor_drug == "sirolimus" and _is_intravenous(order):
+        return by_name.get("Fyarro")
+    return None
+
+
+def _is_intravenous(order: MedicationOrder) -> bool:
+    words = normalize_text(order.text)
+    return any(contains_phrase(words, normalize_text(w)) for w in ("injection", "injectable", "intravenous", "infusion"))
+
+
+def _condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
+    """Context key -> active Conditions that show it. TSC uses keep today's reading (ConditionRecord.kinds from
+    indications.json, and only with TSC); transplant and oncology are read from treatment_contexts.json."""
+    found: dict[str, list[str]] = {}
+    has_tsc = bool(snapshot.active_conditions("tsc"))
+    for condition in snapshot.conditions:
+        if not condition.is_active:
+            continue
+        for entry in knowledge.treatment_contexts.values():
+            if entry.kind in TSC_LAM_USES:
+                hit = entry.key in condition.kinds and (entry.kind == "lam" or has_tsc)
+            elif entry.kind in ("transplant", "oncology"):
+                hit = _shows(entry, condition)
+            else:
+                continue  # "tsc" itself is not a use
+            if hit:
+                found.setdefault(entry.key, []).append(condition.ref)
+    return {k: tuple(v) for k, v in found.items()}
+
+
+def _shows(entry: ContextEntry, condition: ConditionRecord) -> bool:
+    """By code; by name only when the Condition carries no code (names like "kidney transplant" also occur in
+    "evaluation for kidney transplant", which a coded record would say with another code)."""
+    if condition.codes:
+        return entry.matches_codes(condition.codes)
+    words = normalize_text(condition.text)
+    return any(contains_phrase(words, normalize_text(n)) for n in entry.names)
+
+
+def _transplant_procedures(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
+    """Completed transplant procedures (by name: ProcedureEvent carries text) -> transplant context keys."""
+    found: dict[str, list[str]] = {}
+    for procedure in snapshot.procedures:
+        if procedure.is_planned or procedure.is_draft:
+            continue
+        words = normalize_text(procedure.text)
+        for entry in knowledge.treatment_contexts.values():
+            if entry.kind == "transplant" and any(contains_phrase(words, normalize_text(n)) for n in entry.names):
+                found.setdefault(entry.key, []).append(procedure.ref)
+    return {k: tuple(v) for k, v in found.items()}
+
+
+def _calcineurin_inhibitors(snapshot: PatientSnapshot, knowledge: Knowledge, order: MedicationOrder) -> list[str]:
+    """Current systemic tacrolimus or cyclosporine orders (not ointments or eye drops)."""
+    refs = []
+    for med in snapshot.medications:
+        if med is order or med.status in NOT_CURRENT:
+            continue
+        words = normalize_text(med.text)
+        for drug in knowledge.supporting_drugs:
+            if any(contains_phrase(words, normalize_text(w)) for w in drug.exclude_if_text_contains):
+                continue
+            if any(contains_phrase(words, normalize_text(n)) for n in drug.names):
+                refs.append(med.ref)
+                break
+    return refs
+
+
+def _fits_drug(key: str, drug: str | None, product: ProductUse | None) -> bool:
+    """Conditions that can explain this drug: LAM is a sirolimus use; oncology codes are Afinitor (everolimus)
+    uses, PEComa is Fyarro's; TSC uses of everolimus (sirolimus TSC use is off-label and read as today)."""
+    if key == "lam":
+        return drug == "sirolimus"
+    if key == "oncology-pecoma":
+        return drug == "sirolimus"
+    if key.startswith("oncology"):
+        return drug == "everolimus"
+    return True
+
+
+def _prefer_specific_organ(candidates: Iterable[str]) -> list[str]:
+    keys = list(dict.fromkeys(candidates))
+    if "transplant-other" in keys and any(k in keys for k in ("transplant-kidney", "transplant-liver")):
+        keys.remove("transplant-other")  # Z94.0 is also under the Z94 category: the organ code wins
+    return keys
+
+
+def _regimen(knowledge: Knowledge, product: str | None, drug: str | None, candidates: list[str]) -> str | None:
+    """The regimens.json entry for the product (or, generic, the drug's labelled product) and a single context."""
+    uses = knowledge.files["regimens.json"]["uses"]
+    wanted = product or {"sirolimus": "Rapamune", "everolimus": "Afinitor"}.get(drug or "")
+    if wanted == "Afinitor Disperz":
+        wanted = "Afinitor"
+    for entry in uses:
+        contexts = entry["context"].split("|")
+        if entry["product"] == wanted and entry["drug"] == drug and any(c in contexts for c in candidates):
+            return str(entry["key"])
+    return None
+
+
+def _label(knowledge: Knowledge, regimen: str | None, drug: str | None, use: str) -> Source | None:
+    if regimen is not None:
+        entry = next(e for e in knowledge.files["regimens.json"]["uses"] if e["key"] == regimen)
+        label: Source = entry["label_source"]
+        return label
+    if use in TSC_LAM_USES and drug is not None:
+        return knowledge.label_sources.get(drug)
+    return None
+
+
+def _assumption(knowledge: Knowledge, candidates: list[str], product: str | None, settled: bool) -> str | None:
+    if settled:
+        return None
+    names = [knowledge.treatment_contexts[k].display for k in candidates]
+    if not names:
+        return "No indication on record for this mTOR inhibitor."
+    what = product or "This mTOR inhibitor"
+    if len(names) == 1:
+        return f"Assumed {names[0].lower()}: {what} is labelled for it and the record does not say otherwise."
+    return f"The record does not say which use: {what} may be for " + ", ".join(n.lower() for n in names) + "."
