@@ -394,7 +394,7 @@ class _Reader:
             based_on=based_on,
         )
 
-    def _surgery_evidence(self, resource: Mapping, codes: set[tuple[str, str]], texts: list[str]) -> str:
+    def _surgery_evidence(self, resource: Mapping, codes: set[tuple[Any, Any]], texts: list[str]) -> str:
         """How a resource shows surgery (procedures.json): "" when it does not, NEVER_SURGERY when it shows a
         non-operative procedure (phlebotomy, venipuncture, reconciliation) or a clinic visit, whatever else it says."""
         words = normalize_text(" ".join(texts))
@@ -414,7 +414,7 @@ class _Reader:
             return "specialty"
         return ""
 
-    def _codes_in(self, *concepts: Any) -> set[tuple[str, str]]:
+    def _codes_in(self, *concepts: Any) -> set[tuple[Any, Any]]:
         return {(c.get("system"), c.get("code")) for concept in concepts for c in self._codings(concept)}
 
 
@@ -424,7 +424,8 @@ def link_surgical_appointments(events: list[ProcedureEvent]) -> list[ProcedureEv
     appointment (appointment-book) replaces a prefetched twin."""
     by_ref = {e.ref: e for e in events}  # later (proposed) events win
     orders = {e.ref: e for e in by_ref.values() if e.ref.startswith("ServiceRequest/") and e.is_surgery and e.is_planned}
-    linked, superseded = [], set()
+    linked: list[ProcedureEvent] = []
+    superseded: set[str] = set()
     for event in by_ref.values():
         surgical_orders = [orders[r] for r in event.based_on if r in orders]
         if surgical_orders and event.surgery_evidence != NEVER_SURGERY:

@@ -39,6 +39,7 @@ from cds_service.knowledge.records import (
     TroughLimit,
     TroughTarget,
     TroughTiming,
+    WoundHealingCaution,
     build,
 )
 
@@ -143,7 +144,16 @@ class Knowledge:
         }
         self.angioedema_statement = build(LabelStatement, files["ace_inhibitors.json"]["label_statement"])
         self.label_sources: Mapping[str, Source] = {k: e["label_source"] for k, e in self.mtor_drugs.items()}
-        self.surgery_windows = {k: build(SurgeryWindow, e["surgery"]) for k, e in self.mtor_drugs.items()}
+        # Only intervals read in the drug's own label: sirolimus's 7/14 days are `verified: false` (a secondary
+        # summary; Rapamune sets no interval), so sirolimus has no window and its card quotes the label's warning.
+        self.surgery_windows = {
+            k: build(SurgeryWindow, e["surgery"]) for k, e in self.mtor_drugs.items() if e["surgery"].get("verified", True)
+        }
+        self.wound_healing_cautions = _wound_healing_cautions(files["regimens.json"])
+        # How far ahead a booked or planned surgery is worth planning for (lookback.json, project policy).
+        self.surgery_planning_days: int = next(
+            w["ahead_days"] for w in files["lookback.json"]["windows"] if w["evidence"] == "surgery-planned"
+        )
         self.trough_limits = {k: build(TroughLimit, e["trough_limit"]) for k, e in self.mtor_drugs.items()}
         self.pregnancy_advice = {k: build(PregnancyAdvice, e["pregnancy"]) for k, e in self.mtor_drugs.items()}
         obs = files["observations.json"]
@@ -370,6 +380,22 @@ class Knowledge:
     def strength_for(self, perpetrator: Mapping, drug: str) -> str:
         """A perpetrator's strength as the mTOR drug's own label classifies it, else the FDA table's."""
         return perpetrator.get("strength_by_drug", {}).get(drug, perpetrator["strength"])
+
+
+def _wound_healing_cautions(regimens: Mapping[str, Any]) -> Mapping[str, WoundHealingCaution]:
+    """Product -> its label's wound-healing warning with no hold interval (regimens.json `surgery`/`wound_healing`
+    entries whose value has a `heading` and `label_hold_days: null`)."""
+    cautions = {}
+    for use in regimens["uses"]:
+        for field in ("surgery", "wound_healing"):
+            entry = use.get(field)
+            value = entry.get("value") if isinstance(entry, dict) else None
+            if isinstance(value, dict) and value.get("heading") and value.get("label_hold_days") is None:
+                cautions[use["product"]] = WoundHealingCaution(
+                    source=entry["source"], section=entry["card_section"], product=use["product"], drug=use["drug"],
+                    heading=value["heading"],
+                )
+    return cautions
 
 
 def _coding_set(codings: Iterable[Mapping]) -> frozenset[tuple[str, str]]:
