@@ -180,18 +180,21 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
 
 
 def _check_appointments(appointments: Any) -> None:
-    """appointment-book's context.appointments: a Bundle whose entries each hold an Appointment."""
-    if not isinstance(appointments, dict) or appointments.get("resourceType") != "Bundle":
+    """appointment-book's context.appointments: a Bundle of Appointments (the hook's table), or a JSON array of
+    them (as the CDS Hooks library's own examples send it); every entry must be an Appointment."""
+    if isinstance(appointments, list):
+        resources, where = appointments, "context.appointments[{}]"
+    elif isinstance(appointments, dict) and appointments.get("resourceType") == "Bundle":
+        entries = appointments.get("entry", [])
+        if not isinstance(entries, list):
+            raise BadRequest("context.appointments.entry must be an array")
+        resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
+        where = "context.appointments.entry[{}].resource"
+    else:
         raise BadRequest("context.appointments is required and must be a FHIR Bundle of Appointment resources")
-    entries = appointments.get("entry")
-    if entries is None:
-        return
-    if not isinstance(entries, list):
-        raise BadRequest("context.appointments.entry must be an array")
-    for i, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
+    for i, resource in enumerate(resources):
         if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
-            raise BadRequest(f"context.appointments.entry[{i}].resource must be an Appointment")
+            raise BadRequest(f"{where.format(i)} must be an Appointment")
 
 
 def _string(obj: dict, field: str, where: str = "") -> str:

@@ -236,7 +236,7 @@ def _surgery_card(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> C
     lines: list[str] = []
     for f in findings:
         lines += _surgery_lines(f)
-    if top.assumption and len(top.plausible_uses) > 1:  # the use decides which label's advice applies
+    if top.caution is not None and top.assumption and len(top.plausible_uses) > 1:  # the use decides whose advice
         lines.append(f"- Use: {top.assumption}")
     cited = top.caution or top.window
     assert cited is not None

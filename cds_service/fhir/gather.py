@@ -238,4 +238,6 @@ def draft_resources(call: HookCall) -> list[dict[str, Any]]:
 def proposed_appointments(call: HookCall) -> list[dict[str, Any]]:
     """appointment-book: the Appointments being booked (context.appointments, a Bundle)."""
     appointments = call.context.get("appointments") if call.hook == "appointment-book" else None
+    if isinstance(appointments, list):  # the form of the CDS Hooks library's examples
+        return [a for a in appointments if isinstance(a, dict)]
     return entry_resources(appointments) if isinstance(appointments, dict) else []
