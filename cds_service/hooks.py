@@ -72,7 +72,7 @@ def answer_hook(
         findings = _in_focus(evaluate(snapshot, knowledge, notes), call, snapshot)
         if notes:
             snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *notes))
-        if call.hook not in _FOCUSED_HOOKS or findings or _selection_concerns_mtor(call, snapshot):
+        if call.hook not in _FOCUSED_HOOKS or findings or _selection_concerns_mtor(call, snapshot) or _books_surgery(snapshot):
             # on order-select and appointment-book, speak about the selected orders / booked appointments only
             findings += check_data_completeness(snapshot, data.fhir_server_refused)
     cards = render_cards(findings, snapshot)
@@ -136,7 +136,10 @@ def _in_focus(findings: list[Finding], call: HookCall, snapshot: PatientSnapshot
 
 
 def _books_surgery(snapshot: PatientSnapshot) -> bool:
-    return any(p.is_draft and p.is_surgery and p.ref.startswith("Appointment/") for p in snapshot.procedures)
+    """appointment-book: an appointment being booked is surgery, or may be (the order it is based on could not be read)."""
+    unread_orders = "serviceRequests" in snapshot.unavailable
+    return any(p.is_draft and p.ref.startswith("Appointment/") and (p.is_surgery or (p.based_on and unread_orders))
+               for p in snapshot.procedures)
 
 
 def _selection_concerns_mtor(call: HookCall, snapshot: PatientSnapshot) -> bool:
