@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import responses
 from fhir.resources.R4B.task import Task
 
 from cds_assertions import assert_no_empty_values, assert_valid_cds_response, topics_of
-from conftest import load_fixture
+from conftest import FIXTURES, load_fixture
 from snapshots import (
     SNOMED,
     SURGICAL_PROCEDURE,
@@ -275,3 +276,57 @@ def test_the_cds_hooks_library_example_context_is_answered(client):
     body = {"hook": "appointment-book", "hookInstance": str(uuid.uuid4()), "context": context,
             "prefetch": hook_request("patient-view", patient_id=context["patientId"], medications=[everolimus(patient=context["patientId"])])["prefetch"]}
     assert cards_of(client.post(SERVICE, json=body)) == []
+
+
+# --- the integrator kit: mtor-cds call appointment-book ------------------------------------------
+
+
+@pytest.fixture
+def cli_environment(monkeypatch, tmp_path):
+    for name in ("CDS_TRUSTED_ISSUERS", "CDS_PUBLIC_BASE_URL", "CDS_ALLOWED_FHIR_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CDS_DATABASE_URL", f"sqlite:///{tmp_path / 'cards.sqlite3'}")
+    monkeypatch.setenv("CDS_REQUIRE_JWT", "false")
+    return tmp_path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from cds_service.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_call_appointment_book_with_a_fixture_prints_the_surgery_card(capsys, cli_environment):
+    fixture = str(FIXTURES / "fires-surgery-tsc-appointment-book.json")
+    code, out, _ = run_cli(capsys, "call", "appointment-book", "--patient", fixture)  # dates moved to today, as the clock
+    assert code == 0
+    assert re.match(r"\[1\] WARNING: Surgery on \d+ \w{3}( \d{4})?: last everolimus dose \d+ \w{3}", out), out
+    assert "create Task" in out
+
+
+def test_call_appointment_book_with_an_appointment_file_books_it_for_the_fixture_patient(capsys, cli_environment):
+    fixture = load_fixture("fires-surgery-planned-patient-view.json")
+    patient_id = fixture["context"]["patientId"]
+    in_5_days = datetime.now(timezone.utc) + timedelta(days=5)  # the in-process service runs on the real clock
+    booked = surgical(5, participant=[{"actor": {"reference": f"Patient/{patient_id}"}, "status": "accepted"}],
+                      start=in_5_days.isoformat(), end=(in_5_days + timedelta(hours=2)).isoformat())
+    (cli_environment / "appointment.json").write_text(json.dumps(booked))
+    code, out, err = run_cli(capsys, "call", "appointment-book", "--patient", str(FIXTURES / "fires-surgery-planned-patient-view.json"),
+                             "--appointment", str(cli_environment / "appointment.json"), "--json")
+    assert code == 0, err
+    assert topics_of(json.loads(out)) == ["surgery-timing"]
+
+
+def test_call_appointment_book_without_an_appointment_is_a_usage_error(capsys, cli_environment):
+    code, _, err = run_cli(capsys, "call", "appointment-book", "--patient", str(FIXTURES / "fires-surgery-planned-patient-view.json"))
+    assert code == 2 and "--appointment FILE" in err
+
+
+def test_call_appointment_book_refuses_another_patients_appointment(capsys, cli_environment):
+    someone_else = surgical(5, participant=[{"actor": {"reference": "Patient/someone-else"}, "status": "accepted"}])
+    (cli_environment / "appointment.json").write_text(json.dumps(someone_else))
+    code, _, err = run_cli(capsys, "call", "appointment-book", "--patient", str(FIXTURES / "fires-surgery-planned-patient-view.json"),
+                           "--appointment", str(cli_environment / "appointment.json"))
+    assert code == 2 and "is for Patient/someone-else" in err
