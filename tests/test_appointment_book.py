@@ -330,3 +330,34 @@ def test_call_appointment_book_refuses_another_patients_appointment(capsys, cli_
     code, _, err = run_cli(capsys, "call", "appointment-book", "--patient", str(FIXTURES / "fires-surgery-planned-patient-view.json"),
                            "--appointment", str(cli_environment / "appointment.json"))
     assert code == 2 and "is for Patient/someone-else" in err
+
+
+# --- docs are code: what README, GLOSSARY and docs/integrating.md say about surgery and this hook -----
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_surgery_row_states_the_knowledge_intervals(knowledge):
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `surgery-timing`"))
+    window = knowledge.surgery_windows["everolimus"]
+    assert f"planned within {window.withhold_before_days} days" in row
+    assert f"booked (`appointment-book`) within {knowledge.surgery_planning_days} days" in row
+    assert f"done in the last {window.avoid_after_major_days} days" in row
+    assert f"planned or booked within {knowledge.surgery_planning_days} days" in row
+    assert "sirolimus" not in knowledge.surgery_windows  # "the 7/14 days ... are not shown"
+
+
+def test_glossary_planning_horizon_and_withhold_window_are_the_knowledge(knowledge):
+    glossary = (ROOT / "GLOSSARY.md").read_text()
+    assert f"| planning horizon | {knowledge.surgery_planning_days} days" in glossary
+    window = knowledge.surgery_windows["everolimus"]
+    assert f"at least {window.withhold_before_days} days before elective surgery" in glossary
+    assert f"at least {window.avoid_after_major_days} days after major surgery" in glossary
+
+
+def test_integrating_names_the_codes_the_knowledge_reads(knowledge):
+    text = (ROOT / "docs" / "integrating.md").read_text()
+    assert {code for _, code in knowledge.surgical_service_types} == {"221"} and "HL7 service-type 221" in text
+    assert all(code in text for _, code in knowledge.surgical_specialties)
+    assert {code for _, code in knowledge.clinic_visit_appointment_types} == {"FOLLOWUP", "CHECKUP", "WALKIN"}
+    assert "FOLLOWUP, CHECKUP or\nWALKIN" in text or "FOLLOWUP, CHECKUP or WALKIN" in text
