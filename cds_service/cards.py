@@ -338,7 +338,7 @@ def _surgery_plan_suggestions(findings: list[SurgeryTiming], snapshot: PatientSn
             "isRecommended": True,
             "actions": [{"type": "create", "description": label, "resource": resource}],
         })
-    return suggestions[:1] if len({id(f.mtor) for f in findings}) == 1 and len(suggestions) > 1 else suggestions
+    return suggestions
 
 
 def _is_reference(ref: str) -> bool:

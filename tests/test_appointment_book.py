@@ -361,3 +361,9 @@ def test_integrating_names_the_codes_the_knowledge_reads(knowledge):
     assert all(code in text for _, code in knowledge.surgical_specialties)
     assert {code for _, code in knowledge.clinic_visit_appointment_types} == {"FOLLOWUP", "CHECKUP", "WALKIN"}
     assert "FOLLOWUP, CHECKUP or\nWALKIN" in text or "FOLLOWUP, CHECKUP or WALKIN" in text
+
+
+def test_two_surgeries_booked_at_once_give_one_card_with_a_task_for_each(client):
+    card = surgery_card(book(client, surgical(10), surgical(20)))
+    assert card["selectionBehavior"] == "any" and len(card["suggestions"]) == 2
+    assert {s["actions"][0]["resource"]["reasonReference"]["reference"].split("/")[0] for s in card["suggestions"]} == {"Appointment"}
