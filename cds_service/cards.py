@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
@@ -45,6 +45,9 @@ from cds_service.findings import (
 from cds_service.knowledge import Source
 from cds_service.knowledge.records import LevelTest, TroughTiming
 from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+
+if TYPE_CHECKING:
+    from cds_service.rules.treatment_context import TreatmentContext
 
 OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
 SUMMARY_MAX = 139
@@ -350,27 +353,31 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     lab: LabResult = top.evidence[0]
     drug, mtor, limit = top.drug, _mtor(top), top.limit.upper_ng_per_ml
     when = _lab_date(lab)
+    if top.context is not None and not top.context.allows_tsc_lam_rules:
+        return _context_trough_card(top, lab)
     if lab.value is None:
-        summary = f"Latest {drug} level ({when}) could not be read: unit {lab.unreadable_unit}"
-        lines = [f"- The most recent {drug} level, `{lab.ref}` on {when}, reads **{lab.value_as_written or lab.unreadable_unit}**, "
-                 f"which cannot be converted to ng/mL. Check it against the {limit} ng/mL limit by hand."]
+        summary = f"Latest {drug} level ({when}) could not be read (unit {lab.unreadable_unit}): check it by hand"
+        lines = [f"- The most recent {drug} level, on {when}, reads **{lab.value_as_written or lab.unreadable_unit}**, "
+                 f"which cannot be converted to ng/mL. Check it against the {limit:g} ng/mL limit by hand.",
+                 f"\nSource: {_cite(top.source, top.section)}."]
         return CardText(_summary(summary, 1), "\n".join(lines))
-    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {when} is above the {limit:g} ng/mL limit"
-    lines = [_level_line(lab, drug), f"- Order: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`).",
-             f"\n{_target_range(top)} ({top.section}; {_cite(top.source)})."]
-    if top.assumed_indication and top.proposal and top.proposal.proposed_dose_mg is not None:
-        lines.append(f"Indication: {_indication_text(top.indication)}. The dose below assumes trough-guided use "
-                     f"({top.assumed_indication}); it does not apply to fixed-dose TSC-AML, where the label sets no trough target.")
-    lines += _dose_lines(top.proposal, lab, "reduce")
-    lines.append(f"{_cap(_recheck_text(top.recheck, 'the change'))}; confirm the sample was drawn just before a dose.")
-    return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, top.proposal))
-
-
-def _target_range(finding: TroughHighFinding) -> str:
-    """The target range of the indication on record (or assumed); with none, the label's upper limit."""
-    if finding.target is not None and finding.target.high_ng_per_ml == finding.limit.upper_ng_per_ml:
-        return f"The label's trough target is {finding.target.low_ng_per_ml:g}-{finding.target.high_ng_per_ml:g} ng/mL"
-    return f"The label's upper trough limit is {finding.limit.upper_ng_per_ml:g} ng/mL"
+    if top.stale or top.not_steady_until:
+        return _recheck_trough_card(top, lab, f"above the {limit:g} ng/mL limit", snapshot.today)
+    proposal = top.proposal
+    action = (f"reduce to {proposal.proposed_dose_mg:g} mg once daily" if proposal and proposal.proposed_dose_mg is not None
+              else "review the dose")
+    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {when} is above the {limit:g} ng/mL limit: {action}"
+    lines = [_level_line(lab, drug), f"- Order: {mtor.text} ({_order_state(mtor)}).", f"- {_target_range(top)}."]
+    if top.context is not None and top.context.implied_only:  # no use on record: no dose from an assumed use
+        lines.append(f"- {top.context.assumption} No dose is computed; review the dose for the patient's actual use.")
+    else:
+        if top.assumed_indication and proposal and proposal.proposed_dose_mg is not None:
+            lines.append(f"- No indication that sets a trough target is on record: the dose below assumes "
+                         f"{top.assumed_indication}; it does not apply to fixed-dose TSC-AML, which has no trough target.")
+        lines += _dose_lines(proposal, lab, "reduce")
+    lines.append(f"- {_cap(_recheck_text(top.recheck, 'the change'))}; confirm the sample was drawn just before a dose.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}.")
+    return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, proposal))
 
 
 def _trough_low_card(findings: list[TroughLowFinding], snapshot: PatientSnapshot) -> CardText:
@@ -378,13 +385,85 @@ def _trough_low_card(findings: list[TroughLowFinding], snapshot: PatientSnapshot
     lab: LabResult = top.evidence[0]
     drug, mtor = top.drug, _mtor(top)
     low, high = top.target.low_ng_per_ml, top.target.high_ng_per_ml
-    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL ({_lab_date(lab)}) is below the {low:g}-{high:g} ng/mL target"
-    lines = [_level_line(lab, drug), f"- Order: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`).",
-             f"- Indication: {_indication_text(top.indication)}; target {low:g}-{high:g} ng/mL "
-             f"({_cite(top.source, top.section)}).", ""]
-    lines += _dose_lines(top.proposal, lab, "increase")
-    lines.append(f"Check adherence and interacting drugs first; {_recheck_text(top.recheck, 'any change')}.")
-    return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, top.proposal))
+    if top.context is not None:
+        return _context_trough_card(top, lab)
+    if top.not_steady_until:
+        return _recheck_trough_card(top, lab, f"below the {low:g}-{high:g} ng/mL target", snapshot.today)
+    proposal = top.proposal
+    action = (f"consider {proposal.proposed_dose_mg:g} mg once daily" if proposal and proposal.proposed_dose_mg is not None
+              else "check adherence, then review the dose")
+    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)} is below the {low:g}-{high:g} ng/mL target: {action}"
+    lines = [_level_line(lab, drug), f"- Order: {mtor.text} ({_order_state(mtor)}).",
+             f"- Use: {_indication_text(top.indication)}; the label's trough target is {low:g}-{high:g} ng/mL."]
+    lines += _dose_lines(proposal, lab, "increase")
+    lines.append(f"- Check adherence and interacting drugs first; {_recheck_text(top.recheck, 'any change')}.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}.")
+    return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, proposal))
+
+
+def _use_text(context: TreatmentContext) -> str:
+    """The use in plain words, with the product whose label governs it (issue 10: never another product's label)."""
+    if context.use == "transplant":
+        organ = f"{context.organ} " if context.organ else ""
+        return f"{organ}transplant"
+    return context.use
+
+
+def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResult) -> CardText:
+    """A trough for a transplant use (or several plausible uses): the governing label's range, no computed dose,
+    no TSC wording. An unverified target is never shown as a number (info: review with the transplant team)."""
+    assert top.context is not None and lab.value is not None
+    context, drug, mtor = top.context, top.drug, _mtor(top)
+    product = context.product or drug
+    level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
+    target = top.target
+    lines = [f"- {level}; order: {mtor.text}."]  # FHIR text in one place (md_text() when merged)
+    if isinstance(top, TroughHighFinding) and top.target_unverified:
+        summary = f"{level} ({product}, {_use_text(context)}): review the dose with the transplant team"
+        lines.append("- This service has not verified the label's trough target for this use, so it shows none and "
+                     "computes no dose.")
+    elif isinstance(top, TroughLowFinding) and target is not None:
+        summary = f"{level} is below the {product} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
+        lines.append(f"- {product} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
+    elif target is not None:
+        summary = f"{level} is above the {product} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
+        lines.append(f"- {product} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
+    elif isinstance(top, TroughHighFinding):
+        summary = f"{level} is above the limit of every use on record: review the dose"
+        lines.append(f"- Above {top.limit.upper_ng_per_ml:g} ng/mL, the highest limit of the plausible uses.")
+    if context.assumption:
+        lines.append(f"- {context.assumption}")
+    if top.not_steady_until:
+        lines.append(f"- Drawn before steady state on the current regimen: recheck on or after {top.not_steady_until.isoformat()}.")
+    lines.append("- Adjust the dose by the transplant protocol (this label gives no dose formula); no dose is computed here.")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}.")
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResult, where: str, today: date) -> CardText:
+    """A level that cannot drive a dose (older than the look-back window, or drawn before steady state)."""
+    assert lab.value is not None
+    drug, mtor = top.drug, _mtor(top)
+    level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
+    until = top.not_steady_until
+    if until is not None:
+        when = "now" if until <= today else f"on or after {until.isoformat()}"
+        summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
+        reason = "It was drawn before steady state on the current dose or interacting drugs, so it gives no new dose."
+    else:
+        when = "now"
+        summary = f"{level} is {where} but is too old to dose by: recheck now"
+        reason = "It is older than this service's look-back window for troughs, so it gives no new dose."
+    lines = [f"- {level}; order: {mtor.text}.", f"- {reason}", f"- Recheck the trough {when}, just before a dose.",
+             f"\nSource: {_cite(top.source, top.section)}."]
+    return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _target_range(finding: TroughHighFinding) -> str:
+    """The target range of the indication on record (or assumed); with none, the label's upper limit."""
+    if finding.target is not None and finding.target.high_ng_per_ml == finding.limit.upper_ng_per_ml:
+        return f"The label's trough target is {finding.target.low_ng_per_ml:g}-{finding.target.high_ng_per_ml:g} ng/mL"
+    return f"The label's upper trough limit is {finding.limit.upper_ng_per_ml:g} ng/mL"
 
 
 def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: PatientSnapshot) -> CardText:
@@ -395,12 +474,12 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
         event = "starting" if top.event == "start" else f"{top.event} ({top.event_date.isoformat()})"
         summary = f"Plan a trough level of {drug} around {due.isoformat()}, {after} after {event}"
     else:
-        summary = f"{_cap(drug)} trough due since {due.isoformat()} ({top.event} on {top.event_date.isoformat()})"
-    last = (f"the last trough was on {_lab_date(latest)} (`{latest.ref}`)" if latest else "no trough is on record")
-    lines = [f"- **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`); {last}.",
-             f"- Event: {top.event} on {top.event_date.isoformat()}; the label asks for a trough {after} later "
-             f"_({_cite(top.source, top.section)})_.",
-             f"- Indication: {_indication_text(top.indication)}."]
+        summary = f"{_cap(drug)} trough due now: none since {top.event} on {top.event_date.isoformat()}"
+    last = f"the last trough was on {_lab_date(latest)}" if latest else "no trough is on record"
+    lines = [f"- {mtor.text} ({_order_state(mtor)}); {last}.",
+             f"- {_cap(top.event)} on {top.event_date.isoformat()}: the label asks for a trough {after} later.",
+             f"- Use: {_indication_text(top.indication)}.",
+             f"\nSource: {_cite(top.source, top.section)}."]
     order_date = max(due, snapshot.today)
     suggestion = _trough_order_suggestion(snapshot, mtor, drug, order_date, top.level_test)
     return CardText(_summary(summary, 1), "\n".join(lines), [suggestion])
@@ -479,39 +558,40 @@ def _contraception_card(findings: list[ContraceptionFinding], snapshot: PatientS
     top = findings[0]
     drug, weeks = top.drug, top.weeks
     who = "Females" if top.sex == "female" else "Males with female partners"
-    summary = f"{_cap(drug)} ordered: effective contraception during treatment and {weeks} weeks after the last dose"
-    detail = (f"{who} of reproductive potential should use effective contraception during treatment with {drug} and for "
-              f"**{weeks} weeks** after the last dose _({_cite(top.source, top.section)})_. The patient is "
-              f"{top.age:.0f} years old. Confirm pregnancy status before starting and discuss contraception.")
-    return CardText(_summary(summary, 1), detail)
+    summary = f"{_cap(drug)} ordered: confirm pregnancy status; contraception during treatment and {weeks} weeks after"
+    lines = [f"- Patient: {top.age:.0f} years old, of reproductive potential.",
+             f"- {who} of reproductive potential should use effective contraception during treatment with {drug} and "
+             f"for **{weeks} weeks** after the last dose.",
+             "- Confirm pregnancy status before starting and discuss contraception.",
+             f"\nSource: {_cite(top.source, top.section)}."]
+    return CardText(_summary(summary, 1), "\n".join(lines))
 
 
 def _dose_card(findings: list[DoseCheckFinding], snapshot: PatientSnapshot) -> CardText:
     top = findings[0]
     drug, mtor, start = top.drug, _mtor(top), top.start
     label_dose = (f"{start.dose_mg_per_m2:g} mg/m² once daily" if start.dose_mg_per_m2 is not None else f"{start.dose_mg:g} mg once daily")
-    lines = [f"- Ordered: **{mtor.text}** (`{mtor.ref}`), **{top.ordered_mg:g} mg/day**.",
-             f"- Indication: {_indication_text(top.indication)}; label starting dose {label_dose} "
-             f"_({_cite(top.source, top.section)})_."]
+    lines = [f"- Ordered: {mtor.text}, **{top.ordered_mg:g} mg/day**.",
+             f"- Use: {_indication_text(top.indication)}; label starting dose {label_dose}."]
     if top.expected_mg is None:
-        summary = f"Cannot check the {drug} starting dose: no recent height and weight on record"
+        summary = f"Cannot check the {drug} starting dose: record height and weight (the dose is per m²)"
         lines.append("- The dose is per m² of body surface area: record height and weight to check it.")
     else:
         if top.bsa:
             h, w = top.bsa.height, top.bsa.weight
             lines.append(f"- Body surface area (Mosteller) **{top.bsa.bsa_m2:.2f} m²** from height {h.value:.0f} cm "
-                         f"({_lab_date(h)}) and weight {w.value:.1f} kg ({_lab_date(w)}) "
-                         f"_({_cite(top.bsa.source)})_.")
+                         f"({_lab_date(h)}) and weight {w.value:.1f} kg ({_lab_date(w)}).")
         lines.append(f"- Label dose for this patient: about **{top.expected_mg:.1f} mg/day**, then adjust by trough where the label says so.")
         if top.fits:
             summary = f"{_cap(drug)} dose fits the label; note the infection risk in young children"
         elif top.ordered_mg > top.expected_mg:
-            summary = f"{_cap(drug)} {top.ordered_mg:g} mg/day is above the label dose (~{top.expected_mg:.1f} mg/day)"
+            summary = f"{_cap(drug)} {top.ordered_mg:g} mg/day is above the label dose (~{top.expected_mg:.1f} mg/day): review the order"
         else:
-            summary = f"{_cap(drug)} {top.ordered_mg:g} mg/day is below the label dose (~{top.expected_mg:.1f} mg/day)"
+            summary = f"{_cap(drug)} {top.ordered_mg:g} mg/day is below the label dose (~{top.expected_mg:.1f} mg/day): review the order"
     if top.pediatric:
         p = top.pediatric
-        lines.append(f"\nPatient is under {p.below_age_years:g}: {p.note_text} _({_cite(p.source, p.section)})_")
+        lines.append(f"- Patient is under {p.below_age_years:g}: {p.note_text}")
+    lines.append(f"\nSource: {_cite(top.source, top.section)}.")
     return CardText(_summary(summary, 1), "\n".join(lines))
 
 
@@ -652,16 +732,19 @@ def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> 
 
 def _dose_lines(proposal: DoseProposal | None, lab: LabResult, verb: str) -> list[str]:
     if proposal is None:
-        return [f"{_cap(verb)} the dose as the label's therapeutic drug monitoring guidance says "
+        return [f"- {_cap(verb)} the dose as the label's therapeutic drug monitoring guidance says "
                 "(new dose = current dose × target trough / measured trough)."]
+    formula = proposal.formula_dose_mg if proposal.formula_dose_mg is not None else proposal.raw_dose_mg
+    arithmetic = (f"- Label formula: new dose = current dose × target / measured = {proposal.current_dose_mg:g} mg × "
+                  f"{proposal.aim_ng_per_ml:g} / {lab.value:.3g} = {formula:.2f} mg/day")
+    if proposal.max_increment_mg and proposal.raw_dose_mg < formula - 1e-9:
+        arithmetic += (f"; an increase is capped at +{proposal.max_increment_mg:g} mg per step, "
+                       f"so {proposal.raw_dose_mg:.2f} mg/day")
     if proposal.proposed_dose_mg is None:
-        return [f"The label's formula gives {proposal.raw_dose_mg:.2f} mg/day, which the product's strengths cannot "
-                f"make better than the current dose; adjust by clinical judgement."]
-    cap = f" (an increase is capped at +{proposal.max_increment_mg:g} mg per step)" if proposal.max_increment_mg else ""
-    return [f"Label formula: new dose = current dose × target / measured = {proposal.current_dose_mg:g} mg × "
-            f"{proposal.aim_ng_per_ml:g} / {lab.value:.3g} = {proposal.raw_dose_mg:.2f} mg/day{cap}; "
-            f"with {proposal.product} strengths: **{proposal.proposed_dose_mg:g} mg once daily** "
-            f"_({_cite(proposal.formula_source)}; aiming at the middle of the target range is this service's choice)_."]
+        return [arithmetic + f", which {proposal.product} strengths cannot make better than the current dose; "
+                "adjust by clinical judgement."]
+    return [arithmetic + f"; with whole {proposal.product} tablets: **{proposal.proposed_dose_mg:g} mg once daily** "
+            "(aiming at the middle of the target range is this service's choice)."]
 
 
 def _days_after_text(timing: TroughTiming) -> str:
@@ -672,12 +755,12 @@ def _days_after_text(timing: TroughTiming) -> str:
 def _recheck_text(timing: TroughTiming | None, after: str) -> str:
     if timing is None:
         return f"recheck the trough after {after}"
-    return f"recheck the trough {_days_after_text(timing)} after {after} _({_cite(timing.source, timing.section)})_"
+    return f"recheck the trough {_days_after_text(timing)} after {after}"
 
 
 def _level_line(lab: LabResult, drug: str) -> str:
     written = f" (reported as {lab.value_as_written})" if lab.value_as_written and not lab.value_as_written.endswith("ng/mL") else ""
-    return f"- Most recent {drug} level: **{lab.value:.3g} ng/mL**{written} on **{_lab_date(lab)}** (`{lab.ref}`, {lab.text})."
+    return f"- Most recent {drug} level: **{lab.value:.3g} ng/mL**{written} on **{_lab_date(lab)}**."
 
 
 def _lab_date(lab: LabResult) -> str:
@@ -693,7 +776,7 @@ def _mtor(finding: Finding) -> MedicationOrder:
 def _indication_text(indication: Indication) -> str:
     if indication is None or not indication.evidence:
         return "not on record"
-    names = ", ".join(f"{c.text} (`{c.ref}`)" for c in indication.evidence)
+    names = ", ".join(c.text for c in indication.evidence)
     if indication.key is None:
         return f"more than one on record ({names}); the card lists the advice for each"
     return names

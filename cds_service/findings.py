@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from datetime import date, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cds_service.knowledge import Source
 from cds_service.knowledge.records import (
@@ -29,6 +29,9 @@ from cds_service.knowledge.records import (
     WoundHealingCaution,
 )
 from cds_service.patient import ConditionRecord, LabResult, MedicationOrder
+
+if TYPE_CHECKING:  # rules import findings; the context type is only an annotation here
+    from cds_service.rules.treatment_context import TreatmentContext
 
 TOPIC_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/card-topic"
 
@@ -186,6 +189,7 @@ class DoseProposal:
     max_increment_mg: float | None = None  # the label's per-step cap, where it sets one (applied to increases)
     proposed_dose_mg: float | None = None  # None: the strengths cannot do better than the current dose
     product: str = ""
+    formula_dose_mg: float | None = None  # the formula's result before the cap (shown, then the cap)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -197,6 +201,10 @@ class TroughHighFinding(Finding):
     proposal: DoseProposal | None = None
     assumed_indication: str | None = None  # display name, when the dose assumes trough-guided use
     recheck: TroughTiming | None = None  # the label's timing of a trough after a dose change
+    context: TreatmentContext | None = None  # set when a transplant or oncology use is plausible (no TSC wording)
+    target_unverified: bool = False  # the governing label's target was not read in a primary source: no number shown
+    not_steady_until: date | None = None  # the level was drawn before steady state: no new dose; recheck from then
+    stale: bool = False  # older than the trough look-back window: no new dose, recheck
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -206,6 +214,8 @@ class TroughLowFinding(Finding):
     indication: Indication
     proposal: DoseProposal | None = None
     recheck: TroughTiming | None = None
+    context: TreatmentContext | None = None  # set for a transplant use (Zortress kidney target)
+    not_steady_until: date | None = None  # drawn before steady state: no new dose; recheck from then
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ class MedicationOrder:
     dose_mg: float | None = None  # per administration
     doses_per_day: float | None = None  # from dosageInstruction timing, when stated
     product_rxnorm: str | None = None  # the mTOR product code when one was recognised
+    prior_prescription: str | None = None  # MedicationRequest.priorPrescription (relative reference), for renewals
     resource: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def concepts_with(self, role: DrugRole) -> tuple[DrugConcept, ...]:
@@ -106,6 +107,7 @@ class PatientSnapshot:
     unavailable: tuple[str, ...] = ()  # prefetch keys whose data could not be had (or a check that could not run)
     skipped_resources: int = 0  # resources not read: not valid enough, or another patient's
     unreadable: tuple[tuple[str, int], ...] = ()  # (resource type, count) of resources skipped as unreadable
+    order_history: tuple[MedicationOrder, ...] = ()  # ended mTOR MedicationRequests: tell a dose change from a renewal
 
     @functools.cached_property
     def mtor_orders(self) -> tuple[MedicationOrder, ...]:

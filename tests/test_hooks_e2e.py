@@ -84,12 +84,12 @@ def test_patient_view_cards_are_most_severe_first(call_hook):
     assert indicators == sorted(indicators) and indicators[0] == 0
 
 
-def test_patient_view_trough_card_names_value_unit_date_and_resource(call_hook):
+def test_patient_view_trough_card_names_value_unit_and_date_but_no_resource_id(call_hook):
     high = level("everolimus", 18.2, "ug/L", days_ago=3)
     body = answer(call_hook, hook_request("patient-view", medications=[everolimus()], observations=[high]))
     trough = card(body, "trough-high")
     assert "18.2 ng/mL" in trough["summary"] and "2026-11-20" in trough["summary"]
-    assert ref(high) in trough["detail"] and "18.2 ug/L" in trough["detail"]
+    assert ref(high) not in trough["detail"] and "18.2 ug/L" in trough["detail"]  # issue 13: ids stay out of the text
 
 
 def test_patient_view_planned_surgery_warns_without_suggestion(call_hook):

@@ -84,3 +84,47 @@ def test_child_under_the_label_age_gets_the_infection_note_even_when_the_dose_fi
         K,
     )
     assert finding.fits and finding.pediatric.below_age_years == 3
+
+
+# --- issue 10: dose check by treatment context and label-adjusted starts -----------------------------
+
+from snapshots import ICD10CM, condition_record  # noqa: E402
+
+
+def test_zortress_label_start_is_never_compared_with_a_tsc_dose():
+    # regimens.json zortress-kidney start 0.75 mg twice daily (ZORTRESS-2010 Highlights §2)
+    from cds_service.rules.ordering import check_dose
+    from snapshots import SEGA_RECORD, TSC_RECORD, knowledge
+    draft = mtor_order("MedicationRequest/zor", "everolimus 0.75 MG Oral Tablet [Zortress]", "977440", draft=True, dose=0.75)
+    snap = record_snapshot([draft], body_measurements(), [TSC_RECORD, SEGA_RECORD, condition_record("Z94.0", ICD10CM)])
+    assert check_dose(snap, knowledge()) == []
+
+
+def test_a_higher_dose_with_a_strong_inducer_is_not_called_too_high():
+    # regimens.json afinitor strong_inducer_fixed_dose (10 -> 20 mg) / AFINITOR §2 dose modifications
+    from cds_service.rules.ordering import check_dose
+    from snapshots import AML_RECORD, TSC_RECORD, knowledge, order
+    draft = mtor_order(draft=True, dose=20.0)
+    snap = record_snapshot([draft], (), [TSC_RECORD, AML_RECORD])
+    [too_high] = check_dose(snap, knowledge())
+    assert too_high.severity.name == "WARNING"
+    rifampin = order("rifampin 300 MG Oral Capsule", ref="MedicationRequest/rif")
+    assert check_dose(record_snapshot([draft, rifampin], (), [TSC_RECORD, AML_RECORD]), knowledge()) == []
+
+
+def test_far_above_the_inducer_adjusted_start_is_still_too_high():
+    from cds_service.rules.ordering import check_dose
+    from snapshots import AML_RECORD, TSC_RECORD, knowledge, order
+    rifampin = order("rifampin 300 MG Oral Capsule", ref="MedicationRequest/rif")
+    [finding] = check_dose(record_snapshot([mtor_order(draft=True, dose=40.0), rifampin], (), [TSC_RECORD, AML_RECORD]), knowledge())
+    assert finding.severity.name == "WARNING"
+
+
+def test_moderate_inhibitor_fixed_dose_of_2_5_mg_is_a_label_dose():
+    # regimens.json afinitor moderate_inhibitor_fixed_dose 2.5 mg (AFINITOR-2012 Highlights §2, verified)
+    from cds_service.rules.ordering import check_dose
+    from snapshots import AML_RECORD, TSC_RECORD, knowledge, order
+    verapamil = order("verapamil 80 MG Oral Tablet", ref="MedicationRequest/ver")
+    snap = record_snapshot([mtor_order(draft=True, dose=2.5), verapamil], (), [TSC_RECORD, AML_RECORD])
+    assert check_dose(snap, knowledge()) == []
+    assert check_dose(record_snapshot([mtor_order(draft=True, dose=2.5)], (), [TSC_RECORD, AML_RECORD]), knowledge())

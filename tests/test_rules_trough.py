@@ -12,9 +12,11 @@ from cds_service.findings import Severity, Topic
 from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
 from snapshots import (
     AML_RECORD,
+    ICD10CM,
     NOW,
     SEGA_RECORD,
     TSC_RECORD,
+    condition,
     drug_level,
     everolimus,
     knowledge,
@@ -28,14 +30,18 @@ from snapshots import (
 )
 
 
-def trough(*observations, medications=None):
+def trough(*observations, medications=None, conditions=()):
     medications = [everolimus()] if medications is None else medications
-    snapshot = snapshot_of(hook="patient-view", medications=medications, observations=observations)
+    snapshot = snapshot_of(hook="patient-view", medications=medications, observations=observations, conditions=conditions)
     return check_trough_high(snapshot, knowledge()), snapshot
 
 
-def findings_for(*observations, medications=None):
-    return trough(*observations, medications=medications)[0]
+def findings_for(*observations, medications=None, conditions=()):
+    return trough(*observations, medications=medications, conditions=conditions)[0]
+
+
+# Oral sirolimus with no use on record may be for renal transplant (no knowable target): these tests record LAM.
+LAM_CONDITION = condition(ICD10CM, "J84.81", "Lymphangioleiomyomatosis")
 
 
 def summary_for(*observations, medications=None):
@@ -79,8 +85,8 @@ def test_nmol_per_l_converted_with_everolimus_molar_mass():
 
 def test_nmol_per_l_converted_with_sirolimus_molar_mass():
     # 16.5 nmol/L x 914.2 g/mol = 15.08 ng/mL (above); 16.3 nmol/L = 14.90 ng/mL (not above)
-    assert findings_for(level("sirolimus", 16.5, "nmol/L"), medications=[sirolimus()])
-    assert findings_for(level("sirolimus", 16.3, "nmol/L"), medications=[sirolimus()]) == []
+    assert findings_for(level("sirolimus", 16.5, "nmol/L"), medications=[sirolimus()], conditions=[LAM_CONDITION])
+    assert findings_for(level("sirolimus", 16.3, "nmol/L"), medications=[sirolimus()], conditions=[LAM_CONDITION]) == []
 
 
 def test_unit_text_read_when_the_ucum_code_is_unknown():
@@ -131,7 +137,7 @@ def test_everolimus_level_does_not_count_for_a_sirolimus_patient():
 
 
 def test_high_sirolimus_level_for_sirolimus_patient_cites_rapamune():
-    [finding] = findings_for(level("sirolimus", 17), medications=[sirolimus()])
+    [finding] = findings_for(level("sirolimus", 17), medications=[sirolimus()], conditions=[LAM_CONDITION])
     assert finding.source.key == "RAPAMUNE-PI"
     assert finding.drug == "sirolimus"
 
@@ -228,3 +234,166 @@ def test_high_trough_with_no_indication_on_record_proposes_a_dose_and_names_the_
 def test_high_trough_for_fixed_dose_aml_proposes_no_formula_dose():
     [finding] = check_trough_high(record_snapshot([mtor_order(dose=10)], [drug_level(20)], [TSC_RECORD, AML_RECORD]), K)
     assert finding.proposal is None or finding.proposal.proposed_dose_mg is None
+
+
+# --- issue 10: treatment context, steady state, look-back -------------------------------------------------
+
+from datetime import timedelta as _td  # noqa: E402
+
+from snapshots import condition_record  # noqa: E402
+
+KIDNEY_TX = condition_record("Z94.0", ICD10CM, ref="Condition/ktx")
+LIVER_TX = condition_record("Z94.4", ICD10CM, ref="Condition/ltx")
+LAM = condition_record("J84.81", ICD10CM, ref="Condition/lam")
+
+
+def zortress(dose=0.75):
+    return mtor_order("MedicationRequest/zor", "everolimus 0.75 MG Oral Tablet [Zortress]", "977440", dose=dose)
+
+
+def rapamune():
+    return mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0)
+
+
+def test_zortress_kidney_above_3_to_8_warns_with_the_zortress_target_and_no_dose():
+    # regimens.json zortress-kidney trough_target 3-8 ng/mL (ZORTRESS-2010 Highlights §2, verified)
+    snap = record_snapshot([zortress()], [drug_level(9.5)], [KIDNEY_TX])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.severity is Severity.WARNING and finding.proposal is None
+    assert (finding.target.low_ng_per_ml, finding.target.high_ng_per_ml) == (3, 8)
+    [card] = render_cards([finding], snap)
+    text = card.summary + card.detail
+    assert "Zortress" in card.summary and "3-8 ng/mL" in card.summary
+    assert "AFINITOR" not in text.upper() and "TSC" not in text and "+5" not in text and "once daily" not in text
+
+
+def test_zortress_kidney_in_range_for_tsc_but_not_transplant_is_judged_by_the_transplant_target():
+    assert check_trough_high(record_snapshot([zortress()], [drug_level(5.4)], [KIDNEY_TX]), knowledge()) == []
+    assert len(check_trough_high(record_snapshot([zortress()], [drug_level(12)], [KIDNEY_TX]), knowledge())) == 1
+
+
+def test_zortress_kidney_below_3_is_a_low_card_without_a_dose():
+    snap = record_snapshot([zortress()], [drug_level(2.1)], [KIDNEY_TX])
+    [finding] = check_trough_low(snap, knowledge())
+    assert finding.proposal is None and finding.context is not None
+    [card] = render_cards([finding], snap)
+    assert "below the Zortress target of 3-8 ng/mL" in card.summary
+
+
+def test_zortress_liver_target_unverified_gives_info_without_a_number():
+    # regimens.json zortress-liver trough_target verified=false: never a number on the card
+    snap = record_snapshot([zortress(1.0)], [drug_level(11.8)], [LIVER_TX])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.severity is Severity.INFO and finding.target_unverified
+    [card] = render_cards([finding], snap)
+    assert "transplant team" in card.summary
+    assert "3-8" not in card.detail and "target of" not in card.summary
+    assert check_trough_low(record_snapshot([zortress(1.0)], [drug_level(1.5)], [LIVER_TX]), knowledge()) == []
+
+
+def test_rapamune_renal_transplant_gets_no_trough_card_against_lam_targets():
+    # regimens.json rapamune-renal-transplant trough_target null (protocol-dependent; RAPAMUNE-DOSE §2.1-2.3)
+    snap = record_snapshot([rapamune()], [drug_level(19, drug="sirolimus")], [KIDNEY_TX])
+    assert check_trough_high(snap, knowledge()) == []
+    assert check_trough_low(record_snapshot([rapamune()], [drug_level(2, drug="sirolimus")], [KIDNEY_TX]), knowledge()) == []
+    assert check_trough_monitoring(snap, knowledge()) == []
+
+
+def test_rapamune_lam_keeps_todays_lam_rules():
+    snap = record_snapshot([rapamune()], [drug_level(19, drug="sirolimus")], [LAM])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.context is None and finding.severity is Severity.WARNING
+
+
+def test_rapamune_with_no_indication_is_quiet_because_the_transplant_target_is_unknown():
+    snap = record_snapshot([rapamune()], [drug_level(19, drug="sirolimus")])
+    assert check_trough_high(snap, knowledge()) == []
+
+
+def test_tsc_and_kidney_transplant_fires_only_above_every_plausible_limit():
+    # candidates tsc-sega (Afinitor 15 ng/mL) and transplant-kidney: generic everolimus 10 mg has no Zortress regimen
+    snap = record_snapshot([mtor_order()], [drug_level(16)], [TSC_RECORD, SEGA_RECORD, KIDNEY_TX])
+    assert check_trough_high(snap, knowledge()) == []  # transplant target for non-Zortress everolimus unknown
+
+
+def test_trough_drawn_before_steady_state_gives_no_dose_and_a_recheck_date():
+    # monitoring.json everolimus dose-change: about 14 days (Afinitor §2 TDM)
+    order = mtor_order(authored=NOW - _td(days=5))
+    snap = record_snapshot([order], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.proposal is None
+    assert finding.not_steady_until == (NOW - _td(days=5)).date() + _td(days=14)
+    [card] = render_cards([finding], snap)
+    assert "steady state" in card.summary and not card.suggestions
+
+
+def test_renewal_at_the_same_dose_is_not_a_dose_change():
+    first = mtor_order("MedicationRequest/old", authored=NOW - _td(days=60))
+    renewal = mtor_order("MedicationRequest/new", authored=NOW - _td(days=5))
+    snap = record_snapshot([renewal, first], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.not_steady_until is None and finding.proposal is not None
+
+
+def test_dose_change_in_the_order_history_restarts_steady_state():
+    first = mtor_order("MedicationRequest/old", dose=5.0, authored=NOW - _td(days=60))
+    changed = mtor_order("MedicationRequest/new", dose=10.0, authored=NOW - _td(days=5))
+    snap = record_snapshot([changed, first], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.not_steady_until is not None and finding.proposal is None
+
+
+def test_trough_older_than_the_lookback_window_is_info_and_asks_for_a_recheck():
+    # lookback.json windows trough max_age_days 90 (project policy)
+    snap = record_snapshot([mtor_order()], [drug_level(20, days_ago=120)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.severity is Severity.INFO and finding.stale and finding.proposal is None
+    [card] = render_cards([finding], snap)
+    assert "recheck now" in card.summary
+    assert check_trough_low(record_snapshot([mtor_order()], [drug_level(2, days_ago=120)], [TSC_RECORD, SEGA_RECORD]), knowledge()) == []
+
+
+def test_afinitor_with_no_use_on_record_keeps_the_tsc_limit_but_computes_no_dose():
+    # treatment_contexts.json product_implies Afinitor: oncology or TSC; the label's only trough limit is TSC's 15 ng/mL
+    afinitor = mtor_order(text="everolimus 10 MG Oral Tablet [Afinitor]", code="845512")
+    snap = record_snapshot([afinitor], [drug_level(20)])
+    [finding] = check_trough_high(snap, K)
+    assert finding.severity is Severity.WARNING and finding.proposal is None
+    [card] = render_cards([finding], snap)
+    assert "No dose is computed" in card.detail and "×" not in card.detail and not card.suggestions
+
+
+def test_everolimus_for_breast_cancer_gets_no_trough_card():
+    # Afinitor oncology dosing is fixed; its label has no trough target for cancer
+    snap = record_snapshot([mtor_order()], [drug_level(20)], [condition_record("C50.911", "http://hl7.org/fhir/sid/icd-10-cm")])
+    assert check_trough_high(snap, K) == [] and check_trough_low(snap, K) == []
+
+
+def test_prior_prescription_at_the_same_dose_is_followed_back_to_the_regimen_start():
+    # a renewal (priorPrescription) of an ended order at the same dose: steady state counts from the first order
+    import dataclasses as _dc
+    june = _dc.replace(mtor_order("MedicationRequest/june", authored=NOW - _td(days=170)), status="completed")
+    renewal = _dc.replace(mtor_order("MedicationRequest/now", authored=NOW - _td(days=5)), prior_prescription="MedicationRequest/june")
+    snap = _dc.replace(record_snapshot([renewal], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD]), order_history=(june,))
+    [finding] = check_trough_high(snap, K)
+    assert finding.not_steady_until is None and finding.proposal is not None
+    lower = _dc.replace(june, dose_mg=5.0)
+    snap = _dc.replace(snap, order_history=(lower,))
+    [finding] = check_trough_high(snap, K)
+    assert finding.not_steady_until is not None and finding.proposal is None
+
+
+def test_sirolimus_oral_solution_gets_no_tablet_dose():
+    # dosing.json strengths: Rapamune oral solution has no tablet strengths; a tablet dose would name the wrong form
+    solution = mtor_order("MedicationRequest/sol", "sirolimus 1 MG/ML Oral Solution", "314230", dose=2.0)
+    lam = condition_record("J84.81", "http://hl7.org/fhir/sid/icd-10-cm")
+    [finding] = check_trough_high(record_snapshot([solution], [drug_level(20, drug="sirolimus")], [lam]), K)
+    assert finding.proposal is None
+
+
+def test_sirolimus_increase_is_not_capped_at_plus_5_mg():
+    # dosing.json titration: the +5 mg cap is Afinitor §2.8 (everolimus); Rapamune §2 states no maximum increment
+    lam = condition_record("J84.81", "http://hl7.org/fhir/sid/icd-10-cm")
+    rapa = mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0)
+    [finding] = check_trough_low(record_snapshot([rapa], [drug_level(2, drug="sirolimus")], [lam]), K)
+    assert finding.proposal.max_increment_mg is None and finding.proposal.raw_dose_mg == 10

@@ -58,11 +58,14 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     reader = _Reader(knowledge, call.patient_id, data.medications)
     selections = set(call.selections)
     medications: dict[str, MedicationOrder] = {}
+    history: list[MedicationOrder] = []
     procedures: list[ProcedureEvent] = []
     for resource in data.by_key.get("medications", ()):
         order = reader.safely(reader.medication_order, resource, is_draft=False, selected=False)
         if order and order.status in ("active", "on-hold"):
             medications[order.ref] = order
+        elif order and order.mtor_drug and order.status in ("completed", "stopped"):
+            history.append(order)  # an earlier mTOR order: its dose tells a dose change from a renewal
     for resource in data.by_key.get("medicationStatements", ()):
         statement = reader.safely(reader.medication_statement, resource)
         if statement:
@@ -112,6 +115,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         unavailable=tuple(dict.fromkeys(unavailable)),
         skipped_resources=reader.skipped + data.malformed_entries,
         unreadable=tuple(sorted((reader.unreadable + Counter({"Bundle.entry": data.malformed_entries})).items())),
+        order_history=tuple(history),
     )
 
 
@@ -209,6 +213,7 @@ class _Reader:
             product_rxnorm=next(
                 (c["code"] for c in codings if c.get("system") == RXNORM and c.get("code") in self.k.mtor_products), None
             ),
+            prior_prescription=_reference(resource.get("priorPrescription")),
             resource=resource,
         )
 
@@ -586,3 +591,9 @@ def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
 def _date(value: Any) -> date | None:
     parsed = _datetime(value)
     return parsed.date() if parsed else None
+
+
+def _reference(value: Any) -> str | None:
+    """A Reference's relative reference ("MedicationRequest/123"), when it has one."""
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return "/".join(reference.split("/")[-2:]) if isinstance(reference, str) and "/" in reference else None

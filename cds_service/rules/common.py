@@ -28,6 +28,9 @@ def product_strengths(order: MedicationOrder, knowledge: Knowledge) -> ProductSt
     """The strengths entry for the order's product (brand or form), else the drug's first product."""
     product = knowledge.mtor_products.get(order.product_rxnorm or "", {})
     text = order.text.lower()
+    unit_forms = [e for e in knowledge.product_strengths if e.drug == drug_of(order) and not e.strengths_mg]
+    if any(e.form and (e.form == product.get("form") or e.form in text) for e in unit_forms):
+        return None  # an oral solution: no tablet strengths to round to (and no tablet product to name)
     entries = [e for e in knowledge.product_strengths if e.drug == drug_of(order) and e.strengths_mg]
     for entry in entries:  # most specific first: brand names, then the product's form
         names = [n.lower() for n in entry.names]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 
 from cds_service.findings import BodySurface, ContraceptionFinding, DoseCheckFinding, Severity
-from cds_service.knowledge import Knowledge
+from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.knowledge.records import PediatricNote
 from cds_service.patient import PatientSnapshot
 from cds_service.rules.common import drug_of, mosteller_bsa
 from cds_service.rules.indication import infer_indication
+from cds_service.rules.treatment_context import treatment_context
 
 
 def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[ContraceptionFinding]:
@@ -42,6 +43,8 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         if not mtor.is_draft or ordered is None:
             continue
         drug = drug_of(mtor)
+        if not treatment_context(snapshot, knowledge, mtor).allows_tsc_lam_rules:
+            continue  # transplant/oncology: the TSC/LAM starting doses do not apply (Zortress 0.75 mg BID is a label start)
         indication = infer_indication(snapshot, knowledge, drug)
         start = next((s for s in knowledge.starting_doses if s.drug == drug and s.indication == indication.key), None)
         if start is None:
@@ -63,6 +66,8 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         evidence = (bsa.height, bsa.weight) if bsa else ()
         tolerance = knowledge.dosing["dose_check_tolerance"]["fraction"]
         fits = abs(ordered - expected) <= tolerance * expected
+        if not fits and any(abs(ordered - d) <= tolerance * d for d in _adjusted_starts(snapshot, knowledge, drug, bsa)):
+            continue  # a label-adjusted start with a CYP3A4 inhibitor or inducer is a label dose: never "too high"
         if fits and not pediatric:
             continue
         severity = Severity.WARNING if not fits and ordered > expected else Severity.INFO
@@ -75,3 +80,40 @@ def _pediatric_note(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) 
     if age is None:
         return None
     return next((p for p in knowledge.pediatric_notes if p.drug == drug and age < p.below_age_years), None)
+
+
+def _adjusted_starts(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str, bsa: BodySurface | None) -> list[float]:
+    """Daily doses the Afinitor label prescribes instead of the usual start when a CYP3A4/P-gp perpetrator is taken
+    (regimens.json afinitor-tsc-and-oncology): moderate inhibitor 2.5 mg, may increase to 5 mg (fixed dose) or
+    2.5 mg/m2 (trough-guided); strong inducer 10 -> 20 mg in 5 mg steps (fixed) or 9 mg/m2 (trough-guided). Used only
+    to keep such a dose from being called wrong; the numbers never appear on a card."""
+    if drug != "everolimus":
+        return []  # the Rapamune label gives no adjusted starting dose for LAM
+    entry = next((e for e in knowledge.files["regimens.json"]["uses"] if e["key"] == "afinitor-tsc-and-oncology"), None)
+    if entry is None:
+        return []
+    strengths = _perpetrator_strengths(snapshot, knowledge, drug)
+    doses: list[float] = []
+    if ("inhibitor", "moderate") in strengths:
+        fixed = entry["moderate_inhibitor_fixed_dose"]["value"]
+        doses += [fixed["dose_mg"], fixed["may_increase_to_mg"]]
+        if bsa:
+            doses.append(entry["moderate_inhibitor_tdm_start_mg_per_m2"]["value"] * bsa.bsa_m2)
+    if ("inducer", "strong") in strengths:
+        step = entry["strong_inducer_fixed_dose"]["value"]
+        doses += [float(d) for d in range(int(step["from_mg"]), int(step["to_mg"]) + 1, int(step["increment_mg"]))]
+        if bsa:
+            doses.append(entry["strong_inducer_tdm_start_mg_per_m2"]["value"] * bsa.bsa_m2)
+    return doses
+
+
+def _perpetrator_strengths(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> set[tuple[str, str]]:
+    """(effect, strength) of every current CYP3A4/P-gp perpetrator, as the drug's own label classifies it."""
+    found = set()
+    for med in snapshot.medications:
+        if med.status in ("stopped", "completed", "cancelled", "entered-in-error"):
+            continue
+        for concept in med.concepts_with(DrugRole.CYP3A_PERPETRATOR):
+            entry = knowledge.perpetrators.get(concept.key, {})
+            found.add((entry.get("effect", ""), knowledge.strength_for(entry, drug)))
+    return found

@@ -13,14 +13,15 @@ no TSC advice. When several uses are plausible `candidates` lists them and `assu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.loader import contains_phrase, normalize_text
 from cds_service.knowledge.records import ContextEntry, ProductUse, Source
 from cds_service.patient import ConditionRecord, MedicationOrder, PatientSnapshot
 
-__all__ = ["TreatmentContext", "treatment_context", "treatment_contexts", "USES"]
+__all__ = ["TreatmentContext", "regimen_entry", "regimen_for", "treatment_context", "treatment_contexts", "USES"]
 
 USES = ("transplant", "tsc-aml", "tsc-sega", "tsc-seizures", "lam", "oncology", "unknown")
 TSC_LAM_USES = frozenset({"tsc-aml", "tsc-sega", "tsc-seizures", "lam"})
@@ -35,12 +36,13 @@ class TreatmentContext:
 
     use: str  # one of USES; "unknown" when no use or several of different kinds are plausible
     organ: str | None = None  # "kidney" | "liver" for transplant, when known
-    product: str | None = None  # "Zortress", "Afinitor", "Afinitor Disperz", "Rapamune", "Fyarro" (named or implied)
+    product: str | None = None  # whose label governs: "Zortress", "Afinitor", "Afinitor Disperz", "Rapamune", "Fyarro"
     label: Source | None = None  # the governing label; None when the use is unknown
     regimen: str | None = None  # regimens.json `uses[].key`, when one entry governs
     evidence: tuple[str, ...] = ()  # references: the order, Conditions, Procedures, calcineurin inhibitor orders
     candidates: tuple[str, ...] = ()  # treatment_contexts.json context keys that are plausible ("transplant-kidney", "lam")
     assumption: str | None = None  # what was assumed, in plain words, when the record does not settle the use
+    implied_only: bool = False  # no use on record: the candidates are the product's labelled uses
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -49,8 +51,9 @@ class TreatmentContext:
 
     @property
     def allows_tsc_lam_rules(self) -> bool:
-        """TSC/LAM targets, formulas and wording may apply: no transplant or oncology use is plausible."""
-        return not self.is_transplant_or_oncology
+        """TSC/LAM limits and wording may apply: no transplant use is plausible, and no cancer is on record (Afinitor
+        with no use on record keeps the label's TSC trough limit; rules then compute no dose: `implied_only`)."""
+        return "transplant" not in self.kinds and ("oncology" not in self.kinds or self.implied_only)
 
     @property
     def is_transplant_or_oncology(self) -> bool:
@@ -72,6 +75,7 @@ def treatment_context(snapshot: PatientSnapshot, knowledge: Knowledge, order: Me
     transplant_keys = {k for k in (*found, *procedures) if k.startswith("transplant")}
 
     candidates: list[str]
+    implied_only = False
     if product is not None and product.exclusive:
         candidates = [k for k in product.implies if k in transplant_keys] or list(product.implies)
     else:
@@ -80,8 +84,11 @@ def treatment_context(snapshot: PatientSnapshot, knowledge: Knowledge, order: Me
         if cni and not any(k.startswith("transplant") for k in candidates):
             # A calcineurin inhibitor supports transplant; with oral sirolimus that is the renal-transplant use.
             candidates.append("transplant-kidney" if drug == "sirolimus" else "transplant-other")
+        if not candidates and product is not None and snapshot.active_conditions("tsc"):
+            # TSC on record, no manifestation coded: the product's TSC uses (rules assume one and say so)
+            candidates = [k for k in product.implies if k.startswith("tsc")]
         if not candidates and product is not None:
-            candidates = list(product.implies)
+            candidates, implied_only = list(product.implies), True
     evidence += [ref for key in candidates for ref in found.get(key, ()) + procedures.get(key, ())]
     if any(k.startswith("transplant") for k in candidates):
         evidence += cni
@@ -105,6 +112,7 @@ def treatment_context(snapshot: PatientSnapshot, knowledge: Knowledge, order: Me
         evidence=tuple(dict.fromkeys(evidence)),
         candidates=tuple(candidates),
         assumption=assumption,
+        implied_only=implied_only,
     )
 
 
@@ -112,8 +120,10 @@ treatment_contexts = treatment_context  # the name used in the phase-2 briefs
 
 
 def _product(order: MedicationOrder, knowledge: Knowledge) -> ProductUse | None:
-    """The product (as treatment_contexts.json names it) an order is for: by code, by name, or by a strength only
-    the transplant product has. Generic oral sirolimus takes Rapamune's uses (same label text)."""
+    """The product whose label governs an order (treatment_contexts.json product_implies): named by code or name;
+    else implied: everolimus in a strength only the transplant product has -> Zortress, a tablet for oral
+    suspension -> Afinitor Disperz, other oral everolimus -> Afinitor; IV sirolimus -> Fyarro, oral -> Rapamune
+    (generic labels carry the reference product's text; resolution rules 1-4)."""
     coded = knowledge.mtor_products.get(order.product_rxnorm or "", {})
     words = normalize_text(order.text)
     named = [
@@ -124,13 +134,15 @@ def _product(order: MedicationOrder, knowledge: Knowledge) -> ProductUse | None:
     if named:  # the longest name wins ("Afinitor Disperz" over "Afinitor")
         return max(named, key=lambda p: len(p.product))
     by_name = {p.product: p for p in knowledge.product_uses}
-    strength = coded.get("strength_mg")
-    if order.mtor_drug == "everolimus" and strength is not None and float(strength) in TRANSPLANT_EVEROLIMUS_MG:
-        return by_name.get("Zortress")
-    if order.mtor_drug == "sirolimus" and coded.get("form") == "tablet for oral suspension":
-        return None
-    if order.mtor_drug == "sirolimus" and _is_intravenous(order):
-        return by_name.get("Fyarro")
+    strength = coded.get("strength_mg") or order.dose_mg
+    if order.mtor_drug == "everolimus":
+        if strength is not None and float(strength) in TRANSPLANT_EVEROLIMUS_MG:
+            return by_name.get("Zortress")
+        if coded.get("form") == "tablet for oral suspension" or contains_phrase(words, ("suspension",)):
+            return by_name.get("Afinitor Disperz")
+        return by_name.get("Afinitor")
+    if order.mtor_drug == "sirolimus":
+        return by_name.get("Fyarro") if _is_intravenous(order) else by_name.get("Rapamune")
     return None
 
 
@@ -198,13 +210,12 @@ def _calcineurin_inhibitors(snapshot: PatientSnapshot, knowledge: Knowledge, ord
 
 
 def _fits_drug(key: str, drug: str | None, product: ProductUse | None) -> bool:
-    """Conditions that can explain this drug: LAM is a sirolimus use; oncology codes are Afinitor (everolimus)
-    uses, PEComa is Fyarro's; TSC uses of everolimus (sirolimus TSC use is off-label and read as today)."""
-    if key == "lam":
+    """Conditions that are a labelled use of this drug: LAM and PEComa are sirolimus uses (Rapamune, Fyarro); TSC
+    and the other cancers are everolimus uses (Afinitor). Sirolimus for TSC is off-label: with no labelled use on
+    record, oral sirolimus is read as Rapamune's two uses (resolution rule 3)."""
+    if key in ("lam", "oncology-pecoma"):
         return drug == "sirolimus"
-    if key == "oncology-pecoma":
-        return drug == "sirolimus"
-    if key.startswith("oncology"):
+    if key.startswith(("oncology", "tsc")):
         return drug == "everolimus"
     return True
 
@@ -214,6 +225,15 @@ def _prefer_specific_organ(candidates: Iterable[str]) -> list[str]:
     if "transplant-other" in keys and any(k in keys for k in ("transplant-kidney", "transplant-liver")):
         keys.remove("transplant-other")  # Z94.0 is also under the Z94 category: the organ code wins
     return keys
+
+
+def regimen_for(knowledge: Knowledge, context: TreatmentContext, candidate: str, drug: str | None) -> Mapping[str, Any] | None:
+    """The regimens.json entry governing one plausible use of this order (None when no entry covers it)."""
+    return regimen_entry(knowledge, _regimen(knowledge, context.product, drug, [candidate]))
+
+
+def regimen_entry(knowledge: Knowledge, key: str | None) -> Mapping[str, Any] | None:
+    return next((e for e in knowledge.files["regimens.json"]["uses"] if e["key"] == key), None) if key else None
 
 
 def _regimen(knowledge: Knowledge, product: str | None, drug: str | None, candidates: list[str]) -> str | None:

@@ -13,7 +13,7 @@ from cds_service.findings import (
     TroughMonitoringFinding,
 )
 from cds_service.knowledge import DrugRole, Knowledge
-from cds_service.knowledge.records import TroughTiming
+from cds_service.knowledge.records import TroughLimit, TroughTarget, TroughTiming
 from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot
 from cds_service.rules.common import (
     achievable_doses,
@@ -26,6 +26,7 @@ from cds_service.rules.common import (
     trough_timing,
 )
 from cds_service.rules.indication import infer_indication
+from cds_service.rules.treatment_context import TSC_LAM_USES, TreatmentContext, regimen_for, treatment_context
 
 
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[TroughHighFinding]:
@@ -34,6 +35,11 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         drug = drug_of(mtor)
         latest = snapshot.latest_lab("drug-level", drug)
         if latest is None:
+            continue
+        context = treatment_context(snapshot, knowledge, mtor)
+        if not context.allows_tsc_lam_rules:
+            found = _context_trough_high(knowledge, mtor, latest, context)
+            findings += [found] if found else []
             continue
         limit = knowledge.trough_limits[drug]
         if latest.value is None:
@@ -44,7 +50,11 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
             continue
         indication = infer_indication(snapshot, knowledge, drug)
         proposal, assumed_display, target = None, None, trough_target(knowledge, drug, indication.key)
-        if latest.value is not None and indication.dosing != "fixed":
+        steady_from, stale = _steady_state_from(snapshot, knowledge, mtor), _is_stale(snapshot, knowledge, latest)
+        not_steady = steady_from if steady_from and latest.effective and latest.effective.date() < steady_from else None
+        if stale:
+            severity = Severity.INFO  # an old level does not describe today: ask for a recheck, nothing more
+        if latest.value is not None and indication.dosing != "fixed" and not (not_steady or stale or context.implied_only):
             # Indication unknown: propose the trough-guided dose and say so (the card names the assumption).
             assumed = indication.key or _trough_guided_indication(knowledge, drug, indication)
             proposal = _dose_proposal(mtor, latest.value, assumed, knowledge, lower=True)
@@ -55,7 +65,8 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
             TroughHighFinding(
                 severity=severity, mtor=mtor, evidence=(latest,), source=limit.source, section=limit.section,
                 limit=limit, indication=indication, target=target, proposal=proposal, assumed_indication=assumed_display,
-                recheck=trough_timing(knowledge, drug, "dose-change"),
+                recheck=trough_timing(knowledge, drug, "dose-change"), not_steady_until=not_steady, stale=stale,
+                context=context if context.implied_only else None,
             )
         )
     return findings
@@ -68,15 +79,24 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
         drug = drug_of(mtor)
         latest = snapshot.latest_lab("drug-level", drug)
         indication = infer_indication(snapshot, knowledge, drug)
-        target = trough_target(knowledge, drug, indication.key)
+        context = treatment_context(snapshot, knowledge, mtor)
+        target = trough_target(knowledge, drug, indication.key) if context.allows_tsc_lam_rules else None
+        if not context.allows_tsc_lam_rules and context.use == "transplant":
+            target = _verified_target(knowledge, context, drug)  # Zortress kidney 3-8 ng/mL; no computed dose
         if latest is None or latest.value is None or target is None or latest.value >= target.low_ng_per_ml:
             continue
+        if _is_stale(snapshot, knowledge, latest):
+            continue  # an old low level says nothing about today; trough-monitoring asks for a new one
+        steady_from = _steady_state_from(snapshot, knowledge, mtor)
+        not_steady = steady_from if steady_from and latest.effective and latest.effective.date() < steady_from else None
+        tsc = context.allows_tsc_lam_rules and not not_steady
         findings.append(
             TroughLowFinding(
                 severity=Severity.INFO, mtor=mtor, evidence=(latest,), source=target.source, section=target.section,
                 target=target, indication=indication,
-                proposal=_dose_proposal(mtor, latest.value, indication.key, knowledge, lower=False),
-                recheck=trough_timing(knowledge, drug, "dose-change"),
+                proposal=_dose_proposal(mtor, latest.value, indication.key, knowledge, lower=False) if tsc else None,
+                recheck=trough_timing(knowledge, drug, "dose-change") if context.allows_tsc_lam_rules else None,
+                context=None if context.allows_tsc_lam_rules else context, not_steady_until=not_steady,
             )
         )
     return findings
@@ -93,6 +113,8 @@ def check_trough_monitoring(snapshot: PatientSnapshot, knowledge: Knowledge) -> 
         indication = infer_indication(snapshot, knowledge, drug)
         if trough_target(knowledge, drug, indication.key) is None:
             continue  # fixed-dose or unknown use: the label sets no trough schedule
+        if not treatment_context(snapshot, knowledge, mtor).allows_tsc_lam_rules:
+            continue  # transplant/oncology: the schedule is the transplant protocol's (or none: Fyarro), not TSC/LAM's
         timing = {t.event: t for t in knowledge.trough_timing if t.drug == drug}
         latest = snapshot.latest_lab("drug-level", drug)
         due = _due_event(snapshot, mtor, timing, latest)
@@ -140,6 +162,121 @@ def _due_event(
     return None
 
 
+def _context_trough_high(
+    knowledge: Knowledge, mtor: MedicationOrder, latest: LabResult, context: TreatmentContext
+) -> TroughHighFinding | None:
+    """A transplant or oncology use is plausible: the level is judged against each plausible use's own label and
+    fires only when it is above every one of them. No computed dose (the Zortress and Rapamune transplant labels
+    leave dose steps to the protocol), no TSC wording. A use with no known limit (Rapamune renal transplant,
+    oncology, transplant of another organ) means no card."""
+    drug = drug_of(mtor)
+    if latest.value is None:
+        return None
+    candidates = context.candidates or (context.use,)
+    bounds: list[tuple[float, TroughLimit, TroughTarget | None]] = []
+    unverified: TroughTarget | None = None
+    for candidate in candidates:
+        if candidate in TSC_LAM_USES:
+            limit = knowledge.trough_limits[drug]
+            bounds.append((limit.upper_ng_per_ml, limit, None))
+            continue
+        target, verified = _candidate_target(knowledge, context, candidate, drug)
+        if target is None:
+            return None  # a plausible use whose target is unknown: the level cannot be called too high
+        if not verified:
+            unverified = target
+            continue
+        bounds.append((target.high_ng_per_ml, TroughLimit(upper_ng_per_ml=target.high_ng_per_ml, source=target.source,
+                                                          section=target.section), target))
+    if unverified is not None:
+        # The liver target (3-8 ng/mL) was read only in secondary sources: never a number on the card; above it,
+        # an info card asks the transplant team to review. Only when it is the sole plausible use.
+        if len(candidates) > 1 or latest.value <= unverified.high_ng_per_ml:
+            return None
+        limit = TroughLimit(upper_ng_per_ml=unverified.high_ng_per_ml, source=unverified.source, section=unverified.section)
+        return TroughHighFinding(severity=Severity.INFO, mtor=mtor, evidence=(latest,), source=unverified.source,
+                                 section=unverified.section, limit=limit, indication=Indication(None, None),
+                                 context=context, target_unverified=True)
+    upper, limit, target = max(bounds, key=lambda b: b[0])
+    if latest.value <= upper:
+        return None
+    return TroughHighFinding(severity=Severity.WARNING, mtor=mtor, evidence=(latest,), source=limit.source,
+                             section=limit.section, limit=limit, indication=Indication(None, None), target=target,
+                             context=context)
+
+
+def _candidate_target(
+    knowledge: Knowledge, context: TreatmentContext, candidate: str, drug: str
+) -> tuple[TroughTarget | None, bool]:
+    """The governing label's trough target for one transplant use (regimens.json), and whether it is verified."""
+    entry = regimen_for(knowledge, context, candidate, drug)
+    fact = (entry or {}).get("trough_target_ng_per_ml") or {}
+    value = fact.get("value")
+    if not isinstance(value, dict):
+        return None, False
+    target = TroughTarget(drug=drug, indication=candidate, low_ng_per_ml=value["low"], high_ng_per_ml=value["high"],
+                          source=fact["source"], section=fact.get("section", ""))
+    return target, bool(fact.get("verified"))
+
+
+def _verified_target(knowledge: Knowledge, context: TreatmentContext, drug: str) -> TroughTarget | None:
+    """The target of a single transplant use when its label text was verified (Zortress kidney)."""
+    if len(context.candidates) != 1:
+        return None
+    target, verified = _candidate_target(knowledge, context, context.candidates[0], drug)
+    return target if verified else None
+
+
+def _steady_state_from(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder) -> date | None:
+    """The first day a trough reflects the current regimen: the label's interval (monitoring.json trough_timing
+    dose-change / interacting-drug-change) after the last start or dose change of this drug (a renewal at the same
+    daily dose is not a change) or the last start of an interacting drug. None when no such event is dated."""
+    drug = drug_of(mtor)
+    events: list[date] = []
+    change = trough_timing(knowledge, drug, "dose-change")
+    started = _regimen_started(snapshot, mtor)
+    if change and started:
+        events.append(started + timedelta(days=change.days_after))
+    interacting = trough_timing(knowledge, drug, "interacting-drug-change") or change
+    if interacting:
+        events += [
+            o.authored_on.date() + timedelta(days=interacting.days_after)
+            for o in snapshot.medications if o.concepts_with(DrugRole.CYP3A_PERPETRATOR) and o.authored_on
+        ]
+    return max(events) if events else None
+
+
+def _regimen_started(snapshot: PatientSnapshot, mtor: MedicationOrder) -> date | None:
+    """When the current daily dose began: follow priorPrescription, else earlier orders of the same drug by date,
+    back through orders at the same daily dose (a renewal is not a change; an unknown dose counts as a change)."""
+    if mtor.authored_on is None:
+        return None
+    orders = [o for o in (*snapshot.mtor_orders, *snapshot.order_history)
+              if o.mtor_drug == mtor.mtor_drug and not o.is_draft and o.authored_on]
+    by_ref = {o.ref: o for o in orders}
+    started, current = mtor.authored_on, mtor
+    while True:
+        prior = by_ref.get(current.prior_prescription or "") or max(
+            (o for o in orders if o.authored_on and started and o.authored_on < started and o is not current),
+            key=lambda o: o.authored_on or started, default=None,
+        )
+        if prior is None or prior.authored_on is None or prior.authored_on >= started or not _same_dose(prior, mtor):
+            return started.date()
+        started, current = prior.authored_on, prior
+
+
+def _same_dose(a: MedicationOrder, b: MedicationOrder) -> bool:
+    return a.daily_dose_mg is not None and b.daily_dose_mg is not None and abs(a.daily_dose_mg - b.daily_dose_mg) < 1e-9
+
+
+def _is_stale(snapshot: PatientSnapshot, knowledge: Knowledge, latest: LabResult) -> bool:
+    """Older than the trough look-back window (lookback.json, project policy)."""
+    window = next((w for w in knowledge.files["lookback.json"]["windows"] if w.get("evidence") == "trough"), None)
+    if window is None or latest.effective is None:
+        return False
+    return (snapshot.today - latest.effective.date()).days > window["max_age_days"]
+
+
 def _trough_guided_indication(knowledge: Knowledge, drug: str, indication: Indication) -> str | None:
     """The trough-guided indication to assume: one of several on record, else the drug's first with a target."""
     keys = [c for e in indication.evidence for c in e.kinds if c in knowledge.indications]
@@ -159,10 +296,12 @@ def _dose_proposal(
     current = mtor.daily_dose_mg
     if target is None or strengths is None or current is None or measured <= 0:
         return None
+    if mtor.doses_per_day not in (None, 1):
+        return None  # proposals are once-daily doses (the TSC/LAM labels' schedule); never change the schedule
     titration = knowledge.titrations.get(drug_of(mtor))
     cap = titration.max_increment_mg if titration else None
     aim = (target.low_ng_per_ml + target.high_ng_per_ml) / 2
-    raw = proportional_dose(current, aim, measured)
+    formula = raw = proportional_dose(current, aim, measured)
     if not lower and cap is not None:
         raw = min(raw, current + cap)
     doses = achievable_doses(strengths.strengths_mg)
@@ -173,6 +312,7 @@ def _dose_proposal(
         current_dose_mg=current, aim_ng_per_ml=aim, raw_dose_mg=raw,
         formula_source=titration.source if titration else target.source,
         max_increment_mg=cap if not lower else None, proposed_dose_mg=proposed, product=strengths.product,
+        formula_dose_mg=formula,
     )
 
 
