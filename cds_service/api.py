@@ -27,7 +27,9 @@ bp = Blueprint("cds", __name__)
 _LOG = logging.getLogger("mtor_cds.api")
 _JSON_TYPES = {"application/json", "application/fhir+json"}
 _HEADER_SAFE = re.compile(r"[!-~]+")  # visible ASCII: what an Authorization header value can carry
-_ORDER_FIELDS = {"selections": {"order-select"}, "draftOrders": {"order-select", "order-sign"}}  # field -> hooks that define it
+_ORDER_FIELDS = {  # field -> hooks that define it
+    "selections": {"order-select"}, "draftOrders": {"order-select", "order-sign"}, "appointments": {"appointment-book"},
+}
 
 
 def state() -> AppState:
@@ -144,6 +146,8 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
         selections = context.get("selections")
         if not isinstance(selections, list) or not selections or not all(isinstance(s, str) for s in selections):
             raise BadRequest("context.selections is required and must be a non-empty array of strings")
+    if hook == "appointment-book":
+        _check_appointments(context.get("appointments"))
     fhir_server = body.get("fhirServer")
     if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server.startswith(("http://", "https://"))):
         raise BadRequest("fhirServer must be an absolute http(s) URL")
@@ -173,6 +177,24 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
         access_token=access_token,
         prefetch=prefetch or {},
     )
+
+
+def _check_appointments(appointments: Any) -> None:
+    """appointment-book's context.appointments: a Bundle of Appointments (the hook's table), or a JSON array of
+    them (as the CDS Hooks library's own examples send it); every entry must be an Appointment."""
+    if isinstance(appointments, list):
+        resources, where = appointments, "context.appointments[{}]"
+    elif isinstance(appointments, dict) and appointments.get("resourceType") == "Bundle":
+        entries = appointments.get("entry", [])
+        if not isinstance(entries, list):
+            raise BadRequest("context.appointments.entry must be an array")
+        resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
+        where = "context.appointments.entry[{}].resource"
+    else:
+        raise BadRequest("context.appointments is required and must be a FHIR Bundle of Appointment resources")
+    for i, resource in enumerate(resources):
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Appointment":
+            raise BadRequest(f"{where.format(i)} must be an Appointment")
 
 
 def _string(obj: dict, field: str, where: str = "") -> str:

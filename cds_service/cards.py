@@ -12,11 +12,12 @@ import dataclasses
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.task import Task
 
 from cds_service.findings import (
     TOPIC_SYSTEM,
@@ -428,29 +429,129 @@ def _first_clause(text: str) -> str:
 
 
 def _surgery_card(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> CardText:
+    """Issue 13: the surgery date, the last day to take the drug and the earliest restart (per the governing label);
+    a hold date already past reads "now". A label with no interval gives its warning and who to plan with."""
     top = findings[0]
-    drug, mtor = top.drug, _mtor(top)
-    if top.kind == "planned":
-        summary = f"Surgery in {top.days} day(s): withhold {drug} at least {top.window.withhold_before_days} days before"
+    drug, when = top.drug, _day(top.surgery_date, top.today)
+    if top.caution is not None:
+        summary = f"Surgery on {when}: plan {drug} around it with {_plan_with(top)} (wound-healing risk)"
+    elif top.kind == "recent":
+        summary = f"Surgery on {when}: no {drug} before {_day(top.earliest_restart, top.today)} and until the wound heals"
+    elif top.hold_is_due:
+        summary = f"Hold {drug} now: surgery on {when}; restart no earlier than {_day(top.earliest_restart, top.today)} if healed"
     else:
-        summary = f"{_cap(drug)} within {top.window.avoid_after_major_days} days of surgery: wait for wound healing"
-    lines = []
+        summary = (f"Surgery on {when}: last {drug} dose {_day(top.last_dose, top.today)}, "
+                   f"restart no earlier than {_day(top.earliest_restart, top.today)}")
+    lines: list[str] = []
     for f in findings:
-        e: ProcedureEvent = f.evidence[0]
-        d = e.when.date() if e.when else snapshot.today
-        hold_from = d - timedelta(days=f.window.withhold_before_days)
-        resume = d + timedelta(days=f.window.avoid_after_major_days)
-        if f.kind == "planned":
-            lines.append(f"- **{e.text}** (`{e.ref}`) is planned for **{d.isoformat()}**: hold {f.drug} from "
-                         f"**{hold_from.isoformat()}**; after major surgery resume no earlier than **{resume.isoformat()}** "
-                         "and only once the wound has healed.")
+        lines += _surgery_lines(f)
+    if top.caution is not None and top.assumption and len(top.plausible_uses) > 1:  # the use decides whose advice
+        lines.append(f"- Use: {top.assumption}")
+    cited = top.caution or top.window
+    assert cited is not None
+    lines.append(f"\n_{_cite(cited.source, cited.section.split(':')[0] if top.window else cited.section)}_")
+    suggestions = _surgery_plan_suggestions(findings, snapshot)
+    mtor = _mtor(top)
+    if top.kind == "recent" and mtor.is_draft:
+        suggestions += _removal_suggestions([mtor])
+    return CardText(_summary(summary, 1), "\n".join(lines), suggestions)
+
+
+def _surgery_lines(f: SurgeryTiming) -> list[str]:
+    event: ProcedureEvent = f.evidence[0]
+    mtor, when = _mtor(f), _day(f.surgery_date, f.today)
+    state = {True: "being booked", False: "planned"}[event.is_draft and event.ref.startswith("Appointment/")]
+    what = f"**{_from_fhir(event.text)}**"
+    if event.surgery_evidence == "specialty":
+        what += " (a surgical specialty appointment: if it is an operation)"
+    taking = "starting" if mtor.is_draft else "taking"
+    if f.kind == "recent":
+        head = f"- {what} was done on **{when}**; the patient is {taking} **{_from_fhir(mtor.text)}**."
+    else:
+        head = f"- {what} is {state} for **{when}**; the patient is {taking} **{_from_fhir(mtor.text)}**."
+    if f.caution is not None:
+        return [head, f"- The {f.caution.product} label warns of impaired wound healing and sets "
+                      f"no interval to stop {f.drug} around surgery: agree with {_plan_with(f)} whether and when to hold "
+                      "it, and watch the wound."]
+    assert f.window is not None and f.hold_from and f.last_dose and f.earliest_restart
+    after = (f"**{_day(f.earliest_restart, f.today)}** ({f.window.avoid_after_major_days} days after major surgery) "
+             "and only once the wound has healed.")
+    if f.kind == "recent":
+        return [head, f"- Give no {f.drug} before {after}"]
+    restart = f"Restart no earlier than {after}"
+    if f.hold_is_due:
+        hold = (f"Hold {f.drug} **now**: the label's hold of at least {f.window.withhold_before_days} days before "
+                f"elective surgery began on {_day(f.hold_from, f.today)}.")
+    else:
+        hold = (f"Last dose on **{_day(f.last_dose, f.today)}**; hold from {_day(f.hold_from, f.today)} "
+                f"(at least {f.window.withhold_before_days} days before elective surgery).")
+    return [head, f"- {hold} {restart}"]
+
+
+def _plan_with(finding: SurgeryTiming) -> str:
+    return "the transplant team" if "transplant" in (finding.use, *finding.plausible_uses) else "the prescriber"
+
+
+def _day(day: date | None, today: date) -> str:
+    """"4 Dec"; the year too when it is not this year's."""
+    if day is None:
+        return "an unknown date"
+    return f"{day.day} {day:%b}" + (f" {day.year}" if day.year != today.year else "")
+
+
+def _from_fhir(text: str) -> str:
+    """FHIR text (a drug or procedure name) made safe for Markdown: one line, control characters escaped.
+    (The shared md_text() of the ops-hardening branch does this for every topic; this one goes when it lands.)"""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))[:200]
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
+
+
+def _surgery_plan_suggestions(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> list[dict[str, Any]]:
+    """appointment-book: a Task for the prescriber (or transplant team) to plan the drug around the surgery being
+    booked. A hold is a prescriber's decision: no order is changed from the card."""
+    suggestions = []
+    for f in findings:
+        event: ProcedureEvent = f.evidence[0]
+        if not (event.is_draft and event.ref.startswith("Appointment/")) or f.kind != "planned":
+            continue
+        mtor = _mtor(f)
+        when = f.surgery_date.isoformat()
+        if f.window is not None and f.last_dose and f.earliest_restart:
+            plan = (f"last dose {'now' if f.hold_is_due else f.last_dose.isoformat()}, restart no earlier than "
+                    f"{f.earliest_restart.isoformat()} once the wound has healed")
         else:
-            lines.append(f"- **{e.text}** (`{e.ref}`) was performed on **{d.isoformat()}**; if it was major surgery, do not give "
-                         f"{f.drug} before **{resume.isoformat()}** and until the wound has healed.")
-    lines.append(f"\nmTOR inhibitor: **{mtor.text}** ({_order_state(mtor)}, `{mtor.ref}`). "
-                 f"Impaired wound healing: {top.section} _({_cite(top.source)})_.")
-    suggestions = _removal_suggestions([mtor] if mtor.is_draft and top.kind == "recent" else [])
-    return CardText(_summary(summary, len(findings)), "\n".join(lines), suggestions)
+            plan = f"the {f.caution.product if f.caution else ''} label warns of impaired wound healing and sets no interval"
+        task: dict[str, Any] = {
+            "resourceType": "Task",
+            "status": "requested",
+            "intent": "order",
+            "priority": "routine",
+            "description": f"Plan {f.drug} around surgery on {when}: {plan}.",
+            "for": {"reference": f"Patient/{snapshot.patient_id}"},
+            "authoredOn": snapshot.now.isoformat(),
+        }
+        if _is_reference(mtor.ref):
+            task["focus"] = {"reference": mtor.ref}
+        if _is_reference(event.ref):
+            task["reasonReference"] = {"reference": event.ref}
+        requester = mtor.resource.get("requester") if isinstance(mtor.resource, dict) else None
+        if isinstance(requester, dict) and isinstance(requester.get("reference"), str):
+            task["owner"] = {"reference": requester["reference"]}
+        resource = Task.model_validate(task).model_dump(mode="json", exclude_none=True)
+        label = f"Ask {_plan_with(f)} to plan {f.drug} around the surgery on {_day(f.surgery_date, f.today)}"
+        suggestions.append({
+            "label": label[:SUMMARY_MAX],
+            "uuid": _new_uuid(),
+            "isRecommended": True,
+            "actions": [{"type": "create", "description": label, "resource": resource}],
+        })
+    return suggestions
+
+
+def _is_reference(ref: str) -> bool:
+    return "/" in ref and not ref.endswith("/None")
 
 
 def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -> CardText:

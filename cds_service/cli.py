@@ -179,6 +179,8 @@ def _add_call(commands) -> None:
                       "or a patient id on the --fhir server")
     call.add_argument("--draft", metavar="FILE", help="draft orders: a MedicationRequest (or other order) or a Bundle of them")
     call.add_argument("--select", nargs="+", metavar="REF", help="order-select: the selected drafts (default: all)")
+    call.add_argument("--appointment", metavar="FILE",
+                      help="appointment-book: the appointment being booked, an Appointment or a Bundle of them")
     call.add_argument("--url", help="base URL of a running service, e.g. http://127.0.0.1:8080")
     call.add_argument("--fhir", metavar="URL", help="FHIR server base URL, sent as fhirServer")
     call.add_argument("--prefetch", action="store_true", help="with --fhir and a patient id: run the prefetch queries here")
@@ -204,10 +206,11 @@ def _call(args: argparse.Namespace) -> int:
     token = args.fhir_token or None
     try:
         draft = hook_request.draft_orders_bundle(_read_fixture(args.draft, args.as_of)) if args.draft else None
+        booking = hook_request.appointments_bundle(_read_fixture(args.appointment, args.as_of)) if args.appointment else None
         if os.path.isfile(args.patient):
             body = hook_request.request_from_fixture(
                 args.hook, _read_fixture(args.patient, args.as_of), templates,
-                draft_orders=draft, selections=args.select, fhir_server=args.fhir, access_token=token,
+                draft_orders=draft, selections=args.select, fhir_server=args.fhir, access_token=token, appointments=booking,
             )
         elif args.as_of:
             return _usage("--as-of moves the dates of fixture files; a patient on a FHIR server has the dates it has")
@@ -219,7 +222,7 @@ def _call(args: argparse.Namespace) -> int:
                 prefetch = hook_request.fetch_prefetch(args.fhir, args.patient, templates, token, max_pages)
             body = hook_request.build_hook_request(
                 args.hook, args.patient, prefetch=prefetch, draft_orders=draft, selections=args.select,
-                fhir_server=args.fhir, access_token=token,
+                fhir_server=args.fhir, access_token=token, appointments=booking,
             )
         else:
             return _usage(f"--patient {args.patient!r} is no file; a patient id needs --fhir URL")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cds_service.knowledge import Source
@@ -27,6 +27,7 @@ from cds_service.knowledge.records import (
     TroughLimit,
     TroughTarget,
     TroughTiming,
+    WoundHealingCaution,
 )
 from cds_service.patient import ConditionRecord, LabResult, MedicationOrder
 
@@ -159,10 +160,37 @@ class PregnancyFinding(Finding):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SurgeryTiming(Finding):
+    """Surgery near an mTOR inhibitor, judged by the label of the patient's use: a hold interval (Afinitor §5),
+    or a wound-healing warning with no interval (Zortress, Rapamune), then no dates are computed."""
+
     topic: ClassVar[Topic] = Topic.SURGERY_TIMING
     kind: str  # "planned" (ahead) | "recent" (done)
     days: int  # days until (planned) or since (recent) the surgery
-    window: SurgeryWindow
+    surgery_date: date  # on the hospital's calendar (the record's own offset)
+    today: date
+    window: SurgeryWindow | None = None  # the governing label's hold interval
+    caution: WoundHealingCaution | None = None  # the governing label's warning, when it sets no interval
+    use: str = "unknown"  # treatment context: "transplant", "lam", "tsc-aml", "oncology", ...
+    plausible_uses: frozenset[str] = frozenset()  # every use the record leaves plausible (TreatmentContext.kinds)
+    assumption: str | None = None  # what was assumed about the use, when the record does not settle it
+
+    @property
+    def hold_from(self) -> date | None:
+        """First day without the drug (the label: withhold at least N days before elective surgery)."""
+        return self.surgery_date - timedelta(days=self.window.withhold_before_days) if self.window else None
+
+    @property
+    def last_dose(self) -> date | None:
+        return self.hold_from - timedelta(days=1) if self.hold_from else None
+
+    @property
+    def earliest_restart(self) -> date | None:
+        """No earlier than N days after major surgery, and only once the wound has healed."""
+        return self.surgery_date + timedelta(days=self.window.avoid_after_major_days) if self.window else None
+
+    @property
+    def hold_is_due(self) -> bool:
+        return self.hold_from is not None and self.hold_from <= self.today
 
 
 @dataclasses.dataclass(frozen=True)

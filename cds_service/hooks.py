@@ -63,15 +63,17 @@ def answer_hook(
         # Some medications could not be identified (unresolved references, pages not fetched): an empty answer
         # would read as "not on an mTOR inhibitor", so say what could not be checked instead. Otherwise this
         # service speaks only about mTOR inhibitors.
-        unidentified = "medications" in snapshot.unavailable and call.hook != "order-select"
+        unidentified = "medications" in snapshot.unavailable and (
+            call.hook not in _FOCUSED_HOOKS or (call.hook == "appointment-book" and _books_surgery(snapshot))
+        )
         findings = list(check_data_completeness(snapshot, data.fhir_server_refused)) if unidentified else []
     else:
         notes: list[str] = []  # checks that failed on this data, findings beyond a card's cap
-        findings = _in_focus(evaluate(snapshot, knowledge, notes), call)
+        findings = _in_focus(evaluate(snapshot, knowledge, notes), call, snapshot)
         if notes:
             snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *notes))
-        if call.hook != "order-select" or findings or _selection_concerns_mtor(call, snapshot):
-            # on order-select, speak about the selected orders only
+        if call.hook not in _FOCUSED_HOOKS or findings or _selection_concerns_mtor(call, snapshot) or _books_surgery(snapshot):
+            # on order-select and appointment-book, speak about the selected orders / booked appointments only
             findings += check_data_completeness(snapshot, data.fhir_server_refused)
     cards = render_cards(findings, snapshot)
     records = [_card_record(card, call, service, caller, now) for card in cards]
@@ -118,12 +120,26 @@ def _card_record(card: Card, call: HookCall, service: ServiceDefinition, caller:
     )
 
 
-def _in_focus(findings: list[Finding], call: HookCall) -> list[Finding]:
-    """order-select focuses on the selected orders: keep findings that rest on one of them."""
-    if call.hook != "order-select":
+_FOCUSED_HOOKS = ("order-select", "appointment-book")
+
+
+def _in_focus(findings: list[Finding], call: HookCall, snapshot: PatientSnapshot) -> list[Finding]:
+    """order-select focuses on the selected orders, appointment-book on the appointments being booked: keep
+    findings that rest on one of them."""
+    if call.hook == "order-select":
+        selected = set(call.selections)
+    elif call.hook == "appointment-book":
+        selected = {p.ref for p in snapshot.procedures if p.is_draft and p.ref.startswith("Appointment/")}
+    else:
         return findings
-    selected = set(call.selections)
     return [f for f in findings if f.refs & selected]
+
+
+def _books_surgery(snapshot: PatientSnapshot) -> bool:
+    """appointment-book: an appointment being booked is surgery, or may be (the order it is based on could not be read)."""
+    unread_orders = "serviceRequests" in snapshot.unavailable
+    return any(p.is_draft and p.ref.startswith("Appointment/") and (p.is_surgery or (p.based_on and unread_orders))
+               for p in snapshot.procedures)
 
 
 def _selection_concerns_mtor(call: HookCall, snapshot: PatientSnapshot) -> bool:

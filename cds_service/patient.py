@@ -75,6 +75,9 @@ class ConditionRecord:
     kinds: frozenset[str] = frozenset()  # what the knowledge recognises: "pregnancy", "tsc-aml", ...
 
 
+NEVER_SURGERY = "never"
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcedureEvent:
     """A planned or performed procedure from ServiceRequest, Procedure or Appointment."""
@@ -84,7 +87,11 @@ class ProcedureEvent:
     when: datetime | None
     is_planned: bool  # planned (ordered, in preparation, booked) rather than done
     is_surgery: bool
-    is_draft: bool = False
+    is_draft: bool = False  # a draft order, or an appointment being booked (appointment-book)
+    # How the record shows surgery: "category", "service-type", "specialty", "based-on" (an Appointment for a
+    # surgical ServiceRequest), "name"; "" when it does not; NEVER_SURGERY for a non-operative procedure or clinic visit.
+    surgery_evidence: str = ""
+    based_on: tuple[str, ...] = ()  # Appointment.basedOn ServiceRequest references
 
 
 @dataclasses.dataclass(frozen=True)

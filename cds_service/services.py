@@ -92,6 +92,12 @@ _DESCRIPTIONS = {
         "Before orders are signed for a patient taking or starting everolimus or sirolimus: every check of "
         "mtor-safety-patient-view, on the current record and all draft orders, citing the FDA labels.",
     ),
+    "appointment-book": (
+        "mTOR inhibitor safety (surgery being booked)",
+        "When an appointment is booked for a patient taking or starting everolimus or sirolimus and it is surgery "
+        "(a surgical service type or specialty, or based on a surgical ServiceRequest): when to stop the drug before "
+        "it and restart after it, as the label of the patient's use says (wound healing), citing that label.",
+    ),
 }
 
 

@@ -23,6 +23,7 @@ SERVICE_FOR_HOOK = {
     "patient-view": "mtor-safety-patient-view",
     "order-select": "mtor-safety-order-select",
     "order-sign": "mtor-safety-order-sign",
+    "appointment-book": "mtor-safety-appointment-book",
 }
 
 

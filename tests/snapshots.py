@@ -284,10 +284,14 @@ def hook_request(
     prefetch: Mapping[str, Any] | None = None,
     patient_id: str = PATIENT_ID,
     medication_statements: Iterable[Mapping] = (),
+    booking: Iterable[Mapping] = (),
 ) -> dict[str, Any]:
-    """A complete CDS Hooks 2.0 request with every prefetch key filled (override keys with `prefetch`)."""
+    """A complete CDS Hooks 2.0 request with every prefetch key filled (override keys with `prefetch`);
+    appointment-book's context.appointments holds `booking`."""
     drafts = list(drafts)
     context: dict[str, Any] = {"userId": "Practitioner/dr-lee", "patientId": patient_id, "encounterId": "enc-1"}
+    if hook == "appointment-book":
+        context["appointments"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": dict(r)} for r in booking]}
     if hook in ("order-select", "order-sign"):
         context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": dict(r)} for r in drafts]}
     if hook == "order-select":

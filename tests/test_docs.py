@@ -93,10 +93,10 @@ def test_every_mtor_cds_command_in_the_docs_parses(document):
 # --- docs/integrating.md: each stated default and behaviour -------------------------------------------
 
 
-def test_integrating_names_the_three_services_discovery_lists(client):
+def test_integrating_names_the_four_services_discovery_lists(client):
     listed = set(re.findall(r"`(mtor-safety-[a-z-]+)`", section(INTEGRATING, "## 1. Discovery")))
     discovered = {s["id"] for s in client.get("/cds-services").get_json()["services"]}
-    assert listed == discovered and len(discovered) == 3
+    assert listed == discovered and len(discovered) == 4 and "lists four services" in INTEGRATING
 
 
 def test_integrating_medications_are_required_or_412(client):

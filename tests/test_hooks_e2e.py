@@ -93,9 +93,16 @@ def test_patient_view_trough_card_names_value_unit_and_date_but_no_resource_id(c
 
 
 def test_patient_view_planned_surgery_warns_without_suggestion(call_hook):
-    body = answer(call_hook, hook_request("patient-view", medications=[sirolimus()], service_requests=[service_request("Nephrectomy", 4)]))
+    body = answer(call_hook, hook_request("patient-view", medications=[everolimus()], service_requests=[service_request("Nephrectomy", 4)]))
     surgery = card(body, "surgery-timing")
     assert surgery["indicator"] == "warning" and "suggestions" not in surgery
+
+
+def test_patient_view_planned_surgery_on_sirolimus_is_an_info_caution_without_suggestion(call_hook):
+    # Rapamune sets no hold interval (issue 10): the label's warning, no computed dates, no one-click action.
+    body = answer(call_hook, hook_request("patient-view", medications=[sirolimus()], service_requests=[service_request("Nephrectomy", 4)]))
+    surgery = card(body, "surgery-timing")
+    assert surgery["indicator"] == "info" and "suggestions" not in surgery
 
 
 def test_patient_view_with_missing_optional_data_adds_checks_incomplete_info_card(call_hook):

@@ -11,8 +11,11 @@ from snapshots import (
     SURGICAL_PROCEDURE,
     appointment,
     coding,
+    concept,
+    condition,
     everolimus,
     knowledge,
+    med,
     procedure,
     ref,
     rule_findings,
@@ -122,13 +125,17 @@ def test_surgery_14_or_more_days_ago_does_not_fire(days_ago):
 
 def test_recent_surgery_uses_the_end_of_the_performed_period():
     done = procedure("Craniotomy", None, performedPeriod={"start": "2026-10-01", "end": "2026-11-20"})
-    [finding] = surgery(procedures=[done], medications=[sirolimus()])
+    [finding] = surgery(procedures=[done], medications=[everolimus()])
     assert finding.kind == "recent" and finding.days == 3
 
 
-def test_sirolimus_surgery_finding_cites_the_tsc_summary():
+def test_sirolimus_surgery_finding_quotes_the_rapamune_warning_and_no_interval():
+    # The 7/14 days of mtor_drugs.json sirolimus `surgery` are verified: false (a secondary summary), never shown.
     [finding] = surgery(service_requests=[service_request("Nephrectomy", 3)], medications=[sirolimus()])
-    assert finding.source.key == "TSC-SUMMARY"
+    assert finding.source.key == "RAPAMUNE-MEDWATCH" and "5.6" in finding.section
+    assert finding.window is None and finding.caution is not None and finding.caution.product == "Rapamune"
+    assert finding.severity is Severity.INFO
+    assert finding.hold_from is None and finding.last_dose is None and finding.earliest_restart is None
 
 
 def test_everolimus_surgery_finding_cites_afinitor_section_5_7():
@@ -165,3 +172,142 @@ def test_evening_surgery_seven_local_days_ahead_in_california_warns():
     # NOW is 2026-11-23 04:00 in California; the appointment is 2026-11-30 18:00 local (2026-12-01 02:00 UTC).
     evening = appointment("Nephrectomy", 7, start="2026-11-30T18:00:00-08:00", end="2026-11-30T21:00:00-08:00")
     assert surgery(appointments=[evening])
+
+
+# --- issue 10 §5: surgery coding as real records carry it --------------------------------------
+
+SERVICE_TYPE = "http://terminology.hl7.org/CodeSystem/service-type"
+V2_0276 = "http://terminology.hl7.org/CodeSystem/v2-0276"
+GENERAL_SURGERY_TYPE = coding(SERVICE_TYPE, "221", "Surgery - General")
+GENERAL_SURGERY_SPECIALTY = coding(SNOMED, "394609007", "General surgery")
+
+
+def coded_appointment(in_days, *, status="booked", **fields):
+    """An Appointment whose text says nothing surgical: only its codes or basedOn can."""
+    return appointment("Scheduled visit", in_days, status=status, **fields)
+
+
+@pytest.mark.parametrize("name", ["Phlebotomy", "Therapeutic phlebotomy", "Venipuncture", "Blood draw", "Medication reconciliation"])
+def test_non_operative_procedures_are_never_surgery(name):
+    done = procedure(name, -2)
+    planned = service_request(name, 2, category=SURGICAL_PROCEDURE)  # even miscategorised as surgical
+    assert surgery(procedures=[done], service_requests=[planned]) == []
+
+
+@pytest.mark.parametrize(("code", "display"), [("396540005", "Phlebotomy"), ("22778000", "Venipuncture"), ("430193006", "Medication reconciliation")])
+def test_non_operative_snomed_codes_are_never_surgery_whatever_the_text(code, display):
+    coded = procedure("Procedure (surgical suite)", -2, code=concept("Surgery suite slot", coding(SNOMED, code, display)))
+    assert surgery(procedures=[coded]) == []
+
+
+def test_the_otomy_ending_alone_does_not_make_surgery():
+    assert surgery(service_requests=[service_request("Venotomy flush", 2)]) == []
+
+
+def test_appointment_based_on_a_surgical_service_request_counts_on_the_appointments_date():
+    order = service_request("Left partial nephrectomy", 20, category=SURGICAL_PROCEDURE)  # its own date is later
+    booked = coded_appointment(4, basedOn=[{"reference": ref(order)}])
+    [finding] = surgery(service_requests=[order], appointments=[booked])
+    assert finding.evidence[0].ref == ref(booked) and finding.days == 4
+    assert finding.evidence[0].surgery_evidence == "based-on" and finding.evidence[0].text == "Scheduled visit"
+
+
+def test_appointment_based_on_an_undated_surgical_order_takes_the_orders_name_when_it_has_none():
+    order = service_request("Laparoscopic cholecystectomy", None, category=SURGICAL_PROCEDURE)
+    booked = coded_appointment(4, basedOn=[{"reference": ref(order)}])
+    del booked["serviceType"]
+    [finding] = surgery(service_requests=[order], appointments=[booked])
+    assert finding.evidence[0].text == "Laparoscopic cholecystectomy"
+
+
+@pytest.mark.parametrize("status", ["revoked", "completed", "entered-in-error"])
+def test_appointment_based_on_a_revoked_or_completed_order_is_not_surgery(status):
+    order = service_request("Left partial nephrectomy", 4, category=SURGICAL_PROCEDURE, status=status)
+    booked = coded_appointment(4, basedOn=[{"reference": ref(order)}])
+    assert surgery(service_requests=[order], appointments=[booked]) == []
+
+
+def test_appointment_with_the_surgical_service_type_code_counts():
+    [finding] = surgery(appointments=[coded_appointment(3, serviceType=[concept(None, GENERAL_SURGERY_TYPE)])])
+    assert finding.evidence[0].surgery_evidence == "service-type"
+
+
+def test_appointment_with_a_surgical_specialty_counts_and_says_so():
+    [finding] = surgery(appointments=[coded_appointment(3, specialty=[concept(None, GENERAL_SURGERY_SPECIALTY)])])
+    assert finding.evidence[0].surgery_evidence == "specialty"
+
+
+@pytest.mark.parametrize("kind", ["FOLLOWUP", "CHECKUP", "WALKIN"])
+def test_clinic_visit_with_the_surgeon_is_not_surgery(kind):
+    visit = coded_appointment(3, serviceType=[concept(None, GENERAL_SURGERY_TYPE)], specialty=[concept(None, GENERAL_SURGERY_SPECIALTY)],
+                              appointmentType=concept(None, coding(V2_0276, kind)))
+    assert surgery(appointments=[visit]) == []
+
+
+def test_stu3_uri_of_the_appointment_type_is_read_too():
+    visit = coded_appointment(3, specialty=[concept(None, GENERAL_SURGERY_SPECIALTY)],
+                              appointmentType=concept(None, coding("http://hl7.org/fhir/v2/0276", "FOLLOWUP")))
+    assert surgery(appointments=[visit]) == []
+
+
+@pytest.mark.parametrize("status", ["cancelled", "entered-in-error", "noshow", "fulfilled"])
+def test_cancelled_no_show_or_past_appointments_never_count(status):
+    assert surgery(appointments=[coded_appointment(3, status=status, serviceType=[concept(None, GENERAL_SURGERY_TYPE)])]) == []
+
+
+def test_clinic_infusion_and_lab_appointments_are_not_surgery():
+    visits = [appointment(text, 3) for text in ("Oncology clinic review", "Infusion chair", "Laboratory blood test")]
+    assert surgery(appointments=visits) == []
+
+
+# --- issue 10 §1: the label of the patient's use decides --------------------------------------
+
+KIDNEY_TRANSPLANT = ("http://hl7.org/fhir/sid/icd-10-cm", "Z94.0", "Kidney transplant status")
+
+
+def zortress(**kwargs):
+    return med("everolimus 0.75 MG Oral Tablet [Zortress]", rxnorm="977440", dose_mg=0.75, **kwargs)
+
+
+def test_zortress_gets_the_zortress_wound_healing_warning_never_the_afinitor_hold():
+    [finding] = surgery(service_requests=[service_request("Hernia repair surgery", 5)], medications=[zortress()])
+    assert finding.window is None and finding.caution is not None and finding.caution.product == "Zortress"
+    assert finding.source.key == "ZORTRESS-LABEL" and finding.severity is Severity.INFO
+    assert "transplant" in finding.plausible_uses
+
+
+def test_de_novo_zortress_start_after_the_transplant_gets_no_surgery_card():
+    transplant = procedure("Kidney transplant", -3)
+    assert surgery(procedures=[transplant], medications=[], drafts=[zortress(draft=True)]) == []
+
+
+def test_rapamune_after_kidney_transplant_is_planned_with_the_transplant_team():
+    findings = rule_findings(check_surgery_timing, medications=[sirolimus()], service_requests=[service_request("Nephrectomy", 5)],
+                             conditions=[condition(*KIDNEY_TRANSPLANT)])
+    [finding] = findings
+    assert finding.use == "transplant" and finding.caution is not None and finding.caution.product == "Rapamune"
+
+
+def test_everolimus_with_a_transplant_on_record_gets_no_afinitor_hold():
+    findings = rule_findings(check_surgery_timing, medications=[everolimus()], service_requests=[service_request("Nephrectomy", 5)],
+                             conditions=[condition(*KIDNEY_TRANSPLANT)])
+    [finding] = findings
+    assert finding.window is None and finding.caution is not None and finding.caution.product == "Zortress"
+
+
+def test_fyarro_gets_no_surgery_card():
+    fyarro = med("sirolimus protein-bound particles 100 MG Injectable Suspension [Fyarro]", dose_mg=None)
+    assert surgery(service_requests=[service_request("Nephrectomy", 5)], medications=[fyarro]) == []
+
+
+def test_sirolimus_caution_is_shown_for_surgery_within_the_planning_horizon_but_not_after_surgery():
+    assert surgery(service_requests=[service_request("Nephrectomy", 30)], medications=[sirolimus()])
+    assert surgery(service_requests=[service_request("Nephrectomy", 31)], medications=[sirolimus()]) == []
+    assert surgery(procedures=[procedure("Nephrectomy", -3)], medications=[sirolimus()]) == []
+
+
+def test_everolimus_hold_dates_follow_the_afinitor_label():
+    [finding] = surgery(service_requests=[service_request("Nephrectomy", 7)])
+    assert (finding.hold_from - finding.today).days == 0 and finding.hold_is_due
+    assert (finding.surgery_date - finding.last_dose).days == 8
+    assert (finding.earliest_restart - finding.surgery_date).days == 14

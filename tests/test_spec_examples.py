@@ -24,7 +24,7 @@ def app(tmp_path_factory):
     return make_app(tmp_path_factory.mktemp("app"))
 
 EXAMPLES = Path(__file__).parent / "spec_examples"
-HOOKS = {"patient-view", "order-select", "order-sign"}
+HOOKS = {"patient-view", "order-select", "order-sign", "appointment-book"}
 ALLOWED_TOKEN = re.compile(
     r"\{\{\s*(context\.(patientId|userId|encounterId)|userPractitionerId|userPractitionerRoleId|userPatientId|userRelatedPersonId)\s*\}\}"
 )

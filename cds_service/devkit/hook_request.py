@@ -20,7 +20,7 @@ import requests
 from cds_service.fhir.client import is_within
 
 ORDER_HOOKS = ("order-select", "order-sign")
-HOOKS = ("patient-view", *ORDER_HOOKS)
+HOOKS = ("patient-view", *ORDER_HOOKS, "appointment-book")
 DEFAULT_USER = "Practitioner/mtor-cds-dev"
 _TIMEOUT_S = 10.0
 _MAX_PAGES = 10
@@ -216,6 +216,20 @@ def draft_orders_bundle(document: Mapping[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
 
 
+def appointments_bundle(document: Mapping[str, Any]) -> dict[str, Any]:
+    """context.appointments from an --appointment file: one Appointment or a Bundle of them."""
+    if document.get("resourceType") == "Bundle":
+        resources = [e["resource"] for e in document.get("entry") or () if isinstance(e, dict) and "resource" in e]
+    elif document.get("resourceType") == "Appointment":
+        resources = [document]
+    else:
+        raise RequestBuildError("--appointment must be an Appointment or a Bundle of Appointments")
+    for resource in resources:
+        if resource.get("resourceType") != "Appointment":
+            raise RequestBuildError(f"--appointment holds a {resource.get('resourceType')}, not an Appointment")
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+
 def _draft_refs(draft_orders: Mapping[str, Any] | None) -> list[str]:
     return [
         f"{e['resource']['resourceType']}/{e['resource']['id']}"
@@ -237,6 +251,16 @@ def _check_drafts_are_for(patient_id: str, draft_orders: Mapping[str, Any] | Non
             )
 
 
+def _check_appointments_are_for(patient_id: str, appointments: Mapping[str, Any]) -> None:
+    """An appointment whose patient participant is someone else would be ignored by the service."""
+    for entry in appointments.get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        actors = [(p.get("actor") or {}).get("reference") for p in (resource or {}).get("participant") or () if isinstance(p, dict)]
+        patients = [a for a in actors if isinstance(a, str) and "Patient/" in a]
+        if patients and not any(a.rstrip("/").split("/")[-2:] == ["Patient", patient_id] for a in patients):
+            raise RequestBuildError(f"appointment Appointment/{(resource or {}).get('id')} is for {patients[0]}, not Patient/{patient_id}")
+
+
 def build_hook_request(
     hook: str,
     patient_id: str,
@@ -248,8 +272,10 @@ def build_hook_request(
     fhir_server: str | None = None,
     access_token: str | None = None,
     encounter_id: str | None = None,
+    appointments: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A CDS Hooks 2.0 request body. order-select selects every draft order unless told which."""
+    """A CDS Hooks 2.0 request body. order-select selects every draft order unless told which; appointment-book
+    needs the appointments being booked."""
     if hook not in HOOKS:
         raise RequestBuildError(f"unknown hook {hook!r} (one of {', '.join(HOOKS)})")
     context: dict[str, Any] = {"userId": user_id, "patientId": patient_id}
@@ -267,6 +293,11 @@ def build_hook_request(
         if unknown:
             raise RequestBuildError(f"--select names no draft order: {', '.join(unknown)} (drafts: {', '.join(refs) or 'none'})")
         context["selections"] = chosen
+    if hook == "appointment-book":
+        if not appointments or not appointments.get("entry"):
+            raise RequestBuildError("appointment-book needs the appointments being booked (--appointment FILE)")
+        _check_appointments_are_for(patient_id, appointments)
+        context["appointments"] = dict(appointments)
     body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
     if fhir_server:
         body["fhirServer"] = fhir_server
@@ -289,11 +320,14 @@ def request_from_fixture(
     selections: list[str] | None = None,
     fhir_server: str | None = None,
     access_token: str | None = None,
+    appointments: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A fresh request for `hook` from a fixture: a hook request (its patient, prefetch and, unless
-    replaced, its draft orders and selections) or a Bundle of the patient's resources."""
+    replaced, its draft orders, selections and appointments) or a Bundle of the patient's resources."""
     if isinstance(document.get("hook"), str) and isinstance(document.get("context"), dict):
         context = document["context"]
+        if appointments is None and hook == "appointment-book" and isinstance(context.get("appointments"), dict):
+            appointments = context["appointments"]
         if draft_orders is None and hook in ORDER_HOOKS:
             draft_orders = context.get("draftOrders")
             if selections is None and hook == "order-select" and document["hook"] == "order-select":
@@ -302,12 +336,12 @@ def request_from_fixture(
             hook, context["patientId"], user_id=context.get("userId") or DEFAULT_USER,
             prefetch=document.get("prefetch"), draft_orders=draft_orders, selections=selections,
             fhir_server=fhir_server or document.get("fhirServer"), encounter_id=context.get("encounterId"),
-            access_token=access_token,
+            access_token=access_token, appointments=appointments,
         )
     if document.get("resourceType") == "Bundle":
         patient_id, prefetch = patient_from_bundle(document, templates)
         return build_hook_request(
             hook, patient_id, prefetch=prefetch, draft_orders=draft_orders, selections=selections, fhir_server=fhir_server,
-            access_token=access_token,
+            access_token=access_token, appointments=appointments,
         )
     raise RequestBuildError("the patient file must be a hook request or a FHIR Bundle of the patient's resources")

@@ -94,6 +94,11 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         timings = [*timings, *(QueryTiming("Medication", QueryOutcome.UNRESOLVED, 0.0) for _ in range(unresolved))]
         # An order we cannot identify must not read as "nothing interacting".
         reasons.setdefault("medications", f"{unresolved} Medication reference(s) could not be resolved")
+    missing_orders = _read_booked_surgery_orders(by_key, call, client)
+    if missing_orders:
+        timings = [*timings, *(QueryTiming("ServiceRequest", QueryOutcome.UNRESOLVED, 0.0) for _ in range(missing_orders))]
+        # Whether the appointment being booked is surgery may rest on the order it is based on.
+        reasons.setdefault("serviceRequests", f"{missing_orders} ServiceRequest(s) an appointment is based on could not be read")
     unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
     return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons)
 
@@ -194,6 +199,25 @@ def _resolve_medication_references(
     return known, len(wanted - known.keys())
 
 
+def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None) -> int:
+    """appointment-book: read the ServiceRequests the booked appointments are based on when the prefetch lacks
+    them (a revoked or completed one is then seen as such); returns how many could not be had."""
+    have = {f"ServiceRequest/{r.get('id')}" for r in by_key.get("serviceRequests", ())}
+    wanted = set()
+    for appointment in proposed_appointments(call):
+        for reference in appointment.get("basedOn") or ():
+            text = reference.get("reference") if isinstance(reference, dict) else None
+            parts = text.rstrip("/").split("/") if isinstance(text, str) else []
+            if len(parts) >= 2 and parts[-2] == "ServiceRequest" and parts[-1] and f"ServiceRequest/{parts[-1]}" not in have:
+                wanted.add(f"ServiceRequest/{parts[-1]}")
+    if wanted and client:
+        results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
+        found = [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
+        by_key.setdefault("serviceRequests", []).extend(found)
+        wanted -= {f"ServiceRequest/{r.get('id')}" for r in found}
+    return len(wanted)
+
+
 def medication_reference(resource: Mapping[str, Any]) -> str | None:
     """"Medication/id" for a medicationReference to another resource (not a contained one), else None."""
     reference = resource.get("medicationReference")
@@ -209,3 +233,11 @@ def medication_reference(resource: Mapping[str, Any]) -> str | None:
 def draft_resources(call: HookCall) -> list[dict[str, Any]]:
     draft_orders = call.context.get("draftOrders")
     return entry_resources(draft_orders) if isinstance(draft_orders, dict) else []
+
+
+def proposed_appointments(call: HookCall) -> list[dict[str, Any]]:
+    """appointment-book: the Appointments being booked (context.appointments, a Bundle)."""
+    appointments = call.context.get("appointments") if call.hook == "appointment-book" else None
+    if isinstance(appointments, list):  # the form of the CDS Hooks library's examples
+        return [a for a in appointments if isinstance(a, dict)]
+    return entry_resources(appointments) if isinstance(appointments, dict) else []

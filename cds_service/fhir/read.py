@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference
+from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference, proposed_appointments
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
-from cds_service.knowledge.loader import LOINC, RXNORM
+from cds_service.knowledge.loader import LOINC, RXNORM, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
-from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.patient import NEVER_SURGERY, ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 from cds_service.services import HookCall
 
 _PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?/?$")
@@ -85,6 +85,10 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         for resource in data.by_key.get(key, ()):
             event = reader.safely(reader.procedure_event, resource, is_draft=False)
             procedures += [event] if event else []
+    for resource in proposed_appointments(call):  # appointment-book: the appointments being booked
+        event = reader.safely(reader.procedure_event, resource, is_draft=True)
+        procedures += [event] if event else []
+    procedures = link_surgical_appointments(procedures)
     labs = [lab for r in data.by_key.get("observations", ()) if (lab := reader.safely(reader.lab_result, r))]
     conditions = [c for r in data.by_key.get("conditions", ()) if (c := reader.safely(reader.condition, r))]
     patient = next(
@@ -167,6 +171,10 @@ class _Reader:
         """Drop resources that plainly belong to another patient (a prefetch must never mix patients)."""
         reference = _get(resource, "subject", "reference") or _get(resource, "patient", "reference")
         match = _PATIENT_REFERENCE.search(reference) if isinstance(reference, str) else None
+        if match is None and resource.get("resourceType") == "Appointment":  # its patient is a participant
+            actors = [_get(p, "actor", "reference") for p in resource.get("participant") or () if isinstance(p, dict)]
+            patients = [m.group(1) for a in actors if isinstance(a, str) and (m := _PATIENT_REFERENCE.search(a))]
+            return not patients or self.patient_id in patients
         return match is None or match.group(1) == self.patient_id
 
     def medication_order(self, resource: Mapping, *, is_draft: bool, selected: bool) -> MedicationOrder | None:
@@ -384,37 +392,82 @@ class _Reader:
         planned = status in self.k.planned_statuses.get(rtype, ())
         done = status in self.k.done_statuses.get(rtype, ())
         if not (planned or done):
-            return None
+            return None  # cancelled, entered-in-error, no-show, revoked, completed appointments: never surgery to come
+        based_on: tuple[str, ...] = ()
         if rtype == "ServiceRequest":
             when = resource.get("occurrenceDateTime") or _get(resource, "occurrencePeriod", "start")
             concepts = [resource.get("code"), *(resource.get("category") or ())]
+            texts = [t for c in concepts for t in _texts(c)]
         elif rtype == "Procedure":
             when = resource.get("performedDateTime") or _get(resource, "performedPeriod", "start")
             if done:
                 when = _get(resource, "performedPeriod", "end") or when
             concepts = [resource.get("code"), resource.get("category")]
+            texts = [t for c in concepts for t in _texts(c)]
         elif rtype == "Appointment":
             when = resource.get("start")
+            # The specialty is not read as text: "General surgery" names who, not what is booked.
             concepts = [*(resource.get("serviceType") or ()), *(resource.get("serviceCategory") or ()),
-                        resource.get("appointmentType"), *(resource.get("reasonCode") or ()), *(resource.get("specialty") or ())]
+                        resource.get("appointmentType"), *(resource.get("reasonCode") or ())]
+            description = resource.get("description")
+            texts = [*([description] if isinstance(description, str) else []), *(t for c in concepts for t in _texts(c))]
+            based_on = tuple(_references(resource.get("basedOn"), "ServiceRequest"))
         else:
             return None
-        texts = [t for c in concepts for t in _texts(c)]
-        if rtype == "Appointment" and isinstance(resource.get("description"), str):
-            texts.append(resource["description"])
         codes = {(c.get("system"), c.get("code")) for concept in concepts for c in self._codings(concept)}
+        evidence = self._surgery_evidence(resource, codes, texts)
         return ProcedureEvent(
             ref=f"{rtype}/{resource.get('id')}",
             text=_display(texts, []) or rtype,
             when=_datetime(when, keep_offset=True),  # days to surgery count on the hospital's calendar
             is_planned=planned,
-            is_surgery=bool(codes & self.k.surgical_categories) or self._names_surgery(texts),
+            is_surgery=evidence not in ("", NEVER_SURGERY),
             is_draft=is_draft,
+            surgery_evidence=evidence,
+            based_on=based_on,
         )
 
-    def _names_surgery(self, texts: Iterable[str]) -> bool:
+    def _surgery_evidence(self, resource: Mapping, codes: set[tuple[Any, Any]], texts: list[str]) -> str:
+        """How a resource shows surgery (procedures.json): "" when it does not, NEVER_SURGERY when it shows a
+        non-operative procedure (phlebotomy, venipuncture, reconciliation) or a clinic visit, whatever else it says."""
         words = normalize_text(" ".join(texts))
-        return any(w in self.k.surgical_words or w.endswith(self.k.surgical_suffixes) for w in words)
+        if codes & self.k.non_surgical_codes or any(contains_phrase(words, p) for p in self.k.non_surgical_phrases):
+            return NEVER_SURGERY
+        is_appointment = resource.get("resourceType") == "Appointment"
+        if is_appointment:
+            if self._codes_in(resource.get("appointmentType")) & self.k.clinic_visit_appointment_types:
+                return NEVER_SURGERY  # a follow-up or check-up with the surgeon is a clinic visit
+            if self._codes_in(*(resource.get("serviceType") or ())) & self.k.surgical_service_types:
+                return "service-type"
+        if codes & self.k.surgical_categories:
+            return "category"
+        if any(w in self.k.surgical_words or w.endswith(self.k.surgical_suffixes) for w in words):
+            return "name"
+        if is_appointment and self._codes_in(*(resource.get("specialty") or ())) & self.k.surgical_specialties:
+            return "specialty"
+        return ""
+
+    def _codes_in(self, *concepts: Any) -> set[tuple[Any, Any]]:
+        return {(c.get("system"), c.get("code")) for concept in concepts for c in self._codings(concept)}
+
+
+def link_surgical_appointments(events: list[ProcedureEvent]) -> list[ProcedureEvent]:
+    """An Appointment basedOn a planned surgical ServiceRequest is that surgery, on the Appointment's date
+    (procedures.json surgical_appointment); the ServiceRequest then is not counted a second time. A proposed
+    appointment (appointment-book) replaces a prefetched twin."""
+    by_ref = {e.ref: e for e in events}  # later (proposed) events win
+    orders = {e.ref: e for e in by_ref.values() if e.ref.startswith("ServiceRequest/") and e.is_surgery and e.is_planned}
+    linked: list[ProcedureEvent] = []
+    superseded: set[str] = set()
+    for event in by_ref.values():
+        surgical_orders = [orders[r] for r in event.based_on if r in orders]
+        if surgical_orders and event.surgery_evidence != NEVER_SURGERY:
+            if not event.is_surgery:
+                text = event.text if event.text != "Appointment" else surgical_orders[0].text
+                event = dataclasses.replace(event, is_surgery=True, surgery_evidence="based-on", text=text)
+            superseded.update(o.ref for o in surgical_orders)
+        linked.append(event)
+    return [e for e in linked if e.ref not in superseded]
 
 
 # One reader per lab kind (observations.json names the kinds); adding a kind adds a row here.
@@ -441,6 +494,17 @@ def _get(resource: Any, *path: str) -> Any:
 
 def _first(value: Any) -> dict:
     return value[0] if isinstance(value, list) and value and isinstance(value[0], dict) else {}
+
+
+def _references(references: Any, resource_type: str) -> list[str]:
+    """Relative references ("ServiceRequest/1") of this type in a list of Reference objects."""
+    found = []
+    for reference in references if isinstance(references, list) else ():
+        text = reference.get("reference") if isinstance(reference, dict) else None
+        parts = text.rstrip("/").split("/") if isinstance(text, str) else []
+        if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
+            found.append(f"{resource_type}/{parts[-1]}")
+    return found
 
 
 def _codings(concept: Any) -> list[dict]:

@@ -45,6 +45,7 @@ from cds_service.knowledge.records import (
     TroughLimit,
     TroughTarget,
     TroughTiming,
+    WoundHealingCaution,
     build,
 )
 
@@ -173,7 +174,16 @@ class Knowledge:
             ))
         }
         self.label_sources: Mapping[str, Source] = {k: e["label_source"] for k, e in self.mtor_drugs.items()}
-        self.surgery_windows = {k: build(SurgeryWindow, e["surgery"]) for k, e in self.mtor_drugs.items()}
+        # Only intervals read in the drug's own label: sirolimus's 7/14 days are `verified: false` (a secondary
+        # summary; Rapamune sets no interval), so sirolimus has no window and its card quotes the label's warning.
+        self.surgery_windows = {
+            k: build(SurgeryWindow, e["surgery"]) for k, e in self.mtor_drugs.items() if e["surgery"].get("verified", True)
+        }
+        self.wound_healing_cautions = _wound_healing_cautions(files["regimens.json"])
+        # How far ahead a booked or planned surgery is worth planning for (lookback.json, project policy).
+        self.surgery_planning_days: int = next(
+            w["ahead_days"] for w in files["lookback.json"]["windows"] if w["evidence"] == "surgery-planned"
+        )
         self.trough_limits = {k: build(TroughLimit, e["trough_limit"]) for k, e in self.mtor_drugs.items()}
         self.pregnancy_advice = {k: build(PregnancyAdvice, e["pregnancy"]) for k, e in self.mtor_drugs.items()}
         obs = files["observations.json"]
@@ -230,6 +240,12 @@ class Knowledge:
         self.surgical_categories = _coding_set(procedures["surgical_categories"])
         self.surgical_words = frozenset(procedures["surgical_words"]["words"])
         self.surgical_suffixes = tuple(procedures["surgical_words"]["suffixes"])
+        self.non_surgical_codes = _coding_set(procedures["non_surgical_procedures"])
+        self.non_surgical_phrases = tuple(normalize_text(w) for w in procedures["non_surgical_words"]["words"])
+        appointments = procedures["surgical_appointment"]
+        self.surgical_service_types = _coding_set(appointments["service_types"])
+        self.surgical_specialties = _coding_set(appointments["specialties"])
+        self.clinic_visit_appointment_types = _coding_set(procedures["clinic_visit_appointment_types"]["codes"])
         self.planned_statuses = {k: frozenset(v) for k, v in procedures["planned_statuses"].items() if k != "source"}
         self.done_statuses = {k: frozenset(v) for k, v in procedures["done_statuses"].items() if k != "source"}
         self.system_aliases: Mapping[str, str] = {
@@ -441,6 +457,22 @@ def _label_interaction(entry: Mapping[str, Any], drug: str, advice: Mapping[str,
         label_section=label.get("section", "") if verified_label else "",
         label_text=label.get("text") if verified_label else None,
     )
+
+
+def _wound_healing_cautions(regimens: Mapping[str, Any]) -> Mapping[str, WoundHealingCaution]:
+    """Product -> its label's wound-healing warning with no hold interval (regimens.json `surgery`/`wound_healing`
+    entries whose value has a `heading` and `label_hold_days: null`)."""
+    cautions = {}
+    for use in regimens["uses"]:
+        for field in ("surgery", "wound_healing"):
+            entry = use.get(field)
+            value = entry.get("value") if isinstance(entry, dict) else None
+            if isinstance(value, dict) and value.get("heading") and value.get("label_hold_days") is None:
+                cautions[use["product"]] = WoundHealingCaution(
+                    source=entry["source"], section=entry["card_section"], product=use["product"], drug=use["drug"],
+                    heading=value["heading"],
+                )
+    return cautions
 
 
 def _coding_set(codings: Iterable[Mapping]) -> frozenset[tuple[str, str]]:

@@ -66,6 +66,15 @@ class SurgeryWindow(Cited):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class WoundHealingCaution(Cited):
+    """A label's wound-healing warning that sets no interval to withhold the drug around surgery (Zortress, Rapamune)."""
+
+    product: str
+    drug: str
+    heading: str  # the label's W&P heading, as the card names it
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TroughLimit(Cited):
     upper_ng_per_ml: float
 

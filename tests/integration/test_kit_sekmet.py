@@ -65,12 +65,31 @@ def drafts_for(fixture: dict, patient_id: str) -> dict | None:
     return moved
 
 
+def appointments_for(fixture: dict, patient_id: str, sekmet: str) -> dict | None:
+    """appointment-book: the fixture's appointments being booked, as the EHR would send them today, pointing at the
+    patient and the ServiceRequests by the ids the server holds them under."""
+    booking = fixture["context"].get("appointments")
+    if booking is None:
+        return None
+    moved = dates.shift_dates(booking, dates.days_to(dates.today(), dates.reference_day(FIXTURES)))
+    for entry in moved["entry"]:
+        appointment = entry["resource"]
+        for participant in appointment.get("participant", []):
+            if participant["actor"]["reference"].startswith("Patient/"):
+                participant["actor"]["reference"] = f"Patient/{patient_id}"
+        for order in appointment.get("basedOn", []):
+            found = requests.get(f"{sekmet}/ServiceRequest", params={"identifier": f"{FIXTURE_ID_SYSTEM}|{order['reference']}"},
+                                 timeout=10).json()
+            order["reference"] = f"ServiceRequest/{found['entry'][0]['resource']['id']}"
+    return moved
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS["scenarios"], ids=lambda s: s["file"])
 def test_patients_loaded_with_server_ids_answer_as_the_table_says_today(real_clock_service, sekmet, loaded_with_server_ids, scenario):
     fixture = load_fixture(scenario["file"])
     patient_id = loaded_with_server_ids[scenario["file"]]
     body = build_hook_request(fixture["hook"], patient_id, fhir_server=sekmet, draft_orders=drafts_for(fixture, patient_id),
-                              selections=fixture["context"].get("selections"))
+                              selections=fixture["context"].get("selections"), appointments=appointments_for(fixture, patient_id, sekmet))
     response = real_clock_service.post(f"/cds-services/{SERVICE_FOR_HOOK[fixture['hook']]}", json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert [c["source"]["topic"]["code"] for c in response.get_json()["cards"]] == scenario["expect_topics"]

@@ -34,7 +34,7 @@ def request_without_prefetch(fixture: dict, fhir_server: str) -> dict:
     context = fixture["context"]
     return build_hook_request(
         fixture["hook"], context["patientId"], user_id=context["userId"], fhir_server=fhir_server,
-        draft_orders=context.get("draftOrders"), selections=context.get("selections"),
+        draft_orders=context.get("draftOrders"), selections=context.get("selections"), appointments=context.get("appointments"),
     )
 
 
