@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, timedelta
@@ -42,10 +43,13 @@ from cds_service.findings import (
 )
 from cds_service.knowledge import Source
 from cds_service.knowledge.records import LevelTest, TroughTiming
-from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 
 OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
 SUMMARY_MAX = 139
+FHIR_TEXT_MAX = 120  # characters of one FHIR text (drug name, display, note) a card prints
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}#+\-!|<>~&])")
+_ORDERED_LIST_START = re.compile(r"^(\d+)([.)])")  # "1. " at the start of a line would begin a list
 _INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
@@ -427,15 +431,42 @@ _DATA_LABELS = {
 def _incomplete_card(findings: list[ChecksIncomplete], snapshot: PatientSnapshot) -> CardText:
     top = findings[0]
     lines = [f"- {_DATA_LABELS.get(key, key)}" for key in top.unavailable]
-    if top.skipped_resources:
-        lines.append(f"- {top.skipped_resources} resource(s) that are not valid FHIR were skipped")
-    why = " The EHR's FHIR server is not on this service's allowlist." if top.fhir_server_refused else ""
-    detail = (
-        "These data could not be obtained or read, so the checks that need them did not run:" + why + "\n\n"
-        + "\n".join(lines)
-        + "\n\nA missing card is **not** an all-clear for these checks: review them in the chart."
-    )
-    return CardText("Some mTOR inhibitor safety checks could not be run: data unavailable", detail)
+    if top.unreadable:
+        lines.append(f"- {_and_list([_resources_of(rtype, n) for rtype, n in sorted(top.unreadable, key=lambda u: (-u[1], u[0]))])} could not be read")
+    elsewhere = top.skipped_resources - sum(n for _, n in top.unreadable)
+    if elsewhere > 0:
+        lines.append(f"- {_resources_of('another patient', elsewhere)}: left out")
+    parts = []
+    if lines:
+        why = " The EHR's FHIR server is not on this service's allowlist." if top.fhir_server_refused else ""
+        parts.append("These data could not be obtained or read, so the checks that need them did not run:" + why
+                     + "\n\n" + "\n".join(lines))
+    if top.not_listed:
+        parts.append("Not every finding is on the cards (a card lists at most its most important findings):\n\n"
+                     + "\n".join(f"- {TOPICS[n.topic].title}: and {n.count} more" for n in top.not_listed))
+    parts.append("A missing card is **not** an all-clear for these checks: review them in the chart.")
+    summary = ("Some mTOR inhibitor safety checks could not be run: data unavailable" if lines
+               else "More mTOR inhibitor findings than the cards list: review the full list in the chart")
+    return CardText(summary, "\n\n".join(parts))
+
+
+_RESOURCE_NAMES = {  # (one, many) for the (resource type, count) pairs of PatientSnapshot.unreadable
+    "Bundle.entry": ("Bundle entry without a resource", "Bundle entries without a resource"),
+    "not a resource": ("entry that is not a resource", "entries that are not resources"),
+    "unknown": ("resource of an unknown type", "resources of an unknown type"),
+    "another patient": ("resource about another patient", "resources about another patient"),
+}
+
+
+def _resources_of(rtype: str, count: int) -> str:
+    """"1 Condition", "2 Observations", "3 Bundle entries without a resource"."""
+    one, many = _RESOURCE_NAMES.get(rtype, (rtype, f"{rtype}s"))
+    return f"{count} {one if count == 1 else many}"
+
+
+def _and_list(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
 
 TOPICS: dict[Topic, TopicEntry] = {
     Topic.CYP3A4_INTERACTION: TopicEntry("CYP3A4/P-gp interaction", _interaction_card, (
@@ -591,7 +622,7 @@ def _mtor(finding: Finding) -> MedicationOrder:
 def _indication_text(indication: Indication) -> str:
     if indication is None or not indication.evidence:
         return "not on record"
-    names = ", ".join(f"{c.text} (`{c.ref}`)" for c in indication.evidence)
+    names = ", ".join(md_text(c.text) for c in indication.evidence)
     if indication.key is None:
         return f"more than one on record ({names}); the card lists the advice for each"
     return names
@@ -607,10 +638,10 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
             continue
         seen.add(order.ref)
         suggestions.append({
-            "label": f"Remove the draft order for {order.text}"[:SUMMARY_MAX],
+            "label": f"Remove the draft order for {md_text(order.text)}",
             "uuid": _new_uuid(),
             "isRecommended": len(seen) == 1,
-            "actions": [{"type": "delete", "description": f"Remove the draft order for {order.text}", "resourceId": order.ref}],
+            "actions": [{"type": "delete", "description": f"Remove the draft order for {md_text(order.text)}", "resourceId": order.ref}],
         })
     if len(suggestions) > 1:
         for s in suggestions:
@@ -618,9 +649,20 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
     return suggestions
 
 
-def _summary(text: str, count: int) -> str:
-    if count > 1:
-        text = f"{text} (+{count - 1} more)"
+def md_text(value: str) -> str:
+    """Text from FHIR (a drug name, display, note), safe inside Markdown `detail` and suggestion labels: one line,
+    at most FHIR_TEXT_MAX characters, every Markdown control character escaped, so that the EHR's data can never
+    turn into a link, emphasis, heading, list, table or HTML on the card."""
+    text = "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable())  # a newline could start a heading
+    if len(text) > FHIR_TEXT_MAX:
+        text = text[: FHIR_TEXT_MAX - 1].rstrip() + "…"
+    return _ORDERED_LIST_START.sub(r"\1\\\2", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
+
+
+def _summary(text: str, count: int = 1) -> str:
+    """One line under SUMMARY_MAX characters. Issue 13: no "(+N more)"; the detail lists every finding.
+    (`count` stays until every renderer stops passing it.)"""
+    text = " ".join(text.split())  # FHIR text in a summary: never more than one line
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
@@ -635,13 +677,14 @@ def _order_state(order: MedicationOrder) -> str:
     return "on hold" if order.status == "on-hold" else "active"
 
 
-def _describe(evidence: Any) -> str:
+def _describe(evidence: LabResult | ConditionRecord) -> str:
+    """A lab result or condition in human terms (name, result, date); its resource id stays out of the text."""
     if isinstance(evidence, LabResult):
         when = evidence.effective.date().isoformat() if evidence.effective else "date unknown"
         what = {"positive": "positive", "pregnant": "pregnant"}.get(evidence.result or "", evidence.result or "")
-        return f"**{evidence.text}**: {what} on {when} (`{evidence.ref}`)"
-    when = evidence.asserted.date().isoformat() if getattr(evidence, "asserted", None) else "date unknown"
-    return f"active condition **{evidence.text}** since {when} (`{evidence.ref}`)"
+        return f"**{md_text(evidence.text)}**: {md_text(what)} on {when}"
+    when = evidence.asserted.date().isoformat() if evidence.asserted else "date unknown"
+    return f"active condition **{md_text(evidence.text)}** since {when}"
 
 
 def _cap(text: str) -> str:
@@ -659,4 +702,4 @@ def _without_empty(value: Any) -> Any:
     return value
 
 
-__all__ = ["TOPICS", "Card", "CardText", "TopicEntry", "Severity", "render_cards"]
+__all__ = ["TOPICS", "Card", "CardText", "TopicEntry", "Severity", "md_text", "render_cards"]
