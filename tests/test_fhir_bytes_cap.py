@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import responses
-from cds_assertions import assert_valid_cds_response, topics_of
-from test_fhir_faults import BASE, ORDER_SELECT, fallback_call, make_app, serve
 
+from cds_assertions import assert_valid_cds_response, topics_of
 from cds_service import limits
 from cds_service.errors import FhirUnavailable
 from cds_service.fhir import client as fhir_client
 from cds_service.fhir.client import Deadline, FhirClient, QueryOutcome
 from cds_service.settings import Settings
+from test_fhir_faults import BASE, ORDER_SELECT, fallback_call, make_app, serve
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
