@@ -4,6 +4,7 @@ out of card text. Rendered with a CommonMark renderer (markdown-it-py), as an EH
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
@@ -86,3 +87,8 @@ def test_fhir_text_never_becomes_markdown_in_any_card(client):
             assert_inert(card["detail"])
             for suggestion in card.get("suggestions", ()):
                 assert_inert(suggestion["label"])
+
+
+def test_the_readme_states_how_fhir_text_is_escaped():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"through `cards.md_text()`: on one line, at most {FHIR_TEXT_MAX} characters" in " ".join(readme.split())
