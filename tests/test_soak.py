@@ -40,7 +40,7 @@ def test_the_memory_verdict_sees_growth_after_the_warm_up_only():
 
 
 def test_the_readme_soak_section_states_the_defaults_and_a_result():
-    section = (ROOT / "README.md").read_text().split("## Soak", 1)[1].split("\n## ", 1)[0]
+    section = " ".join((ROOT / "README.md").read_text().split("## Soak", 1)[1].split("\n## ", 1)[0].split())
     defaults = soak.build_parser().parse_args([])
     assert "python bench/soak.py" in section
     assert f"{defaults.minutes:g} minutes" in section and f"{defaults.workers} sync workers" in section
