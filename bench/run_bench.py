@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,7 +137,9 @@ def http(url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, 
 class Servers:
     """The FHIR stub and the production server, started for one configuration and stopped after."""
 
-    def __init__(self, config: ServerConfig, fhir_delay_ms: float, workdir: Path, max_requests: int | None):
+    def __init__(self, config: ServerConfig, fhir_delay_ms: float, workdir: Path, max_requests: int | None,
+                 extra_env: Callable[[str, str], Mapping[str, str]] | None = None):
+        """extra_env(server base URL, FHIR stub base URL): more server settings (bench/soak.py turns JWT on)."""
         self.workdir = workdir
         self.stub = subprocess.Popen(
             [sys.executable, str(BENCH / "fhir_stub.py"), "--port", "0", "--delay-ms", str(fhir_delay_ms)],
@@ -163,6 +166,8 @@ class Servers:
         )
         if max_requests is not None:
             env["GUNICORN_MAX_REQUESTS"] = str(max_requests)
+        if extra_env is not None:
+            env.update(extra_env(self.base, self.fhir_base))
         self.log_path = workdir / f"server-{config}.log"
         with open(self.log_path, "wb") as log:
             self.server = subprocess.Popen(

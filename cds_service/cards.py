@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
 SUMMARY_MAX = 139
+FHIR_TEXT_MAX = 120  # characters of one FHIR text (drug name, display, note) a card prints
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}#+\-!|<>~&])")
+_ORDERED_LIST_START = re.compile(r"^(\d+)([.)])")  # "1. " at the start of a line would begin a list
 _INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
@@ -461,14 +464,14 @@ def _surgery_lines(f: SurgeryTiming) -> list[str]:
     event: ProcedureEvent = f.evidence[0]
     mtor, when = _mtor(f), _day(f.surgery_date, f.today)
     state = {True: "being booked", False: "planned"}[event.is_draft and event.ref.startswith("Appointment/")]
-    what = f"**{_from_fhir(event.text)}**"
+    what = f"**{md_text(event.text)}**"
     if event.surgery_evidence == "specialty":
         what += " (a surgical specialty appointment: if it is an operation)"
     taking = "starting" if mtor.is_draft else "taking"
     if f.kind == "recent":
-        head = f"- {what} was done on **{when}**; the patient is {taking} **{_from_fhir(mtor.text)}**."
+        head = f"- {what} was done on **{when}**; the patient is {taking} **{md_text(mtor.text)}**."
     else:
-        head = f"- {what} is {state} for **{when}**; the patient is {taking} **{_from_fhir(mtor.text)}**."
+        head = f"- {what} is {state} for **{when}**; the patient is {taking} **{md_text(mtor.text)}**."
     if f.caution is not None:
         return [head, f"- The {f.caution.product} label warns of impaired wound healing and sets "
                       f"no interval to stop {f.drug} around surgery: agree with {_plan_with(f)} whether and when to hold "
@@ -497,15 +500,6 @@ def _day(day: date | None, today: date) -> str:
     if day is None:
         return "an unknown date"
     return f"{day.day} {day:%b}" + (f" {day.year}" if day.year != today.year else "")
-
-
-def _from_fhir(text: str) -> str:
-    """FHIR text (a drug or procedure name) made safe for Markdown: one line, control characters escaped.
-    (The shared md_text() of the ops-hardening branch does this for every topic; this one goes when it lands.)"""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))[:200]
-
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
 
 
 def _surgery_plan_suggestions(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> list[dict[str, Any]]:
@@ -562,8 +556,8 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     if top.context is not None and not top.context.allows_tsc_lam_rules:
         return _context_trough_card(top, lab)
     if lab.value is None:
-        summary = f"Latest {drug} level ({when}) could not be read (unit {lab.unreadable_unit}): check it by hand"
-        lines = [f"- The most recent {drug} level, on {when}, reads **{lab.value_as_written or lab.unreadable_unit}**, "
+        summary = f"Latest {drug} level ({when}) could not be read (unit {plain_text(lab.unreadable_unit or '')}): check it by hand"
+        lines = [f"- The most recent {drug} level, on {when}, reads **{md_text(lab.value_as_written or lab.unreadable_unit or '')}**, "
                  f"which cannot be converted to ng/mL. Check it against the {limit:g} ng/mL limit by hand.",
                  f"\nSource: {_cite(top.source, top.section)}."]
         return CardText(_summary(summary, 1), "\n".join(lines))
@@ -573,7 +567,7 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     action = (f"reduce to {proposal.proposed_dose_mg:g} mg once daily" if proposal and proposal.proposed_dose_mg is not None
               else "review the dose")
     summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {when} is above the {limit:g} ng/mL limit: {action}"
-    lines = [_level_line(lab, drug), f"- Order: {mtor.text} ({_order_state(mtor)}).", f"- {_target_range(top)}."]
+    lines = [_level_line(lab, drug), f"- Order: {md_text(mtor.text)} ({_order_state(mtor)}).", f"- {_target_range(top)}."]
     if top.context is not None and top.context.implied_only:  # no use on record: no dose from an assumed use
         lines.append(f"- {top.context.assumption} No dose is computed; review the dose for the patient's actual use.")
     else:
@@ -599,7 +593,7 @@ def _trough_low_card(findings: list[TroughLowFinding], snapshot: PatientSnapshot
     action = (f"consider {proposal.proposed_dose_mg:g} mg once daily" if proposal and proposal.proposed_dose_mg is not None
               else "check adherence, then review the dose")
     summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)} is below the {low:g}-{high:g} ng/mL target: {action}"
-    lines = [_level_line(lab, drug), f"- Order: {mtor.text} ({_order_state(mtor)}).",
+    lines = [_level_line(lab, drug), f"- Order: {md_text(mtor.text)} ({_order_state(mtor)}).",
              f"- Use: {_indication_text(top.indication)}; the label's trough target is {low:g}-{high:g} ng/mL."]
     lines += _dose_lines(proposal, lab, "increase")
     lines.append(f"- Check adherence and interacting drugs first; {_recheck_text(top.recheck, 'any change')}.")
@@ -623,7 +617,7 @@ def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     product = context.product or drug
     level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
     target = top.target
-    lines = [f"- {level}; order: {mtor.text}."]  # FHIR text in one place (md_text() when merged)
+    lines = [f"- {level}; order: {md_text(mtor.text)}."]  # FHIR text in one place (md_text() when merged)
     if isinstance(top, TroughHighFinding) and top.target_unverified:
         summary = f"{level} ({product}, {_use_text(context)}): review the dose with the transplant team"
         lines.append("- This service has not verified the label's trough target for this use, so it shows none and "
@@ -664,7 +658,7 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
         when = "now"
         summary = f"{level} is {where} but is too old to dose by: recheck now"
         reason = "It is older than this service's look-back window for troughs, so it gives no new dose."
-    lines = [f"- {level}; order: {mtor.text}.", f"- {reason}", f"- Recheck the trough {when}, just before a dose.",
+    lines = [f"- {level}; order: {md_text(mtor.text)}.", f"- {reason}", f"- Recheck the trough {when}, just before a dose.",
              f"\nSource: {_cite(top.source, top.section)}."]
     return CardText(_summary(summary, 1), "\n".join(lines))
 
@@ -686,7 +680,7 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
     else:
         summary = f"{_cap(drug)} trough due now: none since {top.event} on {top.event_date.isoformat()}"
     last = f"the last trough was on {_lab_date(latest)}" if latest else "no trough is on record"
-    lines = [f"- {mtor.text} ({_order_state(mtor)}); {last}.",
+    lines = [f"- {md_text(mtor.text)} ({_order_state(mtor)}); {last}.",
              f"- {_cap(top.event)} on {top.event_date.isoformat()}: the label asks for a trough {after} later.",
              f"- Use: {_indication_text(top.indication)}.",
              f"\nSource: {_cite(top.source, top.section)}."]
@@ -712,7 +706,7 @@ def _dose_card(findings: list[DoseCheckFinding], snapshot: PatientSnapshot) -> C
     top = findings[0]
     drug, mtor, start = top.drug, _mtor(top), top.start
     label_dose = (f"{start.dose_mg_per_m2:g} mg/m² once daily" if start.dose_mg_per_m2 is not None else f"{start.dose_mg:g} mg once daily")
-    lines = [f"- Ordered: {mtor.text}, **{top.ordered_mg:g} mg/day**.",
+    lines = [f"- Ordered: {md_text(mtor.text)}, **{top.ordered_mg:g} mg/day**.",
              f"- Use: {_indication_text(top.indication)}; label starting dose {label_dose}."]
     if top.expected_mg is None:
         summary = f"Cannot check the {drug} starting dose: record height and weight (the dose is per m²)"
@@ -750,15 +744,42 @@ _DATA_LABELS = {
 def _incomplete_card(findings: list[ChecksIncomplete], snapshot: PatientSnapshot) -> CardText:
     top = findings[0]
     lines = [f"- {_DATA_LABELS.get(key, key)}" for key in top.unavailable]
-    if top.skipped_resources:
-        lines.append(f"- {top.skipped_resources} resource(s) that are not valid FHIR were skipped")
-    why = " The EHR's FHIR server is not on this service's allowlist." if top.fhir_server_refused else ""
-    detail = (
-        "These data could not be obtained or read, so the checks that need them did not run:" + why + "\n\n"
-        + "\n".join(lines)
-        + "\n\nA missing card is **not** an all-clear for these checks: review them in the chart."
-    )
-    return CardText("Some mTOR inhibitor safety checks could not be run: data unavailable", detail)
+    if top.unreadable:
+        lines.append(f"- {_and_list([_resources_of(rtype, n) for rtype, n in sorted(top.unreadable, key=lambda u: (-u[1], u[0]))])} could not be read")
+    elsewhere = top.skipped_resources - sum(n for _, n in top.unreadable)
+    if elsewhere > 0:
+        lines.append(f"- {_resources_of('another patient', elsewhere)}: left out")
+    parts = []
+    if lines:
+        why = " The EHR's FHIR server is not on this service's allowlist." if top.fhir_server_refused else ""
+        parts.append("These data could not be obtained or read, so the checks that need them did not run:" + why
+                     + "\n\n" + "\n".join(lines))
+    if top.not_listed:
+        parts.append("Not every finding is on the cards (a card lists at most its most important findings):\n\n"
+                     + "\n".join(f"- {TOPICS[n.topic].title}: and {n.count} more" for n in top.not_listed))
+    parts.append("A missing card is **not** an all-clear for these checks: review them in the chart.")
+    summary = ("Some mTOR inhibitor safety checks could not be run: data unavailable" if lines
+               else "More mTOR inhibitor findings than the cards list: review the full list in the chart")
+    return CardText(summary, "\n\n".join(parts))
+
+
+_RESOURCE_NAMES = {  # (one, many) for the (resource type, count) pairs of PatientSnapshot.unreadable
+    "Bundle.entry": ("Bundle entry without a resource", "Bundle entries without a resource"),
+    "not a resource": ("entry that is not a resource", "entries that are not resources"),
+    "unknown": ("resource of an unknown type", "resources of an unknown type"),
+    "another patient": ("resource about another patient", "resources about another patient"),
+}
+
+
+def _resources_of(rtype: str, count: int) -> str:
+    """"1 Condition", "2 Observations", "3 Bundle entries without a resource"."""
+    one, many = _RESOURCE_NAMES.get(rtype, (rtype, f"{rtype}s"))
+    return f"{count} {one if count == 1 else many}"
+
+
+def _and_list(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
 
 TOPICS: dict[Topic, TopicEntry] = {
     Topic.CYP3A4_INTERACTION: TopicEntry("CYP3A4/P-gp interaction", _interaction_card, (
@@ -867,7 +888,7 @@ def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> 
         "label": f"Change the dose to {proposed:g} mg once daily",
         "uuid": _new_uuid(),
         "isRecommended": True,
-        "actions": [{"type": "update", "description": f"Change {order.text} to {proposed:g} mg once daily", "resource": resource}],
+        "actions": [{"type": "update", "description": f"Change {plain_text(order.text)} to {proposed:g} mg once daily", "resource": resource}],
     }]
 
 
@@ -900,7 +921,7 @@ def _recheck_text(timing: TroughTiming | None, after: str) -> str:
 
 
 def _level_line(lab: LabResult, drug: str) -> str:
-    written = f" (reported as {lab.value_as_written})" if lab.value_as_written and not lab.value_as_written.endswith("ng/mL") else ""
+    written = f" (reported as {md_text(lab.value_as_written)})" if lab.value_as_written and not lab.value_as_written.endswith("ng/mL") else ""
     return f"- Most recent {drug} level: **{lab.value:.3g} ng/mL**{written} on **{_lab_date(lab)}**."
 
 
@@ -917,7 +938,7 @@ def _mtor(finding: Finding) -> MedicationOrder:
 def _indication_text(indication: Indication) -> str:
     if indication is None or not indication.evidence:
         return "not on record"
-    names = ", ".join(c.text for c in indication.evidence)
+    names = ", ".join(md_text(c.text) for c in indication.evidence)
     if indication.key is None:
         return f"more than one on record ({names}); the card lists the advice for each"
     return names
@@ -933,10 +954,10 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
             continue
         seen.add(order.ref)
         suggestions.append({
-            "label": f"Remove the draft order for {order.text}"[:SUMMARY_MAX],
+            "label": f"Remove the draft order for {plain_text(order.text)}",
             "uuid": _new_uuid(),
             "isRecommended": len(seen) == 1,
-            "actions": [{"type": "delete", "description": f"Remove the draft order for {order.text}", "resourceId": order.ref}],
+            "actions": [{"type": "delete", "description": f"Remove the draft order for {plain_text(order.text)}", "resourceId": order.ref}],
         })
     if len(suggestions) > 1:
         for s in suggestions:
@@ -944,16 +965,27 @@ def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
     return suggestions
 
 
+def plain_text(value: str) -> str:
+    """Text from FHIR inside a suggestion label or action description, which the spec defines as plain text (not
+    Markdown): one line of printable characters, at most FHIR_TEXT_MAX characters."""
+    text = "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable())
+    return text if len(text) <= FHIR_TEXT_MAX else text[: FHIR_TEXT_MAX - 1].rstrip() + "…"
+
+
 def md_text(value: str) -> str:
-    """Text from FHIR (a drug name, a display), safe inside Markdown: one line, Markdown control characters escaped.
-    (Stand-in: the ops-hardening branch adds the shared md_text here; keep theirs at merge.)"""
-    text = " ".join(str(value).split())
-    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", text)  # never at a line start here: # - + 1. need no escape
+    """Text from FHIR (a drug name, display, note), safe inside Markdown `detail` and suggestion labels: one line,
+    at most FHIR_TEXT_MAX characters, every Markdown control character escaped, so that the EHR's data can never
+    turn into a link, emphasis, heading, list, table or HTML on the card."""
+    text = "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable())  # a newline could start a heading
+    if len(text) > FHIR_TEXT_MAX:
+        text = text[: FHIR_TEXT_MAX - 1].rstrip() + "…"
+    return _ORDERED_LIST_START.sub(r"\1\\\2", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
 
 
-def _summary(text: str, count: int) -> str:
-    if count > 1:
-        text = f"{text} (+{count - 1} more)"
+def _summary(text: str, count: int = 1) -> str:
+    """One line under SUMMARY_MAX characters. Issue 13: no "(+N more)"; the detail lists every finding.
+    (`count` stays until every renderer stops passing it.)"""
+    text = " ".join(text.split())  # FHIR text in a summary: never more than one line
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
 
 
@@ -968,13 +1000,14 @@ def _order_state(order: MedicationOrder) -> str:
     return "on hold" if order.status == "on-hold" else "active"
 
 
-def _describe(evidence: Any) -> str:
+def _describe(evidence: LabResult | ConditionRecord) -> str:
+    """A lab result or condition in human terms (name, result, date); its resource id stays out of the text."""
     if isinstance(evidence, LabResult):
         when = evidence.effective.date().isoformat() if evidence.effective else "date unknown"
         what = {"positive": "positive", "pregnant": "pregnant"}.get(evidence.result or "", evidence.result or "")
-        return f"**{evidence.text}**: {what} on {when} (`{evidence.ref}`)"
-    when = evidence.asserted.date().isoformat() if getattr(evidence, "asserted", None) else "date unknown"
-    return f"active condition **{evidence.text}** since {when} (`{evidence.ref}`)"
+        return f"**{md_text(evidence.text)}**: {md_text(what)} on {when}"
+    when = evidence.asserted.date().isoformat() if evidence.asserted else "date unknown"
+    return f"active condition **{md_text(evidence.text)}** since {when}"
 
 
 def _cap(text: str) -> str:
@@ -992,4 +1025,4 @@ def _without_empty(value: Any) -> Any:
     return value
 
 
-__all__ = ["TOPICS", "Card", "CardText", "TopicEntry", "Severity", "render_cards"]
+__all__ = ["TOPICS", "Card", "CardText", "TopicEntry", "Severity", "md_text", "render_cards"]

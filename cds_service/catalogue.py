@@ -185,6 +185,7 @@ def _incomplete_checks_request(requests: list[tuple[dict, dict]]) -> tuple[dict,
 # --- Markdown subset ------------------------------------------------------------------------------
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # CommonMark backslash escapes of ASCII punctuation
 _CODE = re.compile(r"`([^`\n]+)`")
 _LINK = re.compile(r"\[([^\[\]\n]+)\]\(((?:[^()\s]|\([^()\s]*\))+)\)")  # a URL may hold one level of (...)
 _BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
@@ -210,6 +211,7 @@ def render_inline(text: str) -> str:
         return keep(f'<a href="{html.escape(url)}">{label}</a>')
 
     text = text.replace("\ue000", "").replace("\ue001", "")
+    text = _ESCAPED.sub(lambda m: keep(html.escape(m.group(1))), text)  # cards.md_text's \* \[ ... stay literal
     text = _CODE.sub(lambda m: keep(f"<code>{html.escape(m.group(1))}</code>"), text)
     text = _LINK.sub(link, text)
     rendered = _emphasis(html.escape(text))

@@ -324,6 +324,16 @@ class ChecksIncomplete(Finding):
     """Some data could not be had or read: the checks that need it did not run, and the card says which."""
 
     topic: ClassVar[Topic] = Topic.CHECKS_INCOMPLETE
-    unavailable: tuple[str, ...]  # snapshot keys: "medications", "observations", ...
-    skipped_resources: int = 0
+    unavailable: tuple[str, ...]  # snapshot keys: "medications", "observations", ..., or a check that failed
+    skipped_resources: int = 0  # every resource not read: unreadable, or another patient's
+    unreadable: tuple[tuple[str, int], ...] = ()  # (resource type, count) that could not be read
+    not_listed: tuple[NotListed, ...] = ()  # findings beyond a card's cap
     fhir_server_refused: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class NotListed:
+    """Findings of one topic beyond the MAX_FINDINGS_PER_TOPIC its card lists: counted in checks-incomplete."""
+
+    topic: Topic
+    count: int

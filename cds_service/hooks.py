@@ -9,8 +9,9 @@ from typing import Protocol
 from cds_service.cards import OVERRIDE_SYSTEM, TOPICS, Card, render_cards
 from cds_service.fhir.client import QueryTiming
 from cds_service.fhir.snapshot import build_snapshot, gather
-from cds_service.findings import Finding, Severity, Topic
-from cds_service.knowledge import Knowledge
+from cds_service.findings import Finding, NotListed, Severity, Topic
+from cds_service.knowledge import DrugRole, Knowledge
+from cds_service.limits import MAX_FINDINGS_PER_TOPIC
 from cds_service.patient import PatientSnapshot
 from cds_service.rules import evaluate
 from cds_service.rules.completeness import check_data_completeness
@@ -60,21 +61,29 @@ def answer_hook(
     snapshot = build_snapshot(data, call, knowledge, now)
     findings: list[Finding]
     if not snapshot.mtor_orders:
-        # Some medications could not be identified (unresolved references, pages not fetched): an empty answer
-        # would read as "not on an mTOR inhibitor", so say what could not be checked instead. Otherwise this
-        # service speaks only about mTOR inhibitors.
+        # Some medications could not be identified (unreadable, unresolved references, pages not fetched): an empty
+        # answer would read as "not on an mTOR inhibitor", so say what could not be checked instead. On
+        # order-select, only when the selection is a drug the checks weigh (the unread order may be the mTOR
+        # inhibitor it interacts with); on appointment-book, only when a surgery is booked. Otherwise this service
+        # speaks only about mTOR inhibitors.
         unidentified = "medications" in snapshot.unavailable and (
-            call.hook not in _FOCUSED_HOOKS or (call.hook == "appointment-book" and _books_surgery(snapshot))
+            call.hook not in _FOCUSED_HOOKS
+            or (call.hook == "order-select" and _selection_is_checked_drug(call, snapshot))
+            or (call.hook == "appointment-book" and _books_surgery(snapshot))
         )
         findings = list(check_data_completeness(snapshot, data.fhir_server_refused)) if unidentified else []
     else:
-        notes: list[str] = []  # checks that failed on this data, findings beyond a card's cap
+        notes: list[str | NotListed] = []  # checks that failed on this data, findings beyond a card's cap
         findings = _in_focus(evaluate(snapshot, knowledge, notes), call, snapshot)
-        if notes:
-            snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *notes))
+        failed = [note for note in notes if isinstance(note, str)]
+        if failed:
+            snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *failed))
+        # after the focus, a topic whose card is not full has listed all its findings about the selection
+        not_listed = [note for note in notes if isinstance(note, NotListed)
+                      and sum(f.topic is note.topic for f in findings) >= MAX_FINDINGS_PER_TOPIC]
         if call.hook not in _FOCUSED_HOOKS or findings or _selection_concerns_mtor(call, snapshot) or _books_surgery(snapshot):
             # on order-select and appointment-book, speak about the selected orders / booked appointments only
-            findings += check_data_completeness(snapshot, data.fhir_server_refused)
+            findings += check_data_completeness(snapshot, data.fhir_server_refused, not_listed)
     cards = render_cards(findings, snapshot)
     records = [_card_record(card, call, service, caller, now) for card in cards]
     shown = [_not_recently_overridden(card, record, settings, now, history) for card, record in zip(cards, records, strict=True)]
@@ -145,3 +154,11 @@ def _books_surgery(snapshot: PatientSnapshot) -> bool:
 def _selection_concerns_mtor(call: HookCall, snapshot: PatientSnapshot) -> bool:
     selected = set(call.selections)
     return any(m.ref in selected for m in snapshot.mtor_orders)
+
+
+def _selection_is_checked_drug(call: HookCall, snapshot: PatientSnapshot) -> bool:
+    """A selected order the checks weigh against an mTOR inhibitor: one itself, an interacting drug, a live or
+    possibly live vaccine, an ACE inhibitor."""
+    selected = set(call.selections)
+    return any(role is not DrugRole.NOT_LIVE_VACCINE
+               for m in snapshot.medications if m.ref in selected for role in (c.role for c in m.concepts))

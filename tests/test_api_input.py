@@ -354,7 +354,7 @@ def test_a_resource_that_cannot_be_read_is_said_in_a_checks_incomplete_card(clie
     response = client.post(ORDER_SELECT, json=body)
     cards = response.get_json()["cards"]
     assert topics_of(response.get_json()) == ["cyp3a4-interaction", "checks-incomplete"]
-    assert cards[1]["indicator"] == "info" and "not valid FHIR" in cards[1]["detail"]
+    assert cards[1]["indicator"] == "info" and "1 Bundle entry without a resource could not be read" in cards[1]["detail"]
 
 
 @pytest.mark.parametrize("value", ["garbage", 5, [], {"resourceType": "OperationOutcome", "issue": []}, {"no": "type"}])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cds_assertions import assert_valid_cds_response, topics_of
 from cds_service import limits
+from cds_service.findings import NotListed, Topic
 from cds_service.settings import Settings
 from snapshots import everolimus, hook_request, level, med, snapshot_of
 
@@ -39,7 +40,7 @@ def test_a_200_kb_request_whose_findings_multiply_gets_a_bounded_answer_in_bound
     incomplete = answer["cards"][-1]
     assert incomplete["source"]["topic"]["code"] == "checks-incomplete"
     weighed = limits.MAX_MTOR_ORDERS_PER_CALL * (limits.MAX_MEDICATIONS_PER_CALL - limits.MAX_MTOR_ORDERS_PER_CALL)
-    assert f"{weighed - limits.MAX_FINDINGS_PER_TOPIC} more cyp3a4-interaction finding(s)" in incomplete["detail"]
+    assert f"- CYP3A4/P-gp interaction: and {weighed - limits.MAX_FINDINGS_PER_TOPIC} more" in incomplete["detail"]
     assert "current medications" in incomplete["detail"]  # not every order was weighed
 
 
@@ -48,11 +49,11 @@ def test_at_most_max_findings_per_topic_are_kept_and_the_rest_counted():
     from snapshots import knowledge
 
     snapshot = snapshot_of(hook="patient-view", medications=[everolimus() for _ in range(3)] + [clarithromycin() for _ in range(10)])
-    notes: list[str] = []
+    notes: list = []
     findings = evaluate(snapshot, knowledge(), notes)
     interactions = [f for f in findings if f.topic.value == "cyp3a4-interaction"]
     assert len(interactions) == limits.MAX_FINDINGS_PER_TOPIC
-    assert notes == [f"10 more cyp3a4-interaction finding(s) beyond the {limits.MAX_FINDINGS_PER_TOPIC} one card lists"]
+    assert notes == [NotListed(Topic.CYP3A4_INTERACTION, 10)]
 
 
 def test_medications_beyond_the_cap_are_not_weighed_and_said_so():

@@ -22,12 +22,14 @@ import orjson
 import requests
 
 from cds_service.errors import FhirNotAllowed, FhirUnavailable
+from cds_service.limits import MAX_FHIR_BYTES_PER_CALL
 from cds_service.settings import Settings, is_secure_url
 
 _LOG = logging.getLogger(__name__)
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir")
 _LOCAL = threading.local()
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+CALL_BYTES_EXCEEDED = "more FHIR data than the per-call limit"
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -210,6 +212,7 @@ class FhirClient:
         self.deadline = deadline
         self.timings: list[QueryTiming] = []
         self._lock = threading.Lock()
+        self._bytes_read = 0  # by every query of this call, against MAX_FHIR_BYTES_PER_CALL
 
     def read(self, relative_url: str) -> dict[str, Any]:
         """Read `Type/id`; anything but a `Type` (an OperationOutcome, a Bundle) is a failure, not data."""
@@ -303,6 +306,10 @@ class FhirClient:
                     body += chunk
                     if len(body) > limit:
                         raise failure(QueryOutcome.RESPONSE_TOO_LARGE)
+                    with self._lock:
+                        self._bytes_read += len(chunk)
+                        if self._bytes_read > MAX_FHIR_BYTES_PER_CALL:
+                            raise failure(QueryOutcome.RESPONSE_TOO_LARGE, CALL_BYTES_EXCEEDED)
                     if self.deadline.remaining() <= 0:
                         raise failure(QueryOutcome.DEADLINE_PASSED)
         except requests.Timeout as exc:

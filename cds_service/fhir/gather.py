@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import quote
 
 from cds_service.errors import DataUnavailable, FhirError, FhirNotAllowed
-from cds_service.fhir.client import Deadline, FhirClient, QueryOutcome, QueryTiming, entry_resources, next_link, run_parallel
-from cds_service.limits import MAX_RESOURCES_PER_CALL
+from cds_service.fhir.client import CALL_BYTES_EXCEEDED, Deadline, FhirClient, QueryOutcome, QueryTiming, entry_resources, next_link, run_parallel
+from cds_service.limits import MAX_FHIR_BYTES_PER_CALL, MAX_RESOURCES_PER_CALL
 from cds_service.services import HookCall, ServiceDefinition
 from cds_service.settings import Settings
 
@@ -149,6 +149,8 @@ def _reason(error: FhirError) -> str:
         return "the FHIR server could not be reached"
     if text.startswith("more pages than"):
         return f"the search has {text}"
+    if text == CALL_BYTES_EXCEEDED:
+        return f"the FHIR server sent {text} ({MAX_FHIR_BYTES_PER_CALL} bytes)"
     return f"invalid response from the FHIR server: {text}"
 
 

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from cds_service.findings import Finding, Topic
+from cds_service.findings import Finding, NotListed, Topic
 from cds_service.knowledge import Knowledge
 from cds_service.limits import MAX_FINDINGS_PER_TOPIC
 from cds_service.patient import PatientSnapshot
@@ -54,13 +54,13 @@ SUPERSEDED_BY: dict[Topic, frozenset[Topic]] = {
 }
 
 
-def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge, notes: list[str] | None = None) -> list[Finding]:
+def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge, notes: list[str | NotListed] | None = None) -> list[Finding]:
     """Every finding for the patient; empty when the patient is on no current or draft mTOR inhibitor.
 
     Each rule runs in isolation: one that fails on this patient's data (date arithmetic out of range, ...) is
     logged and named in `notes` (for the checks-incomplete card) while the others still run. At most
-    MAX_FINDINGS_PER_TOPIC findings per topic are kept, most severe and selected/draft orders first; `notes` says
-    how many more there were.
+    MAX_FINDINGS_PER_TOPIC findings per topic are kept, most severe and selected/draft orders first; `notes` counts
+    the rest per topic (NotListed).
     """
     if not snapshot.mtor_orders:
         return []
@@ -81,7 +81,7 @@ def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge, notes: list[str] |
     return _at_most_per_topic(findings, snapshot, notes)
 
 
-def _at_most_per_topic(findings: list[Finding], snapshot: PatientSnapshot, notes: list[str]) -> list[Finding]:
+def _at_most_per_topic(findings: list[Finding], snapshot: PatientSnapshot, notes: list[str | NotListed]) -> list[Finding]:
     """Findings grow as mTOR orders x other medications: a card lists at most MAX_FINDINGS_PER_TOPIC of them."""
     selected = {m.ref for m in snapshot.medications if m.is_selected}
     drafts = {m.ref for m in snapshot.medications if m.is_draft}
@@ -96,5 +96,5 @@ def _at_most_per_topic(findings: list[Finding], snapshot: PatientSnapshot, notes
             listed[topic] += 1
         else:
             more[topic] += 1
-    notes += [f"{n} more {topic.value} finding(s) beyond the {MAX_FINDINGS_PER_TOPIC} one card lists" for topic, n in more.items()]
+    notes += [NotListed(topic, n) for topic, n in more.items()]
     return [f for i, f in enumerate(findings) if i in kept]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from cds_service.findings import ChecksIncomplete, Severity
+from collections.abc import Sequence
+
+from cds_service.findings import ChecksIncomplete, NotListed, Severity
 from cds_service.knowledge import Source
 from cds_service.patient import PatientSnapshot
 
@@ -13,9 +15,12 @@ DATA_ACCESS = Source(
 )
 
 
-def check_data_completeness(snapshot: PatientSnapshot, fhir_server_refused: bool) -> list[ChecksIncomplete]:
-    """One finding naming what could not be obtained or read; none when every check ran on complete data."""
-    if not snapshot.unavailable and not snapshot.skipped_resources:
+def check_data_completeness(
+    snapshot: PatientSnapshot, fhir_server_refused: bool, not_listed: Sequence[NotListed] = ()
+) -> list[ChecksIncomplete]:
+    """One finding naming what could not be obtained or read, and findings beyond a card's cap; none when every
+    check ran on complete data and every finding is listed."""
+    if not snapshot.unavailable and not snapshot.skipped_resources and not not_listed:
         return []
     return [
         ChecksIncomplete(
@@ -24,6 +29,8 @@ def check_data_completeness(snapshot: PatientSnapshot, fhir_server_refused: bool
             source=DATA_ACCESS,
             unavailable=tuple(snapshot.unavailable),
             skipped_resources=snapshot.skipped_resources,
+            unreadable=snapshot.unreadable,
+            not_listed=tuple(not_listed),
             fhir_server_refused=fhir_server_refused,
         )
     ]
