@@ -40,9 +40,10 @@ class StubServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
 
-    def __init__(self, address, delay_s: float):
+    def __init__(self, address, delay_s: float, batch: bool = False):
         super().__init__(address, StubHandler)
         self.delay_s = delay_s
+        self.batch = batch
         self.answers = build_answers(f"http://{address[0]}:{self.server_address[1]}/fhir")
         self.count = 0
         self.count_lock = threading.Lock()
@@ -87,8 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=50.0)
+    parser.add_argument("--batch", action="store_true", help="support FHIR batch (and say so in /metadata)")
     args = parser.parse_args()
-    server = StubServer(("127.0.0.1", args.port), args.delay_ms / 1000)
+    server = StubServer(("127.0.0.1", args.port), args.delay_ms / 1000, batch=args.batch)
     print(f"listening on {server.server_address[1]}", flush=True)
     server.serve_forever()
 
