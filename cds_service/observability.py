@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 import sys
 import time
+
+import orjson
 
 REQUEST_LOGGER = "mtor_cds.request"
 
@@ -20,7 +21,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         else:
             entry["message"] = record.getMessage()
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        # orjson: about a tenth of json.dumps' CPU for the same compact line (one per request)
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure_logging(level: str) -> None:
