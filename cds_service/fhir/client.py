@@ -310,7 +310,7 @@ class FhirClient:
         })
         started = time.monotonic()
         try:
-            answer = self._get_json(self.base_url, payload=body)
+            answer = self._get_json(self.base_url.rstrip("/"), payload=body)  # POST [base], as the spec writes it
             entries = answer.get("entry") if answer.get("resourceType") == "Bundle" else None
             if answer.get("type") != "batch-response" or not isinstance(entries, list) or len(entries) != len(sent):
                 raise failure(QueryOutcome.NOT_A_RESOURCE, "not a batch-response Bundle with one entry per query")
