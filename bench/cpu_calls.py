@@ -132,7 +132,7 @@ def instructions_per_call(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300, help="measured calls per scenario (default 300)")
     parser.add_argument("--warmup", type=int, default=30, help="calls before measuring (default 30)")
@@ -142,7 +142,11 @@ def main() -> int:
     parser.add_argument("--profile", default="", help="profile one scenario with cProfile instead")
     parser.add_argument("--instructions", action="store_true", help="count instructions per call with valgrind instead")
     parser.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)  # the run under valgrind
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if args.instructions:
         return instructions_per_call(args)
     base, stop = start_stub(args.fhir_delay_ms, batch=args.batch)
