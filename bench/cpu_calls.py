@@ -51,6 +51,22 @@ def make_app(fhir_base: str) -> Callable:
     return app
 
 
+ABLATIONS = ("store", "log", "metrics")  # parts of the request path --without can leave out, to measure their share
+
+
+def without(app, parts: list[str]) -> None:
+    """Leave parts of the request path out (a measurement only: the answers stay the same)."""
+    from cds_service import metrics
+
+    if "store" in parts:
+        app.extensions["mtor_cds"].store.record_cards = lambda records: None
+    if "log" in parts:
+        logging.getLogger("mtor_cds.request").disabled = True
+    if "metrics" in parts:
+        app.before_request_funcs[None].remove(metrics._start_timer)
+        app.after_request_funcs[None].remove(metrics._count_request)
+
+
 def wsgi_caller(app: Callable, method: str, path: str, body: bytes | None) -> Callable[[], int]:
     """A function that makes one request through app's WSGI interface and returns the status."""
     from werkzeug.test import EnvironBuilder
@@ -117,6 +133,7 @@ def instructions_per_call(args: argparse.Namespace) -> int:
         command = ["valgrind", "--tool=callgrind", "--dump-before=getppid", f"--callgrind-out-file={tmp}/cg.out",
                    sys.executable, __file__, "--mark", "--calls", str(args.calls), "--warmup", str(args.warmup)]
         command += [*(["--only", args.only] if args.only else []), *(["--batch"] if args.batch else [])]
+        command += ["--without", args.without] if args.without else []
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         names = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("MARK ")]
         if done.returncode != 0 or not names:
@@ -140,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", action="store_true", help="the FHIR stub supports batch (its CapabilityStatement says so)")
     parser.add_argument("--fhir-delay-ms", type=float, default=0.0, help="FHIR stub delay (default 0: CPU only)")
     parser.add_argument("--profile", default="", help="profile one scenario with cProfile instead")
+    parser.add_argument("--without", default="", help=f"leave out parts of the request path: {', '.join(ABLATIONS)}")
     parser.add_argument("--instructions", action="store_true", help="count instructions per call with valgrind instead")
     parser.add_argument("--mark", action="store_true", help=argparse.SUPPRESS)  # the run under valgrind
     return parser
@@ -152,6 +170,7 @@ def main() -> int:
     base, stop = start_stub(args.fhir_delay_ms, batch=args.batch)
     try:
         app = make_app(base)
+        without(app, [part for part in args.without.split(",") if part])
         found = scenarios(base)
         if args.profile:
             call = wsgi_caller(app, *found[args.profile])

@@ -173,3 +173,16 @@ def test_batch_urls_stay_relative_to_the_server(fhir):
     assert isinstance(results["conditions"], list)
     assert str(results["away"]) == str(results["up"]) == "URL leaves the FHIR server"
     assert [e["request"]["url"] for e in server.batch_bodies[0]["entry"]] == ["Condition?patient=x"]
+
+
+def test_the_integration_guide_says_how_the_service_asks():
+    from pathlib import Path
+
+    from cds_service.fhir import client as fhir_client
+
+    text = " ".join((Path(__file__).resolve().parent.parent / "docs" / "integrating.md").read_text(encoding="utf-8").split())
+    assert (fhir_client.CAPABILITY_TTL_S, fhir_client.CAPABILITY_TIMEOUT_S, fhir_client.CAPABILITY_RETRY_S) == (3600.0, 1.0, 300.0)
+    for said in ("once per worker process and server (again after an hour)", "`GET [base]/metadata`", "at most 1 s of the call's deadline",
+                 "lists the `batch` interaction gets all of a call's queries in one `POST [base]` batch Bundle",
+                 "not offered a batch again for 5 minutes"):
+        assert said in text, said
