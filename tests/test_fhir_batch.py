@@ -50,6 +50,9 @@ class BatchServer:
         parts = urlsplit(url)
         resource_type = parts.path.rsplit("/fhir/", 1)[-1].split("/")[0]
         key = KEY_OF_TYPE.get(resource_type, "")
+        if resource_type == "Medication":
+            found = self.data.get("_medications", {}).get(parts.path.rsplit("/", 1)[-1])
+            return (200, found) if found else (404, {"resourceType": "OperationOutcome", "issue": []})
         if key in self.entry_status:
             return self.entry_status[key], {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
         if parse_qs(parts.query).get("page") and key in self.data.get("_page2", {}):
@@ -186,3 +189,19 @@ def test_the_integration_guide_says_how_the_service_asks():
                  "lists the `batch` interaction gets all of a call's queries in one `POST [base]` batch Bundle",
                  "not offered a batch again for 5 minutes"):
         assert said in text, said
+
+
+def test_medication_references_are_resolved_in_one_batch(client, fhir):
+    call, data = fallback_call()
+    medications = [e["resource"] for e in data["medications"]["entry"]] + [e["resource"] for e in call["context"]["draftOrders"]["entry"]]
+    data["_medications"] = {}
+    for n, request in enumerate(medications):
+        concept = request.pop("medicationCodeableConcept")
+        request["medicationReference"] = {"reference": f"Medication/med-{n}"}
+        data["_medications"][f"med-{n}"] = {"resourceType": "Medication", "id": f"med-{n}", "code": concept}
+    assert len(medications) > 1
+    server = BatchServer(fhir, data)
+    response = client.post(ORDER_SELECT, json=call)
+    assert topics_of(response.get_json()) == ["cyp3a4-interaction"]  # both orders are known only by their Medications
+    assert len(server.calls("POST")) == 2  # the searches, then the references
+    assert sorted(e["request"]["url"] for e in server.batch_bodies[1]["entry"]) == sorted(f"Medication/med-{n}" for n in range(len(medications)))

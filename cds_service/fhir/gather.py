@@ -193,7 +193,11 @@ def _resolve_medication_references(
         if reference and reference not in known:
             wanted.add(reference)
     if wanted and client:
-        results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
+        refs = sorted(wanted)
+        if len(refs) > 1 and client.supports_batch():
+            results = {ref: r[0] if isinstance(r, list) else r for ref, r in client.batch({ref: ref for ref in refs}).items()}
+        else:
+            results = run_parallel({ref: partial(client.read, ref) for ref in refs}, client.deadline)
         known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
     return known, len(wanted - known.keys())
 
