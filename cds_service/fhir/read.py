@@ -413,8 +413,9 @@ _LAB_READERS: dict[str, Callable[[_Reader, _LabFacts], LabResult]] = {
 
 
 def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
-    """What recognize_medication reads of the codings: (system, code) pairs, hashable."""
-    return tuple((c.get("system"), c.get("code") if isinstance(c.get("code"), str) else None) for c in codings)
+    """What recognize_medication reads of the codings: (system, code) pairs, hashable (it reads only string ones)."""
+    return tuple((c.get("system") if isinstance(c.get("system"), str) else None, c.get("code") if isinstance(c.get("code"), str) else None)
+                 for c in codings)
 
 
 @functools.lru_cache(maxsize=8192)
