@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         else:
             entry["message"] = record.getMessage()
-        # orjson: about a tenth of json.dumps' CPU for the same compact line (one per request)
+        # orjson: the same compact line as json.dumps for less CPU (one line per request); UTF-8, not \\u escapes
         return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 

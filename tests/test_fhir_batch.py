@@ -205,3 +205,18 @@ def test_medication_references_are_resolved_in_one_batch(client, fhir):
     assert topics_of(response.get_json()) == ["cyp3a4-interaction"]  # both orders are known only by their Medications
     assert len(server.calls("POST")) == 2  # the searches, then the references
     assert sorted(e["request"]["url"] for e in server.batch_bodies[1]["entry"]) == sorted(f"Medication/med-{n}" for n in range(len(medications)))
+
+
+def test_a_batch_answer_over_the_size_cap_is_asked_again_as_gets(tmp_path, fhir):
+    from cds_service import create_app
+
+    call, data = fallback_call()
+    server = BatchServer(fhir, data)
+    whole = len(json.dumps({"entry": list(data.values())}))
+    app = create_app(require_jwt=False, allowed_fhir_servers=(BASE,), database_url=f"sqlite:///{tmp_path}/c.sqlite3",
+                     fhir_max_response_bytes=max(len(json.dumps(v)) for v in data.values()) + 1000)
+    assert whole > app.extensions["mtor_cds"].settings.fhir_max_response_bytes  # the batch's answer is over the cap
+    client = app.test_client()
+    for _ in range(2):
+        assert topics_of(client.post(ORDER_SELECT, json=call).get_json()) == ["cyp3a4-interaction"]
+    assert len(server.calls("POST")) == 2  # still offered a batch: the record, not the server, was too large

@@ -291,7 +291,8 @@ class FhirClient:
 
         Every URL is checked against the server's base as a GET's would be. Each entry is logged as a query of its
         type with the batch's time. A server that refuses the batch itself (400, 404, 405, 501 ...) is not asked
-        again for CAPABILITY_RETRY_S and the queries are sent as parallel GETs.
+        again for CAPABILITY_RETRY_S and the queries are sent as parallel GETs (as they are when the batch's answer is
+        larger than CDS_FHIR_MAX_RESPONSE_BYTES).
         """
         results: dict[str, Any] = {}
         sent: dict[str, str] = {}
@@ -316,8 +317,9 @@ class FhirClient:
                 raise failure(QueryOutcome.NOT_A_RESOURCE, "not a batch-response Bundle with one entry per query")
         except FhirUnavailable as exc:
             outcome = outcome_of(exc)
-            if outcome in _BATCH_REFUSED:
-                _capabilities[self.base_url] = (False, time.monotonic() + CAPABILITY_RETRY_S)
+            if outcome in _BATCH_REFUSED or outcome is QueryOutcome.RESPONSE_TOO_LARGE:
+                if outcome in _BATCH_REFUSED:  # a record too large for one answer says nothing about the server
+                    _capabilities[self.base_url] = (False, time.monotonic() + CAPABILITY_RETRY_S)
                 return {**results, **run_parallel({k: partial(self.fetch, q) for k, q in sent.items()}, self.deadline)}
             ms = round((time.monotonic() - started) * 1000, 1)
             for key, url in sent.items():
@@ -474,8 +476,9 @@ def run_parallel(jobs: Mapping[str, Callable[[], Any]], deadline: Deadline) -> d
 _BATCH_REFUSED = frozenset({
     QueryOutcome.HTTP_4XX, QueryOutcome.HTTP_404, QueryOutcome.HTTP_410, QueryOutcome.HTTP_5XX, QueryOutcome.HTTP_OTHER,
     QueryOutcome.NOT_A_RESOURCE, QueryOutcome.WRONG_RESOURCE_TYPE, QueryOutcome.INVALID_JSON,
-    QueryOutcome.RESPONSE_TOO_LARGE,  # all answers together: each alone may fit (and only the one that does not fails)
 })
+# A batch answer over CDS_FHIR_MAX_RESPONSE_BYTES holds every answer: each alone may fit, so GETs are sent (then only
+# the one that does not fit fails), but the server keeps its batch.
 
 
 def remember_capability(base_url: str, batch: bool, ttl_s: float = CAPABILITY_TTL_S) -> None:
