@@ -11,7 +11,6 @@ are read by one reader per lab kind.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -407,9 +406,23 @@ _LAB_READERS: dict[str, Callable[[_Reader, _LabFacts], LabResult]] = {
 
 
 # --- what the knowledge makes of codes and names, cached -------------------------------------------
-# Pure functions of the (immutable, process-wide) knowledge and their arguments: the same drugs, labs and
-# conditions recur in every call, and recognising them (text normalisation, phrase look-ups) was a large
-# share of the CPU of reading a record. Bounded, so that no request can grow them without limit.
+# Pure functions of the (immutable) knowledge and their arguments: the same drugs, labs and conditions recur in
+# every call, and recognising them (text normalisation, phrase look-ups) was a large share of the CPU of reading
+# a record. Each Knowledge keeps its own memo (it goes when the knowledge goes), bounded so that no request can
+# grow it without limit.
+
+_MEMO_LIMIT = 8192
+_MISSING = object()
+
+
+def _memoized(knowledge: Knowledge, table: str, key: Any, compute: Callable[[], Any]) -> Any:
+    memo = knowledge.__dict__.setdefault("_fhir_read_memo", {}).setdefault(table, {})
+    found = memo.get(key, _MISSING)
+    if found is _MISSING:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        found = memo[key] = compute()
+    return found
 
 
 def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
@@ -418,21 +431,23 @@ def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
                  for c in codings)
 
 
-@functools.lru_cache(maxsize=8192)
 def _recognized_medication(knowledge: Knowledge, codes: tuple[tuple[Any, Any], ...], texts: tuple[str, ...]) -> tuple:
-    return knowledge.recognize_medication([{"system": s, "code": c} for s, c in codes], texts)
+    return _memoized(knowledge, "medication", (codes, texts),
+                     lambda: knowledge.recognize_medication([{"system": s, "code": c} for s, c in codes], texts))
 
 
-@functools.lru_cache(maxsize=4096)
 def _named_drug_level(knowledge: Knowledge, text: str) -> tuple[str, str] | None:
     """('drug-level', drug) for a local lab named after an mTOR inhibitor ("Everolimus level"), else None."""
-    named = [c for c in knowledge.names.find(normalize_text(text)) if c.role is DrugRole.MTOR_INHIBITOR]
-    return ("drug-level", named[0].key) if named else None
+
+    def compute() -> tuple[str, str] | None:
+        named = [c for c in knowledge.names.find(normalize_text(text)) if c.role is DrugRole.MTOR_INHIBITOR]
+        return ("drug-level", named[0].key) if named else None
+
+    return _memoized(knowledge, "drug-level", text, compute)
 
 
-@functools.lru_cache(maxsize=4096)
 def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], text: str) -> frozenset[str]:
-    return knowledge.condition_kinds(codes, text)
+    return _memoized(knowledge, "condition", (codes, text), lambda: knowledge.condition_kinds(codes, text))
 
 
 # --- small readers ------------------------------------------------------------------------------
