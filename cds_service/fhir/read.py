@@ -412,16 +412,17 @@ _LAB_READERS: dict[str, Callable[[_Reader, _LabFacts], LabResult]] = {
 # grow it without limit.
 
 _MEMO_LIMIT = 8192
-_MISSING = object()
 
 
 def _memoized(knowledge: Knowledge, table: str, key: Any, compute: Callable[[], Any]) -> Any:
+    try:
+        return knowledge.__dict__["_fhir_read_memo"][table][key]  # the common case: known
+    except KeyError:
+        pass
     memo = knowledge.__dict__.setdefault("_fhir_read_memo", {}).setdefault(table, {})
-    found = memo.get(key, _MISSING)
-    if found is _MISSING:
-        if len(memo) >= _MEMO_LIMIT:
-            memo.clear()
-        found = memo[key] = compute()
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    found = memo[key] = compute()
     return found
 
 
