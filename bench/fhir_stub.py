@@ -2,10 +2,14 @@
 
     python bench/fhir_stub.py --port 0 --delay-ms 50        # prints "listening on <port>" then serves
 
+    python bench/fhir_stub.py --port 0 --delay-ms 50 --batch   # also FHIR batch (POST a Bundle to the base)
+
 Threaded (one thread per connection) and HTTP/1.1 keep-alive, loopback only. Searches answer a
 searchset Bundle of payloads.fhir_resources() for their resource type; Patient/<id> answers the
-Patient. It counts the requests it answered (GET /_stats), so the benchmark can check how many
-queries a hook call made.
+Patient; GET metadata answers a CapabilityStatement that lists the `batch` interaction only with
+--batch. A batch (one round trip, one delay) answers a batch-response with one entry per request.
+It counts the HTTP requests it answered and the queries inside batches (GET /_stats), so the
+benchmark can check how a hook call asked.
 """
 
 from __future__ import annotations
@@ -36,15 +40,26 @@ def build_answers(base: str) -> dict[str, bytes]:
     return answers
 
 
+NOT_FOUND = b'{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found"}]}'
+
+
+def capability_statement(batch: bool) -> dict:
+    interactions = [{"code": "batch"}] if batch else []
+    return {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
+            "format": ["json"], "rest": [{"mode": "server", "interaction": [{"code": "search-system"}, *interactions]}]}
+
+
 class StubServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
 
-    def __init__(self, address, delay_s: float):
+    def __init__(self, address, delay_s: float, batch: bool = False):
         super().__init__(address, StubHandler)
         self.delay_s = delay_s
+        self.batch = batch
         self.answers = build_answers(f"http://{address[0]}:{self.server_address[1]}/fhir")
         self.count = 0
+        self.batched = 0  # queries answered inside batches
         self.count_lock = threading.Lock()
 
 
@@ -61,16 +76,35 @@ class StubHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # http.server's naming
         path = urlsplit(self.path).path
         if path == "/_stats":
-            return self._send(200, json.dumps({"requests": self.server.count}).encode())
-        parts = [p for p in path.split("/") if p]
-        rtype = parts[1] if len(parts) >= 2 and parts[0] == "fhir" else ""
-        body = self.server.answers.get(rtype)
+            return self._send(200, json.dumps({"requests": self.server.count, "batched": self.server.batched}).encode())
+        if path == "/fhir/metadata":
+            return self._send(200, json.dumps(capability_statement(self.server.batch)).encode())
         time.sleep(self.server.delay_s)
         with self.server.count_lock:
             self.server.count += 1
-        if body is None:
-            return self._send(404, b'{"resourceType":"OperationOutcome","issue":[]}')
-        self._send(200, body)
+        status, body = self._answer(path)
+        self._send(status, body)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        if urlsplit(self.path).path.rstrip("/") != "/fhir" or not self.server.batch or request.get("type") != "batch":
+            return self._send(405, NOT_FOUND)
+        time.sleep(self.server.delay_s)  # one round trip for all
+        entries = []
+        for entry in request.get("entry", []):
+            status, body = self._answer("/fhir/" + urlsplit(entry["request"]["url"]).path.lstrip("/"))
+            entries.append({"resource": json.loads(body), "response": {"status": f"{status} {'OK' if status == 200 else 'Not Found'}"}})
+        with self.server.count_lock:
+            self.server.count += 1
+            self.server.batched += len(entries)
+        self._send(200, json.dumps({"resourceType": "Bundle", "type": "batch-response", "entry": entries}).encode())
+
+    def _answer(self, path: str) -> tuple[int, bytes]:
+        parts = [p for p in path.split("/") if p]
+        rtype = parts[1] if len(parts) >= 2 and parts[0] == "fhir" else ""
+        body = self.server.answers.get(rtype)
+        return (200, body) if body is not None else (404, NOT_FOUND)
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -87,8 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=50.0)
+    parser.add_argument("--batch", action="store_true", help="support FHIR batch (and say so in /metadata)")
     args = parser.parse_args()
-    server = StubServer(("127.0.0.1", args.port), args.delay_ms / 1000)
+    server = StubServer(("127.0.0.1", args.port), args.delay_ms / 1000, batch=args.batch)
     print(f"listening on {server.server_address[1]}", flush=True)
     server.serve_forever()
 

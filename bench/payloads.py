@@ -168,6 +168,34 @@ def order_select_request() -> dict[str, Any]:
     }
 
 
+def sized_record(size: int) -> dict[str, list[dict[str, Any]]]:
+    """A record of about `size` resources with the same clinical picture as fhir_resources(): everolimus plus
+    routine medications, troughs and labs, conditions (in the proportions 3 : 5 : 2), for the growth table."""
+    base = fhir_resources()
+    n_meds, n_obs = max(2, size * 3 // 10), max(3, size // 2)
+    n_cond = max(1, size - n_meds - n_obs)
+    medications = [base["medications"][0]] + [
+        _medication_request(f"mr-g{n}", *OTHER_MEDICATIONS[n % len(OTHER_MEDICATIONS)]) for n in range(n_meds - 1)
+    ]
+    observations = [
+        _observation(f"obs-g{n}", "50544-6", "Everolimus [Mass/volume] in Blood", 6 + n % 7, "ng/mL",
+                     f"2026-{1 + n % 10:02d}-{1 + n % 28:02d}T08:00:00Z") if n % 4 == 0 else
+        _observation(f"obs-g{n}", *LABS[n % len(LABS)][:2], LABS[n % len(LABS)][3], LABS[n % len(LABS)][2],
+                     f"2026-{1 + n % 10:02d}-{1 + n % 28:02d}T08:00:00Z")
+        for n in range(n_obs)
+    ]
+    conditions = [_condition(f"cond-g{n}", *CONDITIONS[n % len(CONDITIONS)]) for n in range(n_cond)]
+    return {**base, "medications": medications, "observations": observations, "conditions": conditions}
+
+
+def sized_order_select_request(size: int) -> dict[str, Any]:
+    """order_select_request() with a record of about `size` resources (same answer: one critical card)."""
+    request = order_select_request()
+    record = sized_record(size)
+    request["prefetch"] = {"patient": record["patient"][0], **{k: bundle(v) for k, v in record.items() if k != "patient"}}
+    return request
+
+
 def patient_view_request(fhir_server: str) -> dict[str, Any]:
     return {
         "hook": "patient-view",

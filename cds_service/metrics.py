@@ -13,6 +13,9 @@ metric twice. With several gunicorn worker processes set ``PROMETHEUS_MULTIPROC_
 process starts: prometheus_client reads it at import): each process then writes its values to files
 there, and /metrics adds up every process's files with a MultiProcessCollector.
 
+A FHIR batch (cds_service/fhir/client.py) counts as the queries inside it, each with the batch's time, so the
+query counts mean the same whichever way a server was asked.
+
 Labels come only from fixed sets: service ids from the app's service definitions, indicators from
 the CDS Hooks three, FHIR resource types from the types the service queries, FHIR outcomes from the
 client's QueryOutcome enum; anything else is "other" (a resource id, an unknown service id or a `next`

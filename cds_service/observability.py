@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 import sys
 import time
+
+import orjson
 
 REQUEST_LOGGER = "mtor_cds.request"
 
@@ -20,7 +21,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         else:
             entry["message"] = record.getMessage()
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        # orjson: the same compact line as json.dumps for less CPU (one line per request); UTF-8, not \\u escapes
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure_logging(level: str) -> None:

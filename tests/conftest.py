@@ -100,3 +100,13 @@ def call_hook(client):
 @pytest.fixture
 def knowledge(app):
     return app.extensions["mtor_cds"].knowledge
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fhir_capabilities():
+    """What FHIR servers said about batch is cached per process: each test starts without it (order-independent)."""
+    from cds_service.fhir import client
+
+    client._capabilities.clear()
+    yield
+    client._capabilities.clear()

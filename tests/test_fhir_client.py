@@ -67,3 +67,17 @@ def test_http_failures_map_to_fixed_outcomes(status, outcome):
         with pytest.raises(FhirUnavailable):
             fhir.read("Patient/p1")
     assert fhir.timings[0].outcome == QueryOutcome(outcome)
+
+
+def test_the_query_pool_is_made_once_per_process_after_fork(monkeypatch):
+    """No pool at import (gunicorn forks workers from a preloaded app: threads do not survive a fork), one per process."""
+    import os
+
+    from cds_service.fhir import client as fhir_client
+
+    monkeypatch.setattr(fhir_client, "_pool", None)
+    first = fhir_client._executor()
+    assert fhir_client._executor() is first  # kept across calls: no pool per call
+    real_pid = os.getpid()
+    monkeypatch.setattr(fhir_client.os, "getpid", lambda: real_pid + 1)  # as in a forked worker
+    assert fhir_client._executor() is not first

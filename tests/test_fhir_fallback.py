@@ -10,6 +10,7 @@ import pytest
 import responses
 
 from cds_assertions import assert_valid_cds_response
+from cds_service.fhir import client as fhir_client
 from snapshots import PATIENT_ID, bundle, core_topics, everolimus, hook_request, level, make_app, med, patient_resource
 
 
@@ -61,6 +62,8 @@ class FakeFhirServer:
 
 @pytest.fixture
 def fhir():
+    """A FHIR server without batch (its CapabilityStatement already read): the parallel GETs; batch in test_fhir_batch.py."""
+    fhir_client.remember_capability(BASE, batch=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield FakeFhirServer(mock)
 

@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+
+from cds_service.fhir import client as fhir_client
 from cds_assertions import assert_valid_cds_response, topics_of
 from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
 
@@ -65,6 +67,8 @@ def calls_to(rsps: responses.RequestsMock, resource_type: str) -> list:
 
 @pytest.fixture
 def fhir():
+    """A FHIR server without batch (its CapabilityStatement already read): the parallel GETs; batch in test_fhir_batch.py."""
+    fhir_client.remember_capability(BASE, batch=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         yield rsps
 

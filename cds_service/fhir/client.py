@@ -11,10 +11,12 @@ import concurrent.futures
 import dataclasses
 import enum
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
@@ -26,8 +28,14 @@ from cds_service.limits import MAX_FHIR_BYTES_PER_CALL
 from cds_service.settings import Settings, is_secure_url
 
 _LOG = logging.getLogger(__name__)
-_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir")
 _LOCAL = threading.local()
+_POOL_LOCK = threading.Lock()
+_pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (pid, pool): one per worker process
+# What each FHIR server said about batch in its CapabilityStatement, per worker process: base URL -> (supported, until).
+_capabilities: dict[str, tuple[bool, float]] = {}
+CAPABILITY_TTL_S = 3600.0  # a server that answered is asked again after this long
+CAPABILITY_RETRY_S = 300.0  # one that did not answer (or not readably): GETs until then
+CAPABILITY_TIMEOUT_S = 1.0  # at most this much of a call's deadline goes to asking
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 CALL_BYTES_EXCEEDED = "more FHIR data than the per-call limit"
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
@@ -110,6 +118,18 @@ def failure(outcome: QueryOutcome, detail: str = "") -> FhirUnavailable:
 
 def outcome_of(error: FhirUnavailable) -> QueryOutcome:
     return getattr(error, "outcome", QueryOutcome.INTERNAL_ERROR)
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The worker process's pool for parallel FHIR queries, made on first use (after gunicorn's fork: threads do
+    not survive a fork) and kept: no pool, no thread start per call."""
+    global _pool
+    pid = os.getpid()
+    if _pool is None or _pool[0] != pid:
+        with _POOL_LOCK:
+            if _pool is None or _pool[0] != pid:
+                _pool = (pid, concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fhir"))
+    return _pool[1]
 
 
 def _session() -> requests.Session:
@@ -217,11 +237,7 @@ class FhirClient:
     def read(self, relative_url: str) -> dict[str, Any]:
         """Read `Type/id`; anything but a `Type` (an OperationOutcome, a Bundle) is a failure, not data."""
         resource = self._get(self._join(relative_url))
-        expected = relative_url.split("/", 1)[0]
-        if resource.get("resourceType") != expected:
-            raise failure(
-                QueryOutcome.WRONG_RESOURCE_TYPE, f"expected a {expected[:40]}, got {str(resource.get('resourceType'))[:40]}"
-            )
+        _check_type(resource, relative_url.split("/", 1)[0])
         return resource
 
     def search(self, relative_url: str) -> list[dict[str, Any]]:
@@ -252,6 +268,95 @@ class FhirClient:
                 self._record(resource_type, QueryOutcome.LEAVES_SERVER, 0.0)
                 raise
             bundle = self._get(absolute)
+
+    # --- batch: every query of a call in one POST, where the server says it can ---------------------
+
+    def supports_batch(self) -> bool:
+        """Whether the server's CapabilityStatement lists the `batch` interaction; asked once per worker process
+        per server (CAPABILITY_TTL_S), never for longer than CAPABILITY_TIMEOUT_S of the call's deadline."""
+        now = time.monotonic()
+        cached = _capabilities.get(self.base_url)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        supported, ttl = False, CAPABILITY_RETRY_S
+        try:
+            statement = self._get_json(self.base_url + "metadata", timeout=CAPABILITY_TIMEOUT_S)
+            if statement.get("resourceType") == "CapabilityStatement":
+                supported, ttl = _lists_batch(statement), CAPABILITY_TTL_S
+        except FhirUnavailable as exc:
+            _LOG.info("FHIR CapabilityStatement not read (%s): parallel GETs", outcome_of(exc).value)
+        _capabilities[self.base_url] = (supported, now + ttl)
+        return supported
+
+    def batch(self, queries: Mapping[str, str]) -> dict[str, Any]:
+        """Run the queries (`Type?search` or `Type/id`, relative) as one FHIR batch; per key, the resources (a list,
+        `next` pages followed) or the FhirUnavailable it failed with, as run_parallel gives them.
+
+        Every URL is checked against the server's base as a GET's would be. Each entry is logged as a query of its
+        type with the batch's time. A server that refuses the batch itself (400, 404, 405, 501 ...) is not asked
+        again for CAPABILITY_RETRY_S and the queries are sent as parallel GETs (as they are when the batch's answer is
+        larger than CDS_FHIR_MAX_RESPONSE_BYTES).
+        """
+        results: dict[str, Any] = {}
+        sent: dict[str, str] = {}
+        for key, query in queries.items():
+            try:
+                absolute = self._join(query)
+            except FhirUnavailable as exc:
+                results[key] = exc
+                continue
+            sent[key] = absolute[len(self.base_url):]
+        if not sent:
+            return results
+        body = orjson.dumps({
+            "resourceType": "Bundle", "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": url}} for url in sent.values()],
+        })
+        started = time.monotonic()
+        try:
+            answer = self._get_json(self.base_url.rstrip("/"), payload=body)  # POST [base], as the spec writes it
+            entries = answer.get("entry") if answer.get("resourceType") == "Bundle" else None
+            if answer.get("type") != "batch-response" or not isinstance(entries, list) or len(entries) != len(sent):
+                raise failure(QueryOutcome.NOT_A_RESOURCE, "not a batch-response Bundle with one entry per query")
+        except FhirUnavailable as exc:
+            outcome = outcome_of(exc)
+            if outcome in _BATCH_REFUSED or outcome is QueryOutcome.RESPONSE_TOO_LARGE:
+                if outcome in _BATCH_REFUSED:  # a record too large for one answer says nothing about the server
+                    _capabilities[self.base_url] = (False, time.monotonic() + CAPABILITY_RETRY_S)
+                return {**results, **run_parallel({k: partial(self.fetch, q) for k, q in sent.items()}, self.deadline)}
+            ms = round((time.monotonic() - started) * 1000, 1)
+            for key, url in sent.items():
+                self._record(self._resource_type(self.base_url + url), outcome, ms)
+                results[key] = failure(outcome, str(exc))
+            return results
+        ms = round((time.monotonic() - started) * 1000, 1)
+        more_pages = {}
+        for (key, url), entry in zip(sent.items(), entries, strict=True):
+            resource_type = self._resource_type(self.base_url + url)
+            try:
+                resource = _entry_answer(entry)
+                if "?" not in url:
+                    _check_type(resource, url.split("/", 1)[0])
+            except FhirUnavailable as exc:
+                self._record(resource_type, outcome_of(exc), ms)
+                results[key] = exc
+                continue
+            self._record(resource_type, QueryOutcome.OK, ms)
+            if "?" not in url:
+                results[key] = [resource]
+            elif next_link(resource):
+                more_pages[key] = partial(self.continue_search, resource)
+            else:
+                try:
+                    results[key] = self.continue_search(resource)  # checks it is a Bundle; no request
+                except FhirUnavailable as exc:
+                    results[key] = exc
+        results.update(run_parallel(more_pages, self.deadline) if more_pages else {})
+        return results
+
+    def fetch(self, query: str) -> list[dict[str, Any]]:
+        """One query as a GET: a search's resources (all pages) or the one resource read."""
+        return self.search(query) if "?" in query else [self.read(query)]
 
     def _join(self, url: str) -> str:
         """The absolute URL, which must stay under base_url: the token is never sent anywhere else."""
@@ -285,20 +390,24 @@ class FhirClient:
         finally:
             self._record(resource_type, outcome, round((time.monotonic() - started) * 1000, 1))
 
-    def _get_json(self, url: str) -> dict[str, Any]:
+    def _get_json(self, url: str, payload: bytes | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """GET url (or POST body to it: a batch) and parse the JSON answer, within the deadline and size cap."""
         remaining = self.deadline.remaining()
         if remaining <= 0.005:
             raise failure(QueryOutcome.DEADLINE_PASSED)
         limit = self._settings.fhir_max_response_bytes
         try:
-            # A GET needs only method, URL and headers prepared; sent through the pooled adapter directly
-            # (no body, auth, cookies, environment proxies, hooks or redirects to resolve), each query costs
+            # Only method, URL, headers (and a batch's body) are prepared; sent through the pooled adapter
+            # directly (no auth, cookies, environment proxies, hooks or redirects to resolve), each query costs
             # about half the CPU of Session.get.
             request = requests.PreparedRequest()
-            request.prepare_method("GET")
+            request.prepare_method("GET" if payload is None else "POST")
             request.prepare_url(url, None)
-            request.prepare_headers(self._headers)
-            with _session().get_adapter(url).send(request, stream=True, timeout=remaining) as response:
+            request.prepare_headers(self._headers if payload is None else {**self._headers, "Content-Type": "application/fhir+json"})
+            if payload is not None:
+                request.prepare_body(payload, None)
+            wait = remaining if timeout is None else min(remaining, timeout)
+            with _session().get_adapter(url).send(request, stream=True, timeout=wait) as response:
                 if response.status_code != 200:
                     raise failure(QueryOutcome.of_status(response.status_code), f"http-{response.status_code}")
                 body = bytearray()
@@ -352,7 +461,7 @@ def next_link(bundle: Mapping[str, Any]) -> str | None:
 
 def run_parallel(jobs: Mapping[str, Callable[[], Any]], deadline: Deadline) -> dict[str, Any]:
     """Run the jobs at once; each result is its value or the FhirUnavailable it raised (or timed out with)."""
-    futures = {key: _EXECUTOR.submit(job) for key, job in jobs.items()}
+    futures = {key: _executor().submit(job) for key, job in jobs.items()}
     results: dict[str, Any] = {}
     for key, future in futures.items():
         try:
@@ -366,3 +475,53 @@ def run_parallel(jobs: Mapping[str, Callable[[], Any]], deadline: Deadline) -> d
             _LOG.error("FHIR job failed: %s", type(exc).__name__)
             results[key] = failure(QueryOutcome.INTERNAL_ERROR)
     return results
+
+
+
+# The batch itself refused or not understood (405, 501, a proxy's page ...): GETs will do. Timeouts, 401/403/429 and
+# 500/502/503/504 would fail the GETs as well: those fail each query of the batch.
+_BATCH_REFUSED = frozenset({
+    QueryOutcome.HTTP_4XX, QueryOutcome.HTTP_404, QueryOutcome.HTTP_410, QueryOutcome.HTTP_5XX, QueryOutcome.HTTP_OTHER,
+    QueryOutcome.NOT_A_RESOURCE, QueryOutcome.WRONG_RESOURCE_TYPE, QueryOutcome.INVALID_JSON,
+})
+# A batch answer over CDS_FHIR_MAX_RESPONSE_BYTES holds every answer: each alone may fit, so GETs are sent (then only
+# the one that does not fit fails), but the server keeps its batch.
+
+
+def remember_capability(base_url: str, batch: bool, ttl_s: float = CAPABILITY_TTL_S) -> None:
+    """Record what a server supports without asking it (tests; a deployment could pin it the same way)."""
+    _capabilities[base_url.rstrip("/") + "/"] = (batch, time.monotonic() + ttl_s)
+
+
+def _lists_batch(statement: Mapping[str, Any]) -> bool:
+    """Whether a CapabilityStatement's server `rest` lists the system interaction `batch`."""
+    for rest in statement.get("rest") or ():
+        if isinstance(rest, dict) and rest.get("mode") == "server":
+            for interaction in rest.get("interaction") or ():
+                if isinstance(interaction, dict) and interaction.get("code") == "batch":
+                    return True
+    return False
+
+
+def _entry_answer(entry: Any) -> dict[str, Any]:
+    """The resource a batch-response entry answers with, or the failure its `response.status` says ("200 OK")."""
+    response = entry.get("response") if isinstance(entry, dict) else None
+    status_text = response.get("status") if isinstance(response, dict) else None
+    match = re.match(r"\s*(\d{3})", status_text) if isinstance(status_text, str) else None
+    if match is None:
+        raise failure(QueryOutcome.NOT_A_RESOURCE, "batch entry without a response status")
+    status = int(match.group(1))
+    if status != 200:
+        raise failure(QueryOutcome.of_status(status), f"http-{status}")
+    resource = entry.get("resource")
+    if not isinstance(resource, dict):
+        raise failure(QueryOutcome.NOT_A_RESOURCE)
+    return resource
+
+
+def _check_type(resource: Mapping[str, Any], expected: str) -> None:
+    """A read answers its own type; anything else (an OperationOutcome, a Bundle) is a failure, not data."""
+    if resource.get("resourceType") != expected:
+        raise failure(
+            QueryOutcome.WRONG_RESOURCE_TYPE, f"expected a {expected[:40]}, got {str(resource.get('resourceType'))[:40]}"
+        )

@@ -53,6 +53,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
     reasons: dict[str, str] = {}
     malformed = 0
     jobs = {}
+    queries = {}  # key -> relative query, for the keys not prefetched
     for key, template in service.prefetch.items():
         present, value = key in call.prefetch, call.prefetch.get(key)
         if present and value is None:
@@ -68,12 +69,17 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         elif present and isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
             by_key[key] = [value]  # a single resource, e.g. Patient
         elif client:
-            jobs[key] = partial(_fetch_template, client, template, call.context)
+            queries[key] = _query(template, call.context)
         else:
             failed_prefetch = _outcome_text(value) if present else ""
             reasons[key] = f"{failed_prefetch or 'not prefetched'}; {no_server}"
     drafts = len(draft_resources(call))
-    for key, result in run_parallel(jobs, deadline).items():
+    if client and len(queries) > 1 and client.supports_batch():
+        results = client.batch(queries)  # one round trip; further pages and prefetch continuations in parallel
+        results.update(run_parallel(jobs, deadline) if jobs else {})
+    else:
+        results = run_parallel({**jobs, **{key: partial(client.fetch, q) for key, q in queries.items()}}, deadline) if client else {}
+    for key, result in sorted(results.items(), key=lambda item: list(service.prefetch).index(item[0])):
         if isinstance(result, FhirError):
             reasons[key] = _reason(result)
         else:
@@ -114,11 +120,9 @@ def _client_for(call: HookCall, settings: Settings, deadline: Deadline) -> tuple
         return None, f"the fhirServer may not be contacted: {exc}"
 
 
-def _fetch_template(client: FhirClient, template: str, context: Mapping[str, Any]) -> list[dict[str, Any]]:
-    query = _TOKEN.sub(lambda m: quote(str(context.get(m.group(1), "")), safe=""), template)
-    if "?" in query:
-        return client.search(query)
-    return [client.read(query)]
+def _query(template: str, context: Mapping[str, Any]) -> str:
+    """A prefetch template with its {{context.x}} tokens filled in (URL-encoded)."""
+    return _TOKEN.sub(lambda m: quote(str(context.get(m.group(1), "")), safe=""), template)
 
 
 def _cap_resources(by_key: dict[str, list[dict[str, Any]]], reasons: dict[str, str], drafts: int) -> None:
@@ -196,7 +200,11 @@ def _resolve_medication_references(
         if reference and reference not in known:
             wanted.add(reference)
     if wanted and client:
-        results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
+        refs = sorted(wanted)
+        if len(refs) > 1 and client.supports_batch():
+            results = {ref: r[0] if isinstance(r, list) else r for ref, r in client.batch({ref: ref for ref in refs}).items()}
+        else:
+            results = run_parallel({ref: partial(client.read, ref) for ref in refs}, client.deadline)
         known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
     return known, len(wanted - known.keys())
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -134,6 +134,7 @@ class _Reader:
     def __init__(self, knowledge: Knowledge, patient_id: str, medications: Mapping[str, Mapping]):
         self.k = knowledge
         self.patient_id = patient_id
+        self._own_reference = f"Patient/{patient_id}"
         self.medications = medications
         self.skipped = 0  # every resource not read: unreadable or another patient's
         self.unreadable: Counter[str] = Counter()  # resource type -> resources that could not be read
@@ -143,6 +144,8 @@ class _Reader:
         """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
         codings = _codings(concept)
         aliases = self.k.system_aliases
+        if not any(c.get("system") in aliases for c in codings if isinstance(c.get("system"), str)):
+            return codings
         return [{**c, "system": aliases[c["system"]]} if isinstance(c.get("system"), str) and c["system"] in aliases else c
                 for c in codings]
 
@@ -170,6 +173,8 @@ class _Reader:
     def _is_this_patients(self, resource: Mapping[str, Any]) -> bool:
         """Drop resources that plainly belong to another patient (a prefetch must never mix patients)."""
         reference = _get(resource, "subject", "reference") or _get(resource, "patient", "reference")
+        if reference == self._own_reference:  # the common case, without the regular expression
+            return True
         match = _PATIENT_REFERENCE.search(reference) if isinstance(reference, str) else None
         if match is None and resource.get("resourceType") == "Appointment":  # its patient is a participant
             actors = [_get(p, "actor", "reference") for p in resource.get("participant") or () if isinstance(p, dict)]
@@ -203,7 +208,7 @@ class _Reader:
             ref=f"{rtype}/{resource.get('id')}",
             kind=_ORDER_KINDS[rtype],
             text=_display(texts, codings) or "unnamed medication",
-            concepts=self.k.recognize_medication(codings, texts_for_exclusions),
+            concepts=_recognized_medication(self.k, _code_key(codings), tuple(texts_for_exclusions)),
             status=str(resource.get("status") or ""),
             is_draft=is_draft,
             is_selected=selected,
@@ -258,8 +263,7 @@ class _Reader:
         match = next((kinds[c["code"]] for c in codings if c.get("system") == LOINC and c.get("code") in kinds), None)
         if match is None and isinstance(resource.get("valueQuantity"), dict):
             # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
-            named = [c for c in self.k.names.find(normalize_text(" ".join(_texts(code)))) if c.role is DrugRole.MTOR_INHIBITOR]
-            match = ("drug-level", named[0].key) if named else None
+            match = _named_drug_level(self.k, " ".join(_texts(code)))
         if match is None:
             return None  # not an observation any rule reads: skip it before any further work
         kind, analyte = match
@@ -369,21 +373,30 @@ class _Reader:
     def condition(self, resource: Mapping) -> ConditionRecord | None:
         if resource.get("resourceType") != "Condition":
             return None
+        code = resource.get("code") or {}
+        codings, texts = self._codings(code), _texts(code)
+        codes = frozenset((c.get("system"), c.get("code")) for c in codings if isinstance(c.get("code"), str))
+        # A date no rule can place in time makes any condition unreadable (said on the checks-incomplete card).
+        asserted = _datetime(resource.get("onsetDateTime") or _get(resource, "onsetPeriod", "start") or resource.get("recordedDate"))
+        text = " ".join(texts)
+        kinds = _condition_kinds(self.k, codes, text)
+        if not kinds and not _treatment_contexts(self.k, codes, text):
+            # a condition no rule reads (rules ask for conditions by kind, the treatment context for transplant and
+            # oncology codes): skip it before any further work
+            return None
         clinical = {c.get("code") for c in self._codings(resource.get("clinicalStatus"))}
         verification = {c.get("code") for c in self._codings(resource.get("verificationStatus"))}
         abated = any(k.startswith("abatement") for k in resource)
         is_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not (
             verification & {"refuted", "entered-in-error"}
         )
-        code = resource.get("code") or {}
-        codes = frozenset((c.get("system"), c.get("code")) for c in self._codings(code) if isinstance(c.get("code"), str))
         return ConditionRecord(
             ref=f"Condition/{resource.get('id')}",
-            text=_display(_texts(code), self._codings(code)) or "condition",
+            text=_display(texts, codings) or "condition",
             codes=codes,
-            kinds=self.k.condition_kinds(codes, " ".join(_texts(code))),
+            kinds=kinds,
             is_active=is_active,
-            asserted=_datetime(resource.get("onsetDateTime") or _get(resource, "onsetPeriod", "start") or resource.get("recordedDate")),
+            asserted=asserted,
         )
 
     def procedure_event(self, resource: Mapping, *, is_draft: bool) -> ProcedureEvent | None:
@@ -479,6 +492,56 @@ _LAB_READERS: dict[str, Callable[[_Reader, _LabFacts], LabResult]] = {
     "height": _Reader._height,
     "weight": _Reader._weight,
 }
+
+
+# --- what the knowledge makes of codes and names, cached -------------------------------------------
+# Pure functions of the (immutable) knowledge and their arguments: the same drugs, labs and conditions recur in
+# every call, and recognising them (text normalisation, phrase look-ups) was a large share of the CPU of reading
+# a record. Each Knowledge keeps its own memo (it goes when the knowledge goes), bounded so that no request can
+# grow it without limit.
+
+_MEMO_LIMIT = 8192
+
+
+def _memoized(knowledge: Knowledge, table: str, key: Any, compute: Callable[[], Any]) -> Any:
+    try:
+        return knowledge.__dict__["_fhir_read_memo"][table][key]  # the common case: known
+    except KeyError:
+        pass
+    memo = knowledge.__dict__.setdefault("_fhir_read_memo", {}).setdefault(table, {})
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    found = memo[key] = compute()
+    return found
+
+
+def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
+    """What recognize_medication reads of the codings: (system, code) pairs, hashable (it reads only string ones)."""
+    return tuple((c.get("system") if isinstance(c.get("system"), str) else None, c.get("code") if isinstance(c.get("code"), str) else None)
+                 for c in codings)
+
+
+def _recognized_medication(knowledge: Knowledge, codes: tuple[tuple[Any, Any], ...], texts: tuple[str, ...]) -> tuple:
+    return _memoized(knowledge, "medication", (codes, texts),
+                     lambda: knowledge.recognize_medication([{"system": s, "code": c} for s, c in codes], texts))
+
+
+def _named_drug_level(knowledge: Knowledge, text: str) -> tuple[str, str] | None:
+    """('drug-level', drug) for a local lab named after an mTOR inhibitor ("Everolimus level"), else None."""
+
+    def compute() -> tuple[str, str] | None:
+        named = [c for c in knowledge.names.find(normalize_text(text)) if c.role is DrugRole.MTOR_INHIBITOR]
+        return ("drug-level", named[0].key) if named else None
+
+    return _memoized(knowledge, "drug-level", text, compute)
+
+
+def _treatment_contexts(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], text: str) -> frozenset[str]:
+    return _memoized(knowledge, "context", (codes, text), lambda: knowledge.transplant_or_oncology_contexts(codes, text))
+
+
+def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], text: str) -> frozenset[str]:
+    return _memoized(knowledge, "condition", (codes, text), lambda: knowledge.condition_kinds(codes, text))
 
 
 # --- small readers ------------------------------------------------------------------------------

@@ -339,6 +339,17 @@ class Knowledge:
         add("severe-infection", clinical["severe_infections"], clinical["severe_infection_names"]["names"])
         add("pneumonitis", clinical["pneumonitis"])
 
+    def transplant_or_oncology_contexts(self, codes: frozenset[tuple[str, str]], text: str) -> frozenset[str]:
+        """Keys of the transplant and oncology contexts a Condition shows: by code; by name only when it carries no
+        code (names like "kidney transplant" also occur in "evaluation for kidney transplant", which a coded record
+        would say with another code)."""
+        words = normalize_text(text) if not codes else ()
+        return frozenset(
+            entry.key for entry in self.treatment_contexts.values()
+            if entry.kind in ("transplant", "oncology")
+            and (entry.matches_codes(codes) if codes else any(contains_phrase(words, normalize_text(n)) for n in entry.names))
+        )
+
     def condition_kinds(self, codes: Iterable[tuple[str, str]], text: str) -> frozenset[str]:
         kinds: set[str] = set()
         matched_code = False

@@ -18,8 +18,8 @@ from typing import Any
 
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.loader import contains_phrase, normalize_text
-from cds_service.knowledge.records import ContextEntry, ProductUse, Source
-from cds_service.patient import ConditionRecord, MedicationOrder, PatientSnapshot
+from cds_service.knowledge.records import ProductUse, Source
+from cds_service.patient import MedicationOrder, PatientSnapshot
 
 __all__ = ["TreatmentContext", "regimen_entry", "regimen_for", "treatment_context", "treatment_contexts", "USES"]
 
@@ -159,25 +159,12 @@ def _condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict
     for condition in snapshot.conditions:
         if not condition.is_active:
             continue
+        shown = knowledge.transplant_or_oncology_contexts(condition.codes, condition.text)
         for entry in knowledge.treatment_contexts.values():
-            if entry.kind in TSC_LAM_USES:
-                hit = entry.key in condition.kinds and (entry.kind == "lam" or has_tsc)
-            elif entry.kind in ("transplant", "oncology"):
-                hit = _shows(entry, condition)
-            else:
-                continue  # "tsc" itself is not a use
-            if hit:
+            tsc_lam_use = entry.kind in TSC_LAM_USES and entry.key in condition.kinds and (entry.kind == "lam" or has_tsc)
+            if tsc_lam_use or entry.key in shown:  # shown: transplant and oncology only ("tsc" itself is not a use)
                 found.setdefault(entry.key, []).append(condition.ref)
     return {k: tuple(v) for k, v in found.items()}
-
-
-def _shows(entry: ContextEntry, condition: ConditionRecord) -> bool:
-    """By code; by name only when the Condition carries no code (names like "kidney transplant" also occur in
-    "evaluation for kidney transplant", which a coded record would say with another code)."""
-    if condition.codes:
-        return entry.matches_codes(condition.codes)
-    words = normalize_text(condition.text)
-    return any(contains_phrase(words, normalize_text(n)) for n in entry.names)
 
 
 def _transplant_procedures(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,107 @@
+"""bench/: what bench/README.md says the benchmark does is what its code does (defaults, scenarios, targets)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import cpu_calls  # noqa: E402
+import payloads  # noqa: E402
+import run_bench  # noqa: E402
+from fhir_stub import StubServer  # noqa: E402
+
+README = (BENCH / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_documented_defaults_are_the_code_defaults():
+    args = run_bench.build_parser().parse_args([])
+    assert (args.duration, args.warmup, args.fhir_delay_ms, args.connections) == (5, 1, 50.0, [1, 8, 32])
+    assert args.growth == [10, 60, 300, 1000] == list(run_bench.GROWTH_SIZES) and args.growth_connections == 8
+    for said in ("after a 1 s warm-up (`--warmup`), for 5 s\n(`--duration`)", "For 1, 8 and 32 concurrent connections (`--connections`)",
+                 "after 50 ms\n(`--fhir-delay-ms`)", "records of 10, 60, 300 and 1,000 resources (`--growth`",
+                 "at 8 connections\n(`--growth-connections`)"):
+        assert said in README, said
+    assert list(cpu_calls.GROWTH_SIZES) == list(run_bench.GROWTH_SIZES)
+    assert cpu_calls.build_parser().parse_args([]).calls == 300
+
+
+def test_the_documented_targets_and_load_limit_are_the_checked_ones():
+    assert (run_bench.ORDER_SELECT_CPU_MS, run_bench.ORDER_SELECT_SHARE, run_bench.PATIENT_VIEW_CPU_MS,
+            run_bench.PATIENT_VIEW_ROUND_TRIPS, run_bench.GROWTH_STEP, run_bench.QUIET_LOAD) == (0.8, 0.4, 3.0, 2.0, 2.0, 0.5)
+    flat = " ".join(README.split())
+    for said in ("order-select ≤ 0.8 ms CPU and ≥ 0.4× the baseline's requests/s", "patient-view ≤ 3 ms CPU and p99 ≤ 2 FHIR round trips",
+                 "no segment of the table costing more than 2× per added resource than the cheapest",
+                 "a warning when the load was above 0.5"):
+        assert said in flat, said
+
+
+def result(scenario: str, cpu: float, connections: int = 8, rps: float = 100.0, p99: float = 5.0) -> run_bench.Result:
+    return run_bench.Result(scenario, connections, rps, 1.0, p99, cpu, 0, 0, 1.0)
+
+
+def test_a_step_in_the_growth_table_is_a_miss_and_linear_growth_a_pass():
+    linear = [result("growth-10", 0.5), result("growth-60", 1.0), result("growth-300", 3.4), result("growth-1000", 10.4)]
+    stepped = [*linear[:3], result("growth-1000", 40.0)]
+    line = next(v for v in run_bench.verdicts(linear, 50) if "growth" in v)
+    assert line.startswith("- PASS") and "10→60: 10.0 µs" in line
+    assert next(v for v in run_bench.verdicts(stepped, 50) if "growth" in v).startswith("- MISS")
+
+
+def test_the_targets_are_checked_against_the_figures():
+    results = [result("healthz", 0.3, rps=1000), result("order-select", 0.7, rps=450, p99=9), result("patient-view", 3.5, p99=90),
+               result("patient-view-batch", 2.0, p99=120)]
+    for r in results:
+        r.baseline_ratio = r.rps / 1000
+    lines = run_bench.verdicts(results, 50)
+    assert "- PASS: order-select at 8: 0.45× baseline (≥ 0.4)" in lines
+    assert "- PASS: order-select CPU: at most 0.70 ms per request (≤ 0.8)" in lines
+    assert "- MISS: patient-view CPU: at most 3.50 ms per request (≤ 3)" in lines
+    assert "- PASS: patient-view p99 at 8: 90.0 ms (≤ 100, 2 round trips)" in lines
+    assert "- MISS: patient-view-batch p99 at 8: 120.0 ms (≤ 100, 2 round trips)" in lines
+
+
+def test_a_busy_machine_is_warned_about():
+    assert run_bench.load_warning(0.2, 0.4) == []
+    assert "not valid" in run_bench.load_warning(0.2, 3.1)[0]
+
+
+@pytest.mark.parametrize("size", [10, 60, 300, 1000])
+def test_the_growth_records_have_their_size_and_answer_the_same_card(client, size):
+    record = payloads.sized_record(size)
+    assert sum(len(v) for k, v in record.items() if k != "patient") == size
+    response = client.post("/cds-services/mtor-safety-order-select", json=payloads.sized_order_select_request(size))
+    cards = [(c["source"]["topic"]["code"], c["indicator"]) for c in response.get_json()["cards"]]
+    assert ("cyp3a4-interaction", "critical") in cards
+
+
+@pytest.fixture
+def stub():
+    server = StubServer(("127.0.0.1", 0), 0.0, batch=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_stub_answers_batch_and_says_so(stub):
+    with urllib.request.urlopen(f"{stub}/metadata") as answer:
+        statement = json.load(answer)
+    assert {"code": "batch"} in statement["rest"][0]["interaction"]
+    body = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": u}}
+                                                                  for u in ("Condition?patient=x", "Patient/pt-bench-1")]}
+    request = urllib.request.Request(stub, data=json.dumps(body).encode(), headers={"Content-Type": "application/fhir+json"})
+    with urllib.request.urlopen(request) as answer:
+        bundle = json.load(answer)
+    assert bundle["type"] == "batch-response" and [e["response"]["status"] for e in bundle["entry"]] == ["200 OK", "200 OK"]
+    assert bundle["entry"][0]["resource"]["type"] == "searchset" and bundle["entry"][1]["resource"]["resourceType"] == "Patient"
+    with urllib.request.urlopen(stub.replace("/fhir", "/_stats")) as answer:
+        assert json.load(answer) == {"requests": 1, "batched": 2}
