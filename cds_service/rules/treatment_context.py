@@ -13,6 +13,7 @@ no TSC advice. When several uses are plausible `candidates` lists them and `assu
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,7 +66,17 @@ def _kind_of(context_key: str) -> str:
 
 
 def treatment_context(snapshot: PatientSnapshot, knowledge: Knowledge, order: MedicationOrder) -> TreatmentContext:
-    """The treatment context of one mTOR order (pure: reads only the snapshot and the knowledge)."""
+    """The treatment context of one mTOR order (pure: reads only the snapshot and the knowledge).
+
+    Every rule asks it for the same orders: the answer is kept with the snapshot (one per call), keyed by order."""
+    cache = snapshot.__dict__.setdefault("_treatment_contexts", {})  # not a field: equality and replace() ignore it
+    key = (id(knowledge), order.ref, order.mtor_drug)
+    if key not in cache:
+        cache[key] = _treatment_context(snapshot, knowledge, order)
+    return cache[key]
+
+
+def _treatment_context(snapshot: PatientSnapshot, knowledge: Knowledge, order: MedicationOrder) -> TreatmentContext:
     drug = order.mtor_drug
     product = _product(order, knowledge)
     evidence: list[str] = [order.ref]
@@ -125,11 +136,11 @@ def _product(order: MedicationOrder, knowledge: Knowledge) -> ProductUse | None:
     suspension -> Afinitor Disperz, other oral everolimus -> Afinitor; IV sirolimus -> Fyarro, oral -> Rapamune
     (generic labels carry the reference product's text; resolution rules 1-4)."""
     coded = knowledge.mtor_products.get(order.product_rxnorm or "", {})
-    words = normalize_text(order.text)
+    words = _phrase(order.text)
     named = [
         p for p in knowledge.product_uses
         if p.drug == order.mtor_drug and (coded.get("brand") == p.product or (order.product_rxnorm or "") in p.rxnorm
-                                          or any(contains_phrase(words, normalize_text(n)) for n in p.names))
+                                          or any(contains_phrase(words, _phrase(n)) for n in p.names))
     ]
     if named:  # the longest name wins ("Afinitor Disperz" over "Afinitor")
         return max(named, key=lambda p: len(p.product))
@@ -147,8 +158,8 @@ def _product(order: MedicationOrder, knowledge: Knowledge) -> ProductUse | None:
 
 
 def _is_intravenous(order: MedicationOrder) -> bool:
-    words = normalize_text(order.text)
-    return any(contains_phrase(words, normalize_text(w)) for w in ("injection", "injectable", "intravenous", "infusion"))
+    words = _phrase(order.text)
+    return any(contains_phrase(words, _phrase(w)) for w in ("injection", "injectable", "intravenous", "infusion"))
 
 
 def _condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
@@ -173,9 +184,9 @@ def _transplant_procedures(snapshot: PatientSnapshot, knowledge: Knowledge) -> d
     for procedure in snapshot.procedures:
         if procedure.is_planned or procedure.is_draft:
             continue
-        words = normalize_text(procedure.text)
+        words = _phrase(procedure.text)
         for entry in knowledge.treatment_contexts.values():
-            if entry.kind == "transplant" and any(contains_phrase(words, normalize_text(n)) for n in entry.names):
+            if entry.kind == "transplant" and any(contains_phrase(words, _phrase(n)) for n in entry.names):
                 found.setdefault(entry.key, []).append(procedure.ref)
     return {k: tuple(v) for k, v in found.items()}
 
@@ -186,14 +197,26 @@ def _calcineurin_inhibitors(snapshot: PatientSnapshot, knowledge: Knowledge, ord
     for med in snapshot.medications:
         if med is order or med.status in NOT_CURRENT:
             continue
-        words = normalize_text(med.text)
-        for drug in knowledge.supporting_drugs:
-            if any(contains_phrase(words, normalize_text(w)) for w in drug.exclude_if_text_contains):
-                continue
-            if any(contains_phrase(words, normalize_text(n)) for n in drug.names):
-                refs.append(med.ref)
-                break
+        if _names_a_systemic_cni(knowledge, med.text):
+            refs.append(med.ref)
     return refs
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_a_systemic_cni(knowledge: Knowledge, text: str) -> bool:
+    """Tacrolimus or cyclosporine by name, not an ointment or eye drops (remembered: drug texts recur)."""
+    words = _phrase(text)
+    return any(
+        any(contains_phrase(words, _phrase(n)) for n in drug.names)
+        and not any(contains_phrase(words, _phrase(w)) for w in drug.exclude_if_text_contains)
+        for drug in knowledge.supporting_drugs
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _phrase(text: str) -> tuple[str, ...]:
+    """normalize_text, remembered: the knowledge's names and a record's drug texts recur on every call."""
+    return normalize_text(text)
 
 
 def _fits_drug(key: str, drug: str | None, product: ProductUse | None) -> bool:
