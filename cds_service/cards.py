@@ -243,7 +243,8 @@ def _live_vaccine_card(findings: list[LiveVaccineFinding], snapshot: PatientSnap
         order: MedicationOrder = f.evidence[0]
         kind = "may be a live vaccine (the record does not say which product)" if f.ambiguous else "is a live attenuated vaccine"
         lines.append(f"- **{md_text(order.text)}** ({_taken_state(order)}) {kind}.")
-    lines.append(f"- The patient is taking or starting **{md_text(mtor.text)}**. The label: \"{top.statement.text}\"")
+    said = f"The label: \"{top.statement.text}\"" if top.statement.quoted else f"{top.statement.text}."
+    lines.append(f"- The patient is taking or starting **{md_text(mtor.text)}**. {said}")
     lines.append("\nCancel the live vaccine order, or give it only after the prescriber of the mTOR inhibitor agrees.")
     lines.append(f"\nSource: {_cite(top.statement.source, top.statement.section)}")
     suggestions = _removal_suggestions([f.evidence[0] for f in findings if f.evidence[0].is_draft])

@@ -42,3 +42,16 @@ def test_every_displayed_card_link_goes_to_an_allowed_publisher(call_hook, scena
         for url in displayed_urls(card):
             host = urlsplit(url).hostname
             assert host in ALLOWED_HOSTS, f"{card['source']['topic']['code']} card links {url}: {host} is not card_link_allowed"
+
+
+def test_the_checks_incomplete_card_links_only_allowed_publishers(call_hook):
+    """A request missing a prefetch key, with no FHIR server to fetch it from, gets the checks-incomplete card: its
+    source has a label and no url (it rests on this service's data access, not on a clinical publisher)."""
+    body = load_fixture("fires-trough-high-patient-view.json")
+    body["prefetch"].pop("observations")
+    body.pop("fhirServer", None)
+    cards = call_hook(body).get_json()["cards"]
+    [card] = [c for c in cards if c["source"]["topic"]["code"] == "checks-incomplete"]
+    assert card["source"]["label"] and "url" not in card["source"]
+    for url in displayed_urls(card):
+        assert urlsplit(url).hostname in ALLOWED_HOSTS, url

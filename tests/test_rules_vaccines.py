@@ -114,7 +114,10 @@ def test_live_vaccine_rule_alone_is_total_on_a_patient_without_mtor_inhibitor():
     assert check_live_vaccines(snapshot, knowledge()) == []
 
 
-def test_fyarro_live_vaccine_card_quotes_rapamune_as_such_never_the_secondary_summary():
+def test_fyarro_live_vaccine_card_states_the_class_fact_and_cites_fyarros_own_label():
+    """Fyarro's own immunisation wording is not in the knowledge as verified: no Rapamune quote, never the secondary
+    summary; the class fact, citing the Fyarro label."""
     fyarro = med("Fyarro (sirolimus protein-bound particles) 100 MG injectable suspension")
     [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), medications=[fyarro])
-    assert finding.source.key == "RAPAMUNE-FDA-2008" and finding.statement.text.startswith("(Rapamune, oral sirolimus)")
+    assert finding.source.key == "FYARRO-LABEL" and not finding.statement.quoted
+    assert "Rapamune" not in finding.statement.text and "live vaccines" in finding.statement.text

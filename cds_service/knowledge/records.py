@@ -46,6 +46,7 @@ class LabelStatement(Cited):
 
     drug: str
     text: str
+    quoted: bool = True  # False: a class fact in this service's words, citing the product's own label (no quote)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

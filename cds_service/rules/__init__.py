@@ -14,17 +14,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from cds_service.findings import Finding, NotListed, Topic
-from cds_service.knowledge import Knowledge
+from cds_service.knowledge import Knowledge, Source
 from cds_service.limits import MAX_FINDINGS_PER_TOPIC
-from cds_service.patient import PatientSnapshot
+from cds_service.patient import MedicationOrder, PatientSnapshot
 from cds_service.rules.angioedema import check_angioedema
-from cds_service.rules.common import drug_of
+from cds_service.rules.common import drug_of, product_label
 from cds_service.rules.conditions import check_hepatic_impairment, check_infection
 from cds_service.rules.interactions import check_cyp3a4_interactions
 from cds_service.rules.lipids import check_lipids
 from cds_service.rules.ordering import check_contraception, check_dose
 from cds_service.rules.pregnancy import check_pregnancy
 from cds_service.rules.surgery import check_surgery_timing
+from cds_service.rules.treatment_context import treatment_context
 from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
 from cds_service.rules.vaccines import check_live_vaccines
 
@@ -74,11 +75,20 @@ def evaluate(snapshot: PatientSnapshot, knowledge: Knowledge, notes: list[str | 
             notes.append(f"the {rule.__name__.removeprefix('check_').replace('_', ' ')} check (it failed on this patient's data)")
     fired = {(f.topic, drug_of(f.mtor) if f.mtor else None) for f in findings}
     findings = [
-        dataclasses.replace(f, label=knowledge.label_sources[drug_of(f.mtor)]) if f.mtor and f.label is None else f
+        dataclasses.replace(f, label=governing_label(snapshot, knowledge, f.mtor)) if f.mtor and f.label is None else f
         for f in findings
         if not any((t, drug_of(f.mtor) if f.mtor else None) in fired for t in SUPERSEDED_BY.get(f.topic, ()))
     ]
     return _at_most_per_topic(findings, snapshot, notes)
+
+
+def governing_label(snapshot: PatientSnapshot, knowledge: Knowledge, order: MedicationOrder) -> Source:
+    """The label a card on this order names: the one governing its use or product (a Zortress or Fyarro order never
+    names Afinitor or Rapamune); a generic order with no known use names its drug's reference label."""
+    context = treatment_context(snapshot, knowledge, order)
+    drug = drug_of(order)
+    transplant_everolimus = product_label(knowledge, "Zortress") if context.use == "transplant" and drug == "everolimus" else None
+    return context.label or product_label(knowledge, context.product) or transplant_everolimus or knowledge.label_sources[drug]
 
 
 def _at_most_per_topic(findings: list[Finding], snapshot: PatientSnapshot, notes: list[str | NotListed]) -> list[Finding]:

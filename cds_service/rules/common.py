@@ -95,6 +95,18 @@ def mtor_product(order: MedicationOrder, knowledge: Knowledge, snapshot: Patient
     return product
 
 
+# Products whose own label's statements on a topic are not in the knowledge as verified: the drug-level
+# statements (vaccines.json, ace_inhibitors.json, mtor_drugs.json pregnancy) are Afinitor's and Rapamune's words.
+OWN_STATEMENT_UNVERIFIED = frozenset({"Zortress", "Fyarro"})
+
+
+def own_label_instead(order: MedicationOrder, knowledge: Knowledge, snapshot: PatientSnapshot) -> Source | None:
+    """For a Zortress or Fyarro order, that product's own label: its card states the class fact and cites it, never
+    quoting Afinitor's or Rapamune's words; None when the drug-level statement is the governing label's own."""
+    product = mtor_product(order, knowledge, snapshot)
+    return product_label(knowledge, product) if product in OWN_STATEMENT_UNVERIFIED else None
+
+
 def product_label(knowledge: Knowledge, product: str | None) -> Source | None:
     """The governing product's own label (regimens.json `label_source`), for the card's source."""
     uses = knowledge.files["regimens.json"]["uses"]

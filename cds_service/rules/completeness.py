@@ -8,11 +8,9 @@ from cds_service.findings import ChecksIncomplete, NotListed, Severity
 from cds_service.knowledge import Source
 from cds_service.patient import PatientSnapshot
 
-DATA_ACCESS = Source(
-    key="CDS-HOOKS-DATA",
-    label="mtor-cds data access (CDS Hooks 2.0: providing FHIR resources to a CDS service)",
-    url="https://cds-hooks.hl7.org/2.0/#providing-fhir-resources-to-a-cds-service",
-)
+# A label and no url: the card rests on this service's own data access, not on a clinical publisher, and card
+# links go only to primary clinical publishers (publishers.json; CDS Hooks makes source.url optional).
+DATA_ACCESS = Source(key="CDS-HOOKS-DATA", label="mtor-cds data access (the data this service could read)")
 
 
 def check_data_completeness(

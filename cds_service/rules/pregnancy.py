@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from cds_service.findings import PregnancyFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
-from cds_service.rules.common import drug_of, preferred_mtor
+from cds_service.rules.common import drug_of, own_label_instead, preferred_mtor
 
 Evidence = ConditionRecord | LabResult
 
@@ -27,15 +27,16 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
     evidence, current = found
     mtor = preferred_mtor(snapshot, prefer_draft=True)
     pregnancy = knowledge.pregnancy_advice[drug_of(mtor)]
+    own_label = own_label_instead(mtor, knowledge, snapshot)  # Zortress, Fyarro: no Afinitor/Rapamune weeks or section
     window = knowledge.lookback[_window_of(evidence)]
     return [
         PregnancyFinding(
             severity=Severity.CRITICAL if current else Severity.INFO,
             mtor=mtor,
             evidence=(evidence,),
-            source=pregnancy.source,
-            section=pregnancy.section,
-            contraception_weeks=pregnancy.contraception_weeks_after_last_dose,
+            source=own_label or pregnancy.source,
+            section="" if own_label else pregnancy.section,
+            contraception_weeks=None if own_label else pregnancy.contraception_weeks_after_last_dose,
             stale_after_days=None if current else window.max_age_days,
         )
     ]

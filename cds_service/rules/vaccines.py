@@ -6,7 +6,10 @@ from cds_service.findings import LiveVaccineFinding, Severity
 from cds_service.knowledge import DrugConcept, DrugRole, Knowledge
 from cds_service.knowledge.records import LabelStatement
 from cds_service.patient import MedicationOrder, PatientSnapshot
-from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
+from cds_service.rules.common import drug_of, mtor_product, own_label_instead, preferred_mtor
+
+LIVE_VACCINE_CLASS_FACT = ("mTOR inhibitors suppress the immune system, and their labels advise avoiding live vaccines "
+                           "during treatment; check this product's label for its wording")
 
 
 def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LiveVaccineFinding]:
@@ -37,14 +40,16 @@ def check_live_vaccines(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
 
 
 def _statement(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder) -> LabelStatement:
-    """The label's own words: Rapamune's immunisation warning for sirolimus (regimens.json, verified; Fyarro's own
-    wording is not in the knowledge, so its card names the Rapamune text as such), else the drug's statement
-    (vaccines.json: Afinitor for everolimus). The secondary TSC summary is never a card's citation."""
+    """The label's own words: Rapamune's immunisation warning for sirolimus (regimens.json, verified), else the
+    drug's statement (vaccines.json: Afinitor for everolimus). Zortress and Fyarro: the class fact, citing the
+    product's own label (their wording is not in the knowledge as verified). The secondary TSC summary is never a
+    card's citation."""
+    product_label = own_label_instead(mtor, knowledge, snapshot)
+    if product_label is not None:  # Zortress, Fyarro: their own wording is not in the knowledge as verified
+        return LabelStatement(source=product_label, drug=drug_of(mtor), quoted=False, text=LIVE_VACCINE_CLASS_FACT)
     own = next((a for a in knowledge.product_advice if a.topic == "vaccination" and a.product == "Rapamune"), None)
-    if drug_of(mtor) == "sirolimus" and own is not None:
-        product = mtor_product(mtor, knowledge, snapshot)
-        text = own.text if product == "Rapamune" else f"(Rapamune, oral sirolimus) {own.text}"
-        return LabelStatement(source=own.source, section="Immunizations", drug="sirolimus", text=text)
+    if drug_of(mtor) == "sirolimus" and own is not None and mtor_product(mtor, knowledge, snapshot) == "Rapamune":
+        return LabelStatement(source=own.source, section="Immunizations", drug="sirolimus", text=own.text)
     return knowledge.live_vaccine_statements[drug_of(mtor)]
 
 
