@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cds_service.knowledge import DrugConcept, DrugRole
+
+_T = TypeVar("_T")
+
+
+class cached(Generic[_T]):  # noqa: N801 -- used like functools.cached_property
+    """functools.cached_property without its lock (Python 3.11 takes one RLock, shared by every instance of the
+    class, on each first read): the value is a pure function of the frozen fields, so two threads computing it at
+    once store the same answer. Cached in the instance's __dict__: equality and dataclasses.replace() ignore it."""
+
+    def __init__(self, compute: Callable[[Any], _T]):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _T:
+        if instance is None:
+            return self  # the descriptor itself, read on the class
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +53,7 @@ class MedicationOrder:
     def concepts_with(self, role: DrugRole) -> tuple[DrugConcept, ...]:
         return tuple(c for c in self.concepts if c.role is role)
 
-    @functools.cached_property  # frozen dataclass: cached in __dict__, read by every rule
+    @cached  # frozen dataclass: cached in __dict__, read by every rule
     def mtor_drug(self) -> str | None:
         """'everolimus' or 'sirolimus' when this order is an mTOR inhibitor."""
         found = self.concepts_with(DrugRole.MTOR_INHIBITOR)
@@ -109,7 +130,7 @@ class PatientSnapshot:
     unreadable: tuple[tuple[str, int], ...] = ()  # (resource type, count) of resources skipped as unreadable
     order_history: tuple[MedicationOrder, ...] = ()  # ended mTOR MedicationRequests: tell a dose change from a renewal
 
-    @functools.cached_property
+    @cached
     def mtor_orders(self) -> tuple[MedicationOrder, ...]:
         return tuple(m for m in self.medications if m.mtor_drug)
 

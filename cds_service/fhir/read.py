@@ -11,6 +11,7 @@ are read by one reader per lab kind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -144,7 +145,11 @@ class _Reader:
         """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
         codings = _codings(concept)
         aliases = self.k.system_aliases
-        if not any(c.get("system") in aliases for c in codings if isinstance(c.get("system"), str)):
+        for coding in codings:  # a plain loop: this runs for every coded element of every resource
+            system = coding.get("system")
+            if isinstance(system, str) and system in aliases:
+                break
+        else:
             return codings
         return [{**c, "system": aliases[c["system"]]} if isinstance(c.get("system"), str) and c["system"] in aliases else c
                 for c in codings]
@@ -192,7 +197,7 @@ class _Reader:
         else:
             return None
         dosage = _first(resource.get("dosageInstruction" if rtype != "MedicationStatement" else "dosage"))
-        texts_for_exclusions = [*texts, *_texts(dosage), *_texts(dosage.get("route") if dosage else None)]
+        texts_for_exclusions = (*texts, *_texts(dosage), *_texts(dosage.get("route"))) if dosage else tuple(texts)
         when = resource.get("authoredOn") or resource.get("occurrenceDateTime")
         if rtype == "MedicationStatement":
             when = resource.get("effectiveDateTime") or _get(resource, "effectivePeriod", "start") or resource.get("dateAsserted")
@@ -208,7 +213,7 @@ class _Reader:
             ref=f"{rtype}/{resource.get('id')}",
             kind=_ORDER_KINDS[rtype],
             text=_display(texts, codings) or "unnamed medication",
-            concepts=_recognized_medication(self.k, _code_key(codings), tuple(texts_for_exclusions)),
+            concepts=_recognized_medication(self.k, _code_key(codings), texts_for_exclusions),
             status=str(resource.get("status") or ""),
             is_draft=is_draft,
             is_selected=selected,
@@ -260,10 +265,15 @@ class _Reader:
         code = resource.get("code") or {}
         codings = self._codings(code)
         kinds = self.k.observation_kinds
-        match = next((kinds[c["code"]] for c in codings if c.get("system") == LOINC and c.get("code") in kinds), None)
+        match = None
+        for coding in codings:
+            if coding.get("system") == LOINC and coding.get("code") in kinds:
+                match = kinds[coding["code"]]
+                break
+        texts = _texts(code)
         if match is None and isinstance(resource.get("valueQuantity"), dict):
             # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
-            match = _named_drug_level(self.k, " ".join(_texts(code)))
+            match = _named_drug_level(self.k, " ".join(texts))
         if match is None:
             return None  # not an observation any rule reads: skip it before any further work
         kind, analyte = match
@@ -274,7 +284,7 @@ class _Reader:
             or resource.get("issued")
         )
         ref = f"Observation/{resource.get('id')}"
-        text = _display(_texts(code), codings) or "observation"
+        text = _display(texts, codings) or "observation"
         return _LAB_READERS[kind](self, _LabFacts(resource, ref, kind, analyte, effective, text))
 
     def _drug_level(self, lab: _LabFacts) -> LabResult:
@@ -576,10 +586,17 @@ def _codings(concept: Any) -> list[dict]:
 
 
 def _texts(concept: Any) -> list[str]:
+    """The concept's text, then its codings' displays: the non-blank strings."""
     if not isinstance(concept, dict):
         return []
-    texts = [concept.get("text")] + [c.get("display") for c in _codings(concept)]
-    return [t for t in texts if isinstance(t, str) and t.strip()]
+    text = concept.get("text")
+    texts = [text] if isinstance(text, str) and text.strip() else []
+    codings = concept.get("coding")
+    for coding in codings if isinstance(codings, list) else ():
+        display = coding.get("display") if isinstance(coding, dict) else None
+        if isinstance(display, str) and display.strip():
+            texts.append(display)
+    return texts
 
 
 def _display(texts: list[str], codings: list[dict]) -> str:
@@ -665,6 +682,13 @@ def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
     """
     if not isinstance(value, str) or len(value) < 4:
         return None
+    return _parse_datetime(value, keep_offset)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_datetime(value: str, keep_offset: bool) -> datetime | None:
+    """_datetime of a string, kept: a record repeats its dates (one encounter's orders and labs), and the same
+    patient's record comes with every order selection. An Unreadable date is not kept (raised each time)."""
     text = value.strip()
     try:
         if len(text) == 4:
