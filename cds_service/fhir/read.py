@@ -177,8 +177,11 @@ class _Reader:
 
     def _is_this_patients(self, resource: Mapping[str, Any]) -> bool:
         """Drop resources that plainly belong to another patient (a prefetch must never mix patients)."""
-        reference = _get(resource, "subject", "reference") or _get(resource, "patient", "reference")
-        if reference == self._own_reference:  # the common case, without the regular expression
+        subject = resource.get("subject")
+        if isinstance(subject, dict) and subject.get("reference") == self._own_reference:
+            return True  # the common case, without the regular expression
+        reference = _get(subject, "reference") or _get(resource, "patient", "reference")
+        if reference == self._own_reference:
             return True
         match = _PATIENT_REFERENCE.search(reference) if isinstance(reference, str) else None
         if match is None and resource.get("resourceType") == "Appointment":  # its patient is a participant
@@ -220,12 +223,17 @@ class _Reader:
             authored_on=authored_on,
             dose_mg=dose_mg,
             doses_per_day=doses_per_day,
-            product_rxnorm=next(
-                (c["code"] for c in codings if c.get("system") == RXNORM and c.get("code") in self.k.mtor_products), None
-            ),
+            product_rxnorm=self._mtor_product_code(codings),
             prior_prescription=_reference(resource.get("priorPrescription")),
             resource=resource,
         )
+
+    def _mtor_product_code(self, codings: list[dict]) -> str | None:
+        """The first RxNorm code that is an mTOR product (mtor_drugs.json), if any."""
+        for coding in codings:
+            if coding.get("system") == RXNORM and coding.get("code") in self.k.mtor_products:
+                return coding["code"]
+        return None
 
     def medication_statement(self, resource: Mapping) -> MedicationOrder | None:
         """A current MedicationStatement (e.g. St John's wort taken over the counter): taken, not an order."""
@@ -527,8 +535,11 @@ def _memoized(knowledge: Knowledge, table: str, key: Any, compute: Callable[[], 
 
 def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
     """What recognize_medication reads of the codings: (system, code) pairs, hashable (it reads only string ones)."""
-    return tuple((c.get("system") if isinstance(c.get("system"), str) else None, c.get("code") if isinstance(c.get("code"), str) else None)
-                 for c in codings)
+    key = []
+    for coding in codings:
+        system, code = coding.get("system"), coding.get("code")
+        key.append((system if isinstance(system, str) else None, code if isinstance(code, str) else None))
+    return tuple(key)
 
 
 def _recognized_medication(knowledge: Knowledge, codes: tuple[tuple[Any, Any], ...], texts: tuple[str, ...]) -> tuple:
@@ -644,10 +655,14 @@ def _doses_per_day(dosage: Mapping) -> float | None:
     if not isinstance(repeat, dict):
         return None
     frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (frequency, period)):
+    if not (_is_positive_number(frequency) and _is_positive_number(period)):
         return None
     days = _measure(period) * _PERIOD_DAYS.get(unit, 0) if isinstance(unit, str) else 0
     return _measure(_measure(frequency) / days) if days else None
+
+
+def _is_positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
 def _or_unknown(read: Callable[[Any], Any], value: Any, unknown: list[str]) -> Any:
