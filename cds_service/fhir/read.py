@@ -36,9 +36,10 @@ CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # Med
 _ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class _LabFacts:
-    """What every lab reader gets: the Observation and what was already read from it."""
+    """What every lab reader gets: the Observation and what was already read from it (not frozen: built for every
+    lab read, and a frozen dataclass costs a setattr call per field)."""
 
     resource: Mapping[str, Any]
     ref: str
