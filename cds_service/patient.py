@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cds_service.knowledge import DrugConcept, DrugRole
+
+_T = TypeVar("_T")
+
+
+class cached(Generic[_T]):  # noqa: N801 -- used like functools.cached_property
+    """functools.cached_property without its lock (Python 3.11 takes one RLock, shared by every instance of the
+    class, on each first read): the value is a pure function of the frozen fields, so two threads computing it at
+    once store the same answer. Cached in the instance's __dict__: equality and dataclasses.replace() ignore it."""
+
+    def __init__(self, compute: Callable[[Any], _T]):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _T:
+        if instance is None:
+            return self  # the descriptor itself, read on the class
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +51,18 @@ class MedicationOrder:
     resource: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def concepts_with(self, role: DrugRole) -> tuple[DrugConcept, ...]:
-        return tuple(c for c in self.concepts if c.role is role)
+        if not self.concepts:  # most of a record's medications: nothing recognised
+            return ()
+        return self._concepts_by_role.get(role, ())
 
-    @functools.cached_property  # frozen dataclass: cached in __dict__, read by every rule
+    @cached  # every rule asks every medication for one role or another: grouped once
+    def _concepts_by_role(self) -> dict[DrugRole, tuple[DrugConcept, ...]]:
+        by_role: dict[DrugRole, list[DrugConcept]] = {}
+        for concept in self.concepts:
+            by_role.setdefault(concept.role, []).append(concept)
+        return {role: tuple(concepts) for role, concepts in by_role.items()}
+
+    @cached  # frozen dataclass: cached in __dict__, read by every rule
     def mtor_drug(self) -> str | None:
         """'everolimus' or 'sirolimus' when this order is an mTOR inhibitor."""
         found = self.concepts_with(DrugRole.MTOR_INHIBITOR)
@@ -109,7 +139,7 @@ class PatientSnapshot:
     unreadable: tuple[tuple[str, int], ...] = ()  # (resource type, count) of resources skipped as unreadable
     order_history: tuple[MedicationOrder, ...] = ()  # ended mTOR MedicationRequests: tell a dose change from a renewal
 
-    @functools.cached_property
+    @cached
     def mtor_orders(self) -> tuple[MedicationOrder, ...]:
         return tuple(m for m in self.medications if m.mtor_drug)
 
@@ -124,9 +154,25 @@ class PatientSnapshot:
         return (self.today - self.birth_date).days / 365.25
 
     def active_conditions(self, kind: str) -> tuple[ConditionRecord, ...]:
-        return tuple(c for c in self.conditions if c.is_active and kind in c.kinds)
+        found = self._active_conditions.get(kind)
+        if found is None:
+            found = self._active_conditions[kind] = tuple(c for c in self.conditions if c.is_active and kind in c.kinds)
+        return found
 
     def latest_lab(self, kind: str, analyte: str | None = None) -> LabResult | None:
         """The newest dated result of a kind (and analyte); undated results never count as newest."""
-        dated = [lab for lab in self.labs if lab.kind == kind and lab.effective and (analyte is None or lab.analyte == analyte)]
+        of_kind = self._labs_by_kind.get(kind, ())
+        dated = [lab for lab in of_kind if lab.effective and (analyte is None or lab.analyte == analyte)]
         return max(dated, key=lambda lab: lab.effective) if dated else None
+
+    # Rules ask the same questions of the same snapshot: indexed on first use (in __dict__, not fields).
+    @cached
+    def _active_conditions(self) -> dict[str, tuple[ConditionRecord, ...]]:
+        return {}
+
+    @cached
+    def _labs_by_kind(self) -> dict[str, list[LabResult]]:
+        by_kind: dict[str, list[LabResult]] = {}
+        for lab in self.labs:  # in record order: max() keeps the first of equally recent results, as before
+            by_kind.setdefault(lab.kind, []).append(lab)
+        return by_kind

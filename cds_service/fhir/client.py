@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import re
@@ -182,7 +183,7 @@ def is_within(url: str, base: str) -> bool:
     https://ehr.example.org@evil.com and https://ehr.example.org/fhir/../admin never match. Paths
     compare case-sensitively: /FHIR is not /fhir to a server that routes /FHIR elsewhere.
     """
-    parts, base_parts = _safe_parts(url), _safe_parts(base)
+    parts, base_parts = _safe_parts(url), _base_parts(base)
     if parts is None or base_parts is None:
         return False
     path, base_path = parts.path.rstrip("/") + "/", base_parts.path.rstrip("/") + "/"
@@ -213,6 +214,12 @@ def _safe_parts(url: str) -> SplitResult | None:
     if any(segment in (".", "..") for segment in unquote(parts.path).replace("\\", "/").split("/")):
         return None
     return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _base_parts(base: str) -> SplitResult | None:
+    """_safe_parts of a FHIR base URL (or an allowlist prefix), kept: every query of every call checks against it."""
+    return _safe_parts(base)
 
 
 def _port(parts: SplitResult) -> int:
@@ -370,7 +377,8 @@ class FhirClient:
 
     def _resource_type(self, url: str) -> str:
         """The type a URL queries, for the log; never its id (a Patient read's id is the patient id)."""
-        relative = urlsplit(url).path[len(urlsplit(self.base_url).path):]
+        base_parts = _base_parts(self.base_url)
+        relative = urlsplit(url).path[len(base_parts.path if base_parts else urlsplit(self.base_url).path):]
         first = relative.split("/", 1)[0]
         return first if _RESOURCE_TYPE.fullmatch(first) else "?"
 

@@ -11,6 +11,7 @@ are read by one reader per lab kind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -35,9 +36,10 @@ CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # Med
 _ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class _LabFacts:
-    """What every lab reader gets: the Observation and what was already read from it."""
+    """What every lab reader gets: the Observation and what was already read from it (not frozen: built for every
+    lab read, and a frozen dataclass costs a setattr call per field)."""
 
     resource: Mapping[str, Any]
     ref: str
@@ -144,7 +146,11 @@ class _Reader:
         """Codings with OID system forms (urn:oid:2.16.840.1.113883.6.88 ...) mapped to their FHIR URIs."""
         codings = _codings(concept)
         aliases = self.k.system_aliases
-        if not any(c.get("system") in aliases for c in codings if isinstance(c.get("system"), str)):
+        for coding in codings:  # a plain loop: this runs for every coded element of every resource
+            system = coding.get("system")
+            if isinstance(system, str) and system in aliases:
+                break
+        else:
             return codings
         return [{**c, "system": aliases[c["system"]]} if isinstance(c.get("system"), str) and c["system"] in aliases else c
                 for c in codings]
@@ -172,8 +178,11 @@ class _Reader:
 
     def _is_this_patients(self, resource: Mapping[str, Any]) -> bool:
         """Drop resources that plainly belong to another patient (a prefetch must never mix patients)."""
-        reference = _get(resource, "subject", "reference") or _get(resource, "patient", "reference")
-        if reference == self._own_reference:  # the common case, without the regular expression
+        subject = resource.get("subject")
+        if isinstance(subject, dict) and subject.get("reference") == self._own_reference:
+            return True  # the common case, without the regular expression
+        reference = _get(subject, "reference") or _get(resource, "patient", "reference")
+        if reference == self._own_reference:
             return True
         match = _PATIENT_REFERENCE.search(reference) if isinstance(reference, str) else None
         if match is None and resource.get("resourceType") == "Appointment":  # its patient is a participant
@@ -192,7 +201,7 @@ class _Reader:
         else:
             return None
         dosage = _first(resource.get("dosageInstruction" if rtype != "MedicationStatement" else "dosage"))
-        texts_for_exclusions = [*texts, *_texts(dosage), *_texts(dosage.get("route") if dosage else None)]
+        texts_for_exclusions = (*texts, *_texts(dosage), *_texts(dosage.get("route"))) if dosage else tuple(texts)
         when = resource.get("authoredOn") or resource.get("occurrenceDateTime")
         if rtype == "MedicationStatement":
             when = resource.get("effectiveDateTime") or _get(resource, "effectivePeriod", "start") or resource.get("dateAsserted")
@@ -208,19 +217,24 @@ class _Reader:
             ref=f"{rtype}/{resource.get('id')}",
             kind=_ORDER_KINDS[rtype],
             text=_display(texts, codings) or "unnamed medication",
-            concepts=_recognized_medication(self.k, _code_key(codings), tuple(texts_for_exclusions)),
+            concepts=_recognized_medication(self.k, _code_key(codings), texts_for_exclusions),
             status=str(resource.get("status") or ""),
             is_draft=is_draft,
             is_selected=selected,
             authored_on=authored_on,
             dose_mg=dose_mg,
             doses_per_day=doses_per_day,
-            product_rxnorm=next(
-                (c["code"] for c in codings if c.get("system") == RXNORM and c.get("code") in self.k.mtor_products), None
-            ),
+            product_rxnorm=self._mtor_product_code(codings),
             prior_prescription=_reference(resource.get("priorPrescription")),
             resource=resource,
         )
+
+    def _mtor_product_code(self, codings: list[dict]) -> str | None:
+        """The first RxNorm code that is an mTOR product (mtor_drugs.json), if any."""
+        for coding in codings:
+            if coding.get("system") == RXNORM and coding.get("code") in self.k.mtor_products:
+                return coding["code"]
+        return None
 
     def medication_statement(self, resource: Mapping) -> MedicationOrder | None:
         """A current MedicationStatement (e.g. St John's wort taken over the counter): taken, not an order."""
@@ -260,10 +274,15 @@ class _Reader:
         code = resource.get("code") or {}
         codings = self._codings(code)
         kinds = self.k.observation_kinds
-        match = next((kinds[c["code"]] for c in codings if c.get("system") == LOINC and c.get("code") in kinds), None)
+        match = None
+        for coding in codings:
+            if coding.get("system") == LOINC and coding.get("code") in kinds:
+                match = kinds[coding["code"]]
+                break
+        texts = _texts(code)
         if match is None and isinstance(resource.get("valueQuantity"), dict):
             # Local codes: a level named after an mTOR inhibitor ("Everolimus level", "RAPAMUNE TROUGH").
-            match = _named_drug_level(self.k, " ".join(_texts(code)))
+            match = _named_drug_level(self.k, " ".join(texts))
         if match is None:
             return None  # not an observation any rule reads: skip it before any further work
         kind, analyte = match
@@ -274,7 +293,7 @@ class _Reader:
             or resource.get("issued")
         )
         ref = f"Observation/{resource.get('id')}"
-        text = _display(_texts(code), codings) or "observation"
+        text = _display(texts, codings) or "observation"
         return _LAB_READERS[kind](self, _LabFacts(resource, ref, kind, analyte, effective, text))
 
     def _drug_level(self, lab: _LabFacts) -> LabResult:
@@ -517,8 +536,11 @@ def _memoized(knowledge: Knowledge, table: str, key: Any, compute: Callable[[], 
 
 def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
     """What recognize_medication reads of the codings: (system, code) pairs, hashable (it reads only string ones)."""
-    return tuple((c.get("system") if isinstance(c.get("system"), str) else None, c.get("code") if isinstance(c.get("code"), str) else None)
-                 for c in codings)
+    key = []
+    for coding in codings:
+        system, code = coding.get("system"), coding.get("code")
+        key.append((system if isinstance(system, str) else None, code if isinstance(code, str) else None))
+    return tuple(key)
 
 
 def _recognized_medication(knowledge: Knowledge, codes: tuple[tuple[Any, Any], ...], texts: tuple[str, ...]) -> tuple:
@@ -576,10 +598,17 @@ def _codings(concept: Any) -> list[dict]:
 
 
 def _texts(concept: Any) -> list[str]:
+    """The concept's text, then its codings' displays: the non-blank strings."""
     if not isinstance(concept, dict):
         return []
-    texts = [concept.get("text")] + [c.get("display") for c in _codings(concept)]
-    return [t for t in texts if isinstance(t, str) and t.strip()]
+    text = concept.get("text")
+    texts = [text] if isinstance(text, str) and text.strip() else []
+    codings = concept.get("coding")
+    for coding in codings if isinstance(codings, list) else ():
+        display = coding.get("display") if isinstance(coding, dict) else None
+        if isinstance(display, str) and display.strip():
+            texts.append(display)
+    return texts
 
 
 def _display(texts: list[str], codings: list[dict]) -> str:
@@ -627,10 +656,14 @@ def _doses_per_day(dosage: Mapping) -> float | None:
     if not isinstance(repeat, dict):
         return None
     frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (frequency, period)):
+    if not (_is_positive_number(frequency) and _is_positive_number(period)):
         return None
     days = _measure(period) * _PERIOD_DAYS.get(unit, 0) if isinstance(unit, str) else 0
     return _measure(_measure(frequency) / days) if days else None
+
+
+def _is_positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
 def _or_unknown(read: Callable[[Any], Any], value: Any, unknown: list[str]) -> Any:
@@ -665,6 +698,13 @@ def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
     """
     if not isinstance(value, str) or len(value) < 4:
         return None
+    return _parse_datetime(value, keep_offset)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_datetime(value: str, keep_offset: bool) -> datetime | None:
+    """_datetime of a string, kept: a record repeats its dates (one encounter's orders and labs), and the same
+    patient's record comes with every order selection. An Unreadable date is not kept (raised each time)."""
     text = value.strip()
     try:
         if len(text) == 4:

@@ -10,7 +10,17 @@ __all__ = ["Indication", "infer_indication"]
 
 
 def infer_indication(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> Indication:
-    """One indication on record for this drug -> that one; several with the same dosing -> that dosing only."""
+    """One indication on record for this drug -> that one; several with the same dosing -> that dosing only.
+
+    Pure (reads only the snapshot and the knowledge) and asked by several rules: kept with the snapshot, per drug."""
+    cache = snapshot.__dict__.setdefault("_indications", {})  # not a field: equality and replace() ignore it
+    key = (id(knowledge), drug)
+    if key not in cache:
+        cache[key] = _infer_indication(snapshot, knowledge, drug)
+    return cache[key]
+
+
+def _infer_indication(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str) -> Indication:
     has_tsc = bool(snapshot.active_conditions("tsc"))
     found = []
     for entry in knowledge.indications.values():
