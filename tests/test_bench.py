@@ -71,7 +71,8 @@ def test_the_targets_are_checked_against_the_figures():
 
 def test_a_busy_machine_is_warned_about():
     assert run_bench.load_warning(0.2, 0.4) == []
-    assert "not valid" in run_bench.load_warning(0.2, 3.1)[0]
+    assert run_bench.load_warning(0.2, 3.1) == []  # the run's own load: wrk and the server share the CPUs
+    assert "not valid" in run_bench.load_warning(0.8, 0.4)[0]
 
 
 @pytest.mark.parametrize("size", [10, 60, 300, 1000])
