@@ -96,11 +96,12 @@ def _transplants_on_record(snapshot: PatientSnapshot, knowledge: Knowledge) -> d
         if condition.is_active:
             for key in knowledge.transplant_or_oncology_contexts(condition.codes, condition.text) & wanted:
                 found.setdefault(key, []).append(condition)
+    names = {key: [normalize_text(n) for n in knowledge.treatment_contexts[key].names] for key in wanted}
     for procedure in snapshot.procedures:
         if procedure.is_planned or procedure.is_draft:
             continue
         words = normalize_text(procedure.text)
-        for key in wanted:
-            if any(contains_phrase(words, normalize_text(n)) for n in knowledge.treatment_contexts[key].names):
+        for key, phrases in names.items():
+            if any(contains_phrase(words, phrase) for phrase in phrases):
                 found.setdefault(key, []).append(procedure)
     return found
