@@ -164,3 +164,27 @@ def test_restriction_card_on_a_current_order_offers_no_deletion():
     [card] = render_cards(check_label_restrictions(snapshot, K), snapshot)
     assert card.suggestions == () and "heart" in card.summary and "Zortress label" in card.summary
     assert TOPICS[Topic.LABEL_RESTRICTION].override_reasons
+
+
+def test_generic_oral_sirolimus_is_read_as_rapamune_in_a_liver_transplant_recipient():
+    conditions = [condition(ICD10CM, "Z94.4", "Liver transplant status")]
+    [f] = findings("patient-view", medications=[med("sirolimus 2 MG Oral Tablet", rxnorm="360110", dose_mg=2)], conditions=conditions)
+    assert f.restriction is not None and f.restriction.product == "Rapamune"
+
+
+def test_a_completed_heart_transplant_procedure_shows_a_heart_recipient():
+    [f] = findings("patient-view", medications=[zortress()], procedures=[procedure("Heart transplant", -200)])
+    assert f.organ == "heart" and f.restriction is not None
+
+
+def test_heart_transplant_status_is_the_heart_context_not_other_transplant():
+    from cds_service.rules.treatment_context import treatment_context
+
+    snapshot = snapshot_of(medications=[med("everolimus 10 MG Oral Tablet", rxnorm="845507", dose_mg=10)],
+                           conditions=[condition(ICD10CM, "Z94.1", "Heart transplant status")])
+    context = treatment_context(snapshot, K, snapshot.mtor_orders[0])
+    assert (context.use, context.organ, context.candidates) == ("transplant", "heart", ("transplant-heart",))
+    sirolimus = snapshot_of(medications=[med("sirolimus 2 MG Oral Tablet", rxnorm="360110", dose_mg=2)],
+                            conditions=[condition(ICD10CM, "Z94.2", "Lung transplant status")])
+    context = treatment_context(sirolimus, K, sirolimus.mtor_orders[0])
+    assert (context.use, context.organ, context.candidates) == ("transplant", "lung", ("transplant-lung",))
