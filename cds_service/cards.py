@@ -31,6 +31,7 @@ from cds_service.findings import (
     Indication,
     InfectionFinding,
     InteractionFinding,
+    LabelRestrictionFinding,
     LevelRaiserFinding,
     LipidGradeFinding,
     LipidPanelMissing,
@@ -398,6 +399,51 @@ def _angioedema_card(findings: list[AngioedemaFinding], snapshot: PatientSnapsho
     lines.append(f"\nSource: {_cite(top.source, top.section)}")
     suggestions = _removal_suggestions([f.evidence[0] for f in findings if f.evidence[0].is_draft])
     return CardText(_summary(summary, 1), "\n".join(lines), suggestions)
+
+
+def _label_restriction_card(findings: list[LabelRestrictionFinding], snapshot: PatientSnapshot) -> CardText:
+    top = findings[0]
+    order = _mtor(top)
+    lines = [line for f in findings for line in _label_restriction_lines(f)]
+    sources = list(dict.fromkeys((f.source, f.section) for f in findings))  # one per fact; usually one
+    lines.append("\nSource: " + "; ".join(_cite(source, section) for source, section in sources))
+    drafts = [_mtor(f) for f in findings if _mtor(f).is_draft and _mtor(f).kind == "request"]
+    return CardText(_summary(_label_restriction_summary(top, order)), "\n".join(lines), _removal_suggestions(drafts))
+
+
+def _label_restriction_summary(f: LabelRestrictionFinding, order: MedicationOrder) -> str:
+    drug = _cap(f.drug)
+    if f.earliest is not None and f.earliest_start is not None:
+        act = "do not start it yet" if order.is_draft else "review with the transplant team"
+        return (f"{drug} {f.days_after} days after {f.organ} transplant: the {f.earliest.product} label says not before "
+                f"{_human(f.earliest_start)}; {act}")
+    assert f.restriction is not None
+    return f"{drug} in a {f.organ} transplant recipient: the {f.restriction.product} label advises against it; review the order"
+
+
+def _label_restriction_lines(f: LabelRestrictionFinding) -> list[str]:
+    order = _mtor(f)
+    ordered = f"**{md_text(order.text)}** ({_taken_state(order)})"
+    if f.earliest is not None and f.transplant is not None and f.transplant_date and f.earliest_start and f.start:
+        start = "starts today" if f.start == f.today else f"started {_human(f.start)}"
+        act = ("Do not start it before that day: remove the draft and order it again from then." if order.is_draft
+               else "Review it with the transplant team now.")
+        return [
+            f"- {ordered} {start}: {f.days_after} days after the {f.organ} transplant on {_human(f.transplant_date)} "
+            f"({md_text(f.transplant.text)}).",
+            f"- The {f.earliest.product} label: not earlier than {f.earliest.days} days after {f.organ} transplant; "
+            f"{f.earliest.reason}.",
+            f"- Earliest start: **{_human(f.earliest_start)}**. {act}",
+        ]
+    assert f.restriction is not None
+    shown_by = ", ".join(md_text(e.text) for e in f.evidence)
+    act = "before this order goes ahead" if order.is_draft else "now"
+    return [
+        f"- {ordered} for a {f.organ} transplant recipient ({shown_by}).",
+        f"- The {f.restriction.product} label: {f.restriction.statement[0].lower()}{f.restriction.statement[1:]}. "
+        f"In {f.organ} transplant: {f.restriction.reason_for(f.context)}.",
+        f"- Review the immunosuppression plan with the transplant team {act}.",
+    ]
 
 
 # --- wording shared by the interaction, pregnancy, lipid, hepatic, infection, angioedema and vaccine cards ---------
@@ -838,6 +884,10 @@ TOPICS: dict[Topic, TopicEntry] = {
     Topic.DOSE_CHECK: TopicEntry("Dose check", _dose_card, (
         ("intended", "Dose intended (e.g. interaction, tolerability)"),
         ("measurements-outdated", "Height or weight on record is out of date"),
+    )),
+    Topic.LABEL_RESTRICTION: TopicEntry("Use the label advises against", _label_restriction_card, (
+        ("transplant-team-decision", "Decided with the transplant team"),
+        ("transplant-date-wrong", "Transplant date or organ on record is wrong"),
     )),
     Topic.CHECKS_INCOMPLETE: TopicEntry("Safety checks incomplete", _incomplete_card),  # data, not a judgement: nothing to override
 }

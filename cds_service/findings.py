@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cds_service.knowledge import Source
 from cds_service.knowledge.records import (
     ConditionAdvice,
+    EarliestStart,
     HepaticDose,
     InteractionAdvice,
     LabelInteraction,
+    LabelRestriction,
     LabelStatement,
     LevelTest,
     LipidAction,
@@ -29,7 +31,7 @@ from cds_service.knowledge.records import (
     TroughTiming,
     WoundHealingCaution,
 )
-from cds_service.patient import ConditionRecord, LabResult, MedicationOrder
+from cds_service.patient import ConditionRecord, LabResult, MedicationOrder, ProcedureEvent
 
 if TYPE_CHECKING:  # rules import findings; the context type is only an annotation here
     from cds_service.rules.treatment_context import TreatmentContext
@@ -54,6 +56,7 @@ class Topic(str, enum.Enum):
     CONTRACEPTION = "contraception"
     DOSE_CHECK = "dose-check"
     CHECKS_INCOMPLETE = "checks-incomplete"
+    LABEL_RESTRICTION = "label-restriction"
 
 
 class Severity(enum.IntEnum):
@@ -337,3 +340,33 @@ class NotListed:
 
     topic: Topic
     count: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelRestrictionFinding(Finding):
+    """A transplant use the governing label advises against (Zortress in heart transplant; Rapamune in liver or lung
+    transplant), or a start earlier than the label allows after transplant (Zortress: not before day 30 after a
+    liver transplant). `evidence` holds the Conditions or Procedures that show the transplant."""
+
+    topic: ClassVar[Topic] = Topic.LABEL_RESTRICTION
+    context: str  # treatment_contexts.json key of the transplant concerned: "transplant-heart", "transplant-liver", ...
+    organ: str  # "heart", "liver", "lung"
+    today: date
+    restriction: LabelRestriction | None = None  # use not recommended
+    earliest: EarliestStart | None = None  # too early after transplant
+    transplant: ProcedureEvent | None = None  # the transplant whose date counts (earliest start)
+    start: date | None = None  # the order's start: authoredOn, or today for a draft without one
+
+    @property
+    def transplant_date(self) -> date | None:
+        return self.transplant.when.date() if self.transplant and self.transplant.when else None
+
+    @property
+    def earliest_start(self) -> date | None:
+        day = self.transplant_date
+        return day + timedelta(days=self.earliest.days) if day and self.earliest else None
+
+    @property
+    def days_after(self) -> int | None:
+        day = self.transplant_date
+        return (self.start - day).days if day and self.start else None

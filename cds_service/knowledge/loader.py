@@ -23,10 +23,12 @@ from cds_service.knowledge.records import (
     ConditionAdvice,
     ContextEntry,
     ContraceptionAdvice,
+    EarliestStart,
     HepaticDose,
     InteractionAdvice,
     LabelInteraction,
     LabelOverride,
+    LabelRestriction,
     LabelStatement,
     LevelTest,
     LipidAction,
@@ -253,6 +255,25 @@ class Knowledge:
         }
         self._index_drugs(files)
         self._build_treatment_contexts(files["treatment_contexts.json"])
+        self._build_label_restrictions(files["regimens.json"])
+
+    def _build_label_restrictions(self, regimens: Mapping[str, Any]) -> None:
+        """Transplant uses a label advises against, and its earliest start after transplant (verified facts only)."""
+        self.label_restrictions = tuple(
+            build(LabelRestriction, e, reasons=tuple(e["reasons"].items())) for e in regimens.get("label_restrictions", ()) if e.get("verified") is True
+        )
+        self.earliest_starts = tuple(
+            EarliestStart(source=fact["source"], section=str(fact.get("card_section") or fact.get("section", "")),
+                          product=use["product"], drug=use["drug"], context=context, days=fact["value"], reason=fact["reason"])
+            for use in regimens["uses"]
+            if isinstance(fact := use.get("earliest_start_days_after_transplant"), dict) and fact.get("verified") is True
+            for context in use["context"].split("|")
+        )
+        problems = [f"{r.key} names unknown context {c!r}" for r in self.label_restrictions for c in r.contexts
+                    if c not in self.treatment_contexts]
+        problems += [f"{r.key} has no reason for {c!r}" for r in self.label_restrictions for c in r.contexts if c not in dict(r.reasons)]
+        if problems:
+            raise ValueError("regimens.json label_restrictions: " + "; ".join(problems))
 
     def _build_treatment_contexts(self, data: Mapping[str, Any]) -> None:
         """Why a patient takes an mTOR inhibitor (issue 10): contexts by code/name, products' uses, CNIs."""

@@ -299,3 +299,29 @@ class SupportingDrug(Cited):
     implies: str
     names: tuple[str, ...] = ()
     exclude_if_text_contains: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelRestriction(Cited):
+    """A label's "use is not recommended" for some transplant contexts (regimens.json label_restrictions, verified)."""
+
+    key: str
+    product: str  # whose label says it: "Zortress", "Rapamune"
+    drug: str
+    contexts: tuple[str, ...]  # treatment_contexts.json keys: "transplant-heart", "transplant-liver", ...
+    statement: str
+    reasons: tuple[tuple[str, str], ...]  # (context key, the label's reason in its words)
+
+    def reason_for(self, context: str) -> str:
+        return dict(self.reasons)[context]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EarliestStart(Cited):
+    """A label's earliest start after transplant (Zortress: no earlier than 30 days after liver transplant)."""
+
+    product: str
+    drug: str
+    context: str  # treatment_contexts.json key
+    days: int
+    reason: str

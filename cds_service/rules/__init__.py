@@ -24,6 +24,7 @@ from cds_service.rules.interactions import check_cyp3a4_interactions
 from cds_service.rules.lipids import check_lipids
 from cds_service.rules.ordering import check_contraception, check_dose
 from cds_service.rules.pregnancy import check_pregnancy
+from cds_service.rules.restrictions import check_label_restrictions
 from cds_service.rules.surgery import check_surgery_timing
 from cds_service.rules.treatment_context import treatment_context
 from cds_service.rules.trough import check_trough_high, check_trough_low, check_trough_monitoring
@@ -46,6 +47,7 @@ RULES: tuple[Rule, ...] = (
     check_angioedema,
     check_contraception,
     check_dose,
+    check_label_restrictions,
 )
 
 SUPERSEDED_BY: dict[Topic, frozenset[Topic]] = {

@@ -232,8 +232,8 @@ def _fits_drug(key: str, drug: str | None, product: ProductUse | None) -> bool:
 
 def _prefer_specific_organ(candidates: Iterable[str]) -> list[str]:
     keys = list(dict.fromkeys(candidates))
-    if "transplant-other" in keys and any(k in keys for k in ("transplant-kidney", "transplant-liver")):
-        keys.remove("transplant-other")  # Z94.0 is also under the Z94 category: the organ code wins
+    if "transplant-other" in keys and any(k.startswith("transplant-") and k != "transplant-other" for k in keys):
+        keys.remove("transplant-other")  # Z94.0 (Z94.1, ...) is also under the Z94 category: the organ code wins
     return keys
 
 
