@@ -424,7 +424,7 @@ def make_app(directory: Path, **settings: Any):
         **{
             "require_jwt": False,
             "allowed_fhir_servers": ("https://ehr.example.org/fhir",),
-            "fhir_deadline_s": 1.0,
+            "fhir_deadline_s": 3.0,
             "database_url": f"sqlite:///{directory}/cards.sqlite3",
             **settings,
         }

@@ -17,7 +17,7 @@ from conftest import FIXTURE_NOW, FIXTURES, SCENARIOS, SERVICE_FOR_HOOK, load_fi
 @pytest.fixture
 def real_clock_client(tmp_path):
     """The service as it runs: no pinned clock."""
-    app = create_app(require_jwt=False, allowed_fhir_servers=("https://ehr.example.org/fhir",), fhir_deadline_s=1.0,
+    app = create_app(require_jwt=False, allowed_fhir_servers=("https://ehr.example.org/fhir",), fhir_deadline_s=3.0,
                      database_url=f"sqlite:///{tmp_path}/cards.sqlite3")
     return app.test_client()
 

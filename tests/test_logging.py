@@ -49,7 +49,7 @@ def apps(tmp_path):
     key = make_ec_key("ES384")
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": {ISSUER: {"jwks": jwks_of(jwk_from_key(key, KID, "ES384"))}}}))
-    common = {"allowed_fhir_servers": (BASE,), "fhir_deadline_s": 1.0, "database_url": f"sqlite:///{tmp_path}/cards.sqlite3"}
+    common = {"allowed_fhir_servers": (BASE,), "fhir_deadline_s": 3.0, "database_url": f"sqlite:///{tmp_path}/cards.sqlite3"}
     open_app = create_app(require_jwt=False, **common)
     jwt_app = create_app(require_jwt=True, trusted_issuers=str(issuers), **common)
     for app in (open_app, jwt_app):
