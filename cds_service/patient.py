@@ -122,6 +122,8 @@ class ProcedureEvent:
     # surgical ServiceRequest), "name"; "" when it does not; NEVER_SURGERY for a non-operative procedure or clinic visit.
     surgery_evidence: str = ""
     based_on: tuple[str, ...] = ()  # Appointment.basedOn ServiceRequest references
+    # (system, code) of Procedure.code / ServiceRequest.code (OID systems mapped to FHIR URIs); none for Appointments
+    codes: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)

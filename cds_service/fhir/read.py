@@ -426,6 +426,9 @@ class _Reader:
         if not (planned or done):
             return None  # cancelled, entered-in-error, no-show, revoked, completed appointments: never surgery to come
         based_on: tuple[str, ...] = ()
+        # What was done or ordered, by code (not the category: "surgical procedure" says no organ)
+        what = self._codings(resource.get("code")) if rtype in ("ServiceRequest", "Procedure") else []
+        what_codes = frozenset((c.get("system"), c.get("code")) for c in what if isinstance(c.get("code"), str))
         if rtype == "ServiceRequest":
             when = resource.get("occurrenceDateTime") or _get(resource, "occurrencePeriod", "start")
             concepts = [resource.get("code"), *(resource.get("category") or ())]
@@ -457,6 +460,7 @@ class _Reader:
             is_draft=is_draft,
             surgery_evidence=evidence,
             based_on=based_on,
+            codes=what_codes,
         )
 
     def _surgery_evidence(self, resource: Mapping, codes: set[tuple[Any, Any]], texts: list[str]) -> str:

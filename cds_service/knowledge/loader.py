@@ -361,7 +361,7 @@ class Knowledge:
         add("pneumonitis", clinical["pneumonitis"])
 
     def transplant_or_oncology_contexts(self, codes: frozenset[tuple[str, str]], text: str) -> frozenset[str]:
-        """Keys of the transplant and oncology contexts a Condition shows: by code; by name only when it carries no
+        """Keys of the transplant and oncology contexts a Condition (or Procedure) shows: by code; by name only when it carries no
         code (names like "kidney transplant" also occur in "evaluation for kidney transplant", which a coded record
         would say with another code)."""
         words = normalize_text(text) if not codes else ()

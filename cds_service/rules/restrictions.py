@@ -2,8 +2,8 @@
 
 - Zortress after liver transplant: not earlier than 30 days after the transplant (FDA MedWatch, February 2013). Fires
   on a draft everolimus order, or on a current one while the 30 days are not over, when a completed liver-transplant
-  Procedure gives the date. A Condition's date is not used: its onset and recordedDate cannot be told apart in the
-  record the rules read, and a recorded date is not the transplant date.
+  Procedure (by code, or by name when uncoded) gives the date. A Condition's date is not used: its onset and
+  recordedDate cannot be told apart in the record the rules read, and a recorded date is not the transplant date.
 - Zortress in heart transplant: not recommended (increased mortality; FDA MedWatch, April 2012), for everolimus whose
   every plausible use is transplant (the Zortress label governs it).
 - Rapamune (oral sirolimus) in liver or lung transplant: not recommended (boxed warning), whatever the use.
@@ -16,9 +16,8 @@ from datetime import timedelta
 
 from cds_service.findings import LabelRestrictionFinding, Severity
 from cds_service.knowledge import Knowledge
-from cds_service.knowledge.loader import contains_phrase, normalize_text
 from cds_service.patient import ConditionRecord, MedicationOrder, PatientSnapshot, ProcedureEvent
-from cds_service.rules.treatment_context import NOT_CURRENT, treatment_context
+from cds_service.rules.treatment_context import NOT_CURRENT, procedure_transplant_contexts, treatment_context
 
 TransplantEvidence = ConditionRecord | ProcedureEvent
 
@@ -88,7 +87,7 @@ def _too_early(
 
 
 def _transplants_on_record(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, list[TransplantEvidence]]:
-    """Transplant context key -> active Conditions (by code, or name when uncoded) and completed Procedures (by name)
+    """Transplant context key -> active Conditions and completed Procedures (each by code, or name when uncoded)
     that show it. Organ-specific contexts only: "transplant-other" (the Z94 category) names no organ."""
     found: dict[str, list[TransplantEvidence]] = {}
     wanted = {c for r in knowledge.label_restrictions for c in r.contexts} | {e.context for e in knowledge.earliest_starts}
@@ -96,12 +95,7 @@ def _transplants_on_record(snapshot: PatientSnapshot, knowledge: Knowledge) -> d
         if condition.is_active:
             for key in knowledge.transplant_or_oncology_contexts(condition.codes, condition.text) & wanted:
                 found.setdefault(key, []).append(condition)
-    names = {key: [normalize_text(n) for n in knowledge.treatment_contexts[key].names] for key in wanted}
     for procedure in snapshot.procedures:
-        if procedure.is_planned or procedure.is_draft:
-            continue
-        words = normalize_text(procedure.text)
-        for key, phrases in names.items():
-            if any(contains_phrase(words, phrase) for phrase in phrases):
-                found.setdefault(key, []).append(procedure)
+        for key in procedure_transplant_contexts(knowledge, procedure) & wanted:
+            found.setdefault(key, []).append(procedure)
     return found

@@ -20,9 +20,9 @@ from typing import Any
 from cds_service.knowledge import Knowledge
 from cds_service.knowledge.loader import contains_phrase, normalize_text
 from cds_service.knowledge.records import ProductUse, Source
-from cds_service.patient import MedicationOrder, PatientSnapshot
+from cds_service.patient import MedicationOrder, PatientSnapshot, ProcedureEvent
 
-__all__ = ["TreatmentContext", "regimen_entry", "regimen_for", "treatment_context", "treatment_contexts", "USES"]
+__all__ = ["TreatmentContext", "procedure_transplant_contexts", "regimen_entry", "regimen_for", "treatment_context", "treatment_contexts", "USES"]
 
 USES = ("transplant", "tsc-aml", "tsc-sega", "tsc-seizures", "lam", "oncology", "unknown")
 TSC_LAM_USES = frozenset({"tsc-aml", "tsc-sega", "tsc-seizures", "lam"})
@@ -179,16 +179,21 @@ def _condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict
 
 
 def _transplant_procedures(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
-    """Completed transplant procedures (by name: ProcedureEvent carries text) -> transplant context keys."""
+    """Completed transplant procedures -> transplant context keys."""
     found: dict[str, list[str]] = {}
     for procedure in snapshot.procedures:
-        if procedure.is_planned or procedure.is_draft:
-            continue
-        words = _phrase(procedure.text)
-        for entry in knowledge.treatment_contexts.values():
-            if entry.kind == "transplant" and any(contains_phrase(words, _phrase(n)) for n in entry.names):
-                found.setdefault(entry.key, []).append(procedure.ref)
+        for key in procedure_transplant_contexts(knowledge, procedure):
+            found.setdefault(key, []).append(procedure.ref)
     return {k: tuple(v) for k, v in found.items()}
+
+
+def procedure_transplant_contexts(knowledge: Knowledge, procedure: ProcedureEvent) -> frozenset[str]:
+    """The transplant context keys a completed (not planned, not draft) Procedure shows: by code, as Conditions are
+    read; by name only when it carries no code ("kidney transplant evaluation" coded as an evaluation is not one)."""
+    if procedure.is_planned or procedure.is_draft:
+        return frozenset()
+    shown = knowledge.transplant_or_oncology_contexts(procedure.codes, procedure.text)
+    return frozenset(k for k in shown if knowledge.treatment_contexts[k].kind == "transplant")
 
 
 def _calcineurin_inhibitors(snapshot: PatientSnapshot, knowledge: Knowledge, order: MedicationOrder) -> list[str]:
