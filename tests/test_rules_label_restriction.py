@@ -14,7 +14,7 @@ from __future__ import annotations
 from cds_service.cards import TOPICS, render_cards
 from cds_service.findings import LabelRestrictionFinding, Severity, Topic
 from cds_service.rules.restrictions import check_label_restrictions
-from snapshots import ICD10CM, condition, date, knowledge, med, procedure, rule_findings, snapshot_of
+from snapshots import ICD10CM, SNOMED, coding, concept, condition, date, knowledge, med, procedure, rule_findings, snapshot_of
 
 K = knowledge()
 TACROLIMUS = med("tacrolimus (Prograf) 1 mg capsule twice daily", rxnorm="42316", dose_mg=1)
@@ -55,6 +55,23 @@ def test_zortress_drafted_45_days_after_liver_transplant_is_allowed():
 def test_a_re_transplant_starts_the_30_days_again():
     [f] = findings(drafts=[zortress(draft=True)], procedures=[liver_transplant(400), liver_transplant(5)])
     assert f.days_after == 5
+
+
+def coded_procedure(text: str, snomed: str, days_ago: float, system: str = SNOMED):
+    return procedure(text, -days_ago, code=concept(text, coding(system, snomed)))
+
+
+def test_a_liver_transplant_coded_but_not_named_gives_the_date():
+    # SNOMED 18027006 Transplantation of liver (treatment_contexts.json); "OLT" names no organ in words
+    for system in (SNOMED, "urn:oid:2.16.840.1.113883.6.96"):
+        [f] = findings(drafts=[zortress(draft=True)], procedures=[coded_procedure("OLT", "18027006", 12, system)])
+        assert f.earliest is not None and f.context == "transplant-liver" and f.days_after == 12
+
+
+def test_a_procedure_coded_as_something_else_is_not_a_transplant_whatever_its_text():
+    # SNOMED 386053000 Evaluation procedure: the words "liver transplant" in its text do not make it one
+    evaluation = coded_procedure("Liver transplant evaluation", "386053000", 12)
+    assert findings(drafts=[zortress(draft=True)], procedures=[evaluation]) == []
 
 
 def test_no_transplant_date_on_record_means_no_timing_card():

@@ -166,6 +166,59 @@ def test_evaluation_for_transplant_written_on_a_coded_condition_is_not_read_by_n
     assert context_of(RAPAMUNE, LAM, evaluation).use == "lam"
 
 
+# SNOMED CT procedure codes: 18027006 Transplantation of liver, 70536003 Transplant of kidney (treatment_contexts.json,
+# from the HL7 Europe transplant IG ConceptMap); 386053000 Evaluation procedure (a code no transplant context lists).
+SNOMED_LIVER_TX = frozenset({("http://snomed.info/sct", "18027006")})
+SNOMED_EVALUATION = frozenset({("http://snomed.info/sct", "386053000")})
+AFINITOR_10 = dict(ref="MedicationRequest/afi", text="everolimus 10 MG Oral Tablet", code="845507", dose=10.0)
+
+
+def _done(text, codes=frozenset(), *, planned=False, draft=False):
+    from cds_service.patient import ProcedureEvent
+    from snapshots import NOW
+    return ProcedureEvent("Procedure/p", text, NOW, is_planned=planned, is_surgery=True, is_draft=draft, codes=codes)
+
+
+def test_a_procedure_coded_liver_transplant_counts_whatever_its_text_says():
+    mtor = mtor_order(**AFINITOR_10)
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor]), _done("OLT", SNOMED_LIVER_TX)), knowledge(), mtor)
+    assert (ctx.use, ctx.organ) == ("transplant", "liver") and "Procedure/p" in ctx.evidence
+    assert not ctx.allows_tsc_lam_rules
+
+
+def test_a_planned_or_draft_coded_transplant_procedure_is_not_evidence():
+    mtor = mtor_order(**GENERIC_SIROLIMUS)
+    for procedure in (_done("OLT", SNOMED_LIVER_TX, planned=True), _done("OLT", SNOMED_LIVER_TX, draft=True)):
+        ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor], conditions=[LAM]), procedure), knowledge(), mtor)
+        assert ctx.use == "lam"
+
+
+def test_the_code_wins_over_the_words_of_a_coded_procedure():
+    mtor = mtor_order(**GENERIC_SIROLIMUS)
+    evaluation = _done("Kidney transplant evaluation", SNOMED_EVALUATION)
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor], conditions=[LAM]), evaluation), knowledge(), mtor)
+    assert ctx.use == "lam" and "Procedure/p" not in ctx.evidence
+    uncoded = _done("Kidney transplant evaluation")  # no code: read by name, as before
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor], conditions=[LAM]), uncoded), knowledge(), mtor)
+    assert "transplant-kidney" in ctx.candidates
+
+
+def test_an_uncoded_procedure_is_still_read_by_name():
+    mtor = mtor_order(**GENERIC_SIROLIMUS)
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor]), _done("Kidney transplant")), knowledge(), mtor)
+    assert (ctx.use, ctx.organ) == ("transplant", "kidney")
+
+
+def test_the_fhir_reader_gives_a_procedure_its_codes_with_oid_systems_mapped():
+    from snapshots import coding, concept, med, procedure, snapshot_of
+    coded = procedure("OLT", -200, code=concept("OLT", coding("urn:oid:2.16.840.1.113883.6.96", "18027006")))
+    snapshot = snapshot_of(medications=[med("everolimus 10 MG Oral Tablet", rxnorm="845507", dose_mg=10)], procedures=[coded])
+    [event] = snapshot.procedures
+    assert event.codes == SNOMED_LIVER_TX and event.text == "OLT"
+    ctx = treatment_context(snapshot, knowledge(), snapshot.mtor_orders[0])
+    assert (ctx.use, ctx.organ) == ("transplant", "liver")
+
+
 def _with_procedures(snapshot, *procedures):
     import dataclasses
     return dataclasses.replace(snapshot, procedures=tuple(procedures))
