@@ -203,6 +203,18 @@ def test_the_code_wins_over_the_words_of_a_coded_procedure():
     assert "transplant-kidney" in ctx.candidates
 
 
+def test_a_procedure_coded_only_in_cpt_or_a_local_system_is_read_by_its_name():
+    # US EHRs often code procedures in CPT only (50360 renal allotransplantation): the contexts are written in
+    # SNOMED CT and ICD-10-CM, so such a record is read by its name, as an uncoded one is.
+    mtor = mtor_order(**GENERIC_SIROLIMUS)
+    cpt = _done("Kidney transplant", frozenset({("http://www.ama-assn.org/go/cpt", "50360")}))
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor]), cpt), knowledge(), mtor)
+    assert (ctx.use, ctx.organ) == ("transplant", "kidney")
+    local = _done("OLT", frozenset({("https://ehr.example.org/procedure-codes", "TX-LIV")}))
+    ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor], conditions=[LAM]), local), knowledge(), mtor)
+    assert ctx.use == "lam"  # neither a known code nor a known name: no transplant evidence
+
+
 def test_an_uncoded_procedure_is_still_read_by_name():
     mtor = mtor_order(**GENERIC_SIROLIMUS)
     ctx = treatment_context(_with_procedures(record_snapshot(meds=[mtor]), _done("Kidney transplant")), knowledge(), mtor)

@@ -288,6 +288,11 @@ class Knowledge:
                 names=tuple(e.get("names", ())),
             ))
         self.treatment_contexts: Mapping[str, ContextEntry] = {c.key: c for c in contexts}
+        # The code systems the contexts are written in (SNOMED CT, ICD-10-CM): a record coded only in another
+        # system (CPT, a local code) is read by its name, as an uncoded one is.
+        self.context_code_systems = frozenset(
+            system for c in contexts for system, _ in (*c.codes, *c.prefixes, *c.exclude_codes)
+        )
         self.product_uses = tuple(build(ProductUse, e) for e in data["product_implies"])
         self.supporting_drugs = tuple(build(SupportingDrug, e) for e in data["calcineurin_inhibitors"])
         problems = [
@@ -361,14 +366,16 @@ class Knowledge:
         add("pneumonitis", clinical["pneumonitis"])
 
     def transplant_or_oncology_contexts(self, codes: frozenset[tuple[str, str]], text: str) -> frozenset[str]:
-        """Keys of the transplant and oncology contexts a Condition (or Procedure) shows: by code; by name only when it carries no
-        code (names like "kidney transplant" also occur in "evaluation for kidney transplant", which a coded record
-        would say with another code)."""
-        words = normalize_text(text) if not codes else ()
+        """Keys of the transplant and oncology contexts a Condition (or Procedure) shows: by code; by name only when it
+        carries no code in a system the contexts are written in (names like "kidney transplant" also occur in
+        "evaluation for kidney transplant", which a SNOMED- or ICD-10-coded record would say with another code; a
+        CPT- or locally-coded one is read by its name)."""
+        coded = any(system in self.context_code_systems for system, _ in codes)
+        words = () if coded else normalize_text(text)
         return frozenset(
             entry.key for entry in self.treatment_contexts.values()
             if entry.kind in ("transplant", "oncology")
-            and (entry.matches_codes(codes) if codes else any(contains_phrase(words, normalize_text(n)) for n in entry.names))
+            and (entry.matches_codes(codes) if coded else any(contains_phrase(words, normalize_text(n)) for n in entry.names))
         )
 
     def condition_kinds(self, codes: Iterable[tuple[str, str]], text: str) -> frozenset[str]:
