@@ -369,7 +369,8 @@ def _infection_card(findings: list[InfectionFinding], snapshot: PatientSnapshot)
     elif top.kind == "pneumonitis":
         summary = f"Non-infectious pneumonitis on record while on {drug}: grade it and decide whether to hold {drug}"
     else:
-        summary = f"Active severe infection on record while on {drug}: review holding {drug} with the prescriber today"
+        summary = f"Active severe infection on record while on {drug}: " + (
+            top.advice.action or f"review holding {drug} with the prescriber today")
     lines = []
     for f in findings:
         conditions = ", ".join(f"**{md_text(c.text)}**" + (f" (since {_human(c.asserted.date())})" if c.asserted else "")
@@ -378,9 +379,11 @@ def _infection_card(findings: list[InfectionFinding], snapshot: PatientSnapshot)
         lines.append(f"- The label: {f.advice.text}")
         if f.stale_after_days is not None:
             lines.append(f"- Next step: it is older than the {f.stale_after_days}-day look-back; confirm whether it has resolved "
-                         f"and update the problem list. If it is still active, review holding {drug}.")
+                         f"and update the problem list. If it is still active, {f.advice.action or f'review holding {drug}'}.")
         elif f.kind == "pneumonitis":
             lines.append(f"- Next step: grade the pneumonitis and decide with the prescriber whether to hold or stop {drug}.")
+        elif f.advice.action:
+            lines.append(f"- Next step: {f.advice.action}.")
         else:
             lines.append(f"- Next step: review today with the {drug} prescriber whether to hold it until the infection is controlled.")
     lines.append(f"\nSource: {_cite(top.source, top.section)}")

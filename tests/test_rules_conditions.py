@@ -108,6 +108,34 @@ def test_sirolimus_infection_card_quotes_rapamune():
     assert finding.source.key == "RAPAMUNE-WP" and "AFINITOR" not in finding.advice.text.upper()
 
 
+ZORTRESS = ("MedicationRequest/zor", "Zortress 0.75 MG Oral Tablet", "977440")
+FYARRO = ("MedicationRequest/fy", "Fyarro (sirolimus protein-bound particles) injectable suspension", None)
+ZORTRESS_BOXED_WARNING = ("WARNING: MALIGNANCIES and SERIOUS INFECTIONS; KIDNEY GRAFT THROMBOSIS; NEPHROTOXICITY; "
+                          "and MORTALITY IN HEART TRANSPLANTATION")
+
+
+def test_zortress_with_active_sepsis_gives_its_own_boxed_warning():
+    # Zortress label (DailyMed set e082a024-7850-400b-a5c2-2a140612562a), Boxed Warning heading, verified via openFDA
+    snapshot = record_snapshot([mtor_order(*ZORTRESS, dose=0.75)], [], [condition_record("A41.9", ICD10CM, asserted=NOW_2)])
+    [finding] = check_infection(snapshot, K)
+    assert finding.severity.name == "WARNING" and finding.kind == "severe-infection"
+    assert finding.advice.product == "Zortress" and finding.source.key == "ZORTRESS-LABEL"
+    assert ZORTRESS_BOXED_WARNING in finding.advice.text and "AFINITOR" not in finding.advice.text.upper()
+
+
+def test_zortress_infection_past_the_look_back_window_gives_only_an_info_card():
+    snapshot = record_snapshot([mtor_order(*ZORTRESS, dose=0.75)], [], [condition_record("A41.9", ICD10CM)])  # 400 days old
+    [finding] = check_infection(snapshot, K)
+    assert finding.severity.name == "INFO" and finding.advice.product == "Zortress"
+
+
+def test_zortress_pneumonitis_and_fyarro_infection_give_no_card_without_their_own_label_statement():
+    # no verified Zortress statement on non-infectious pneumonitis; no Fyarro infection advice in the knowledge
+    assert check_infection(record_snapshot([mtor_order(*ZORTRESS, dose=0.75)], [], [condition_record("205237003")]), K) == []
+    assert check_infection(record_snapshot([mtor_order(*FYARRO, dose=None)], [],
+                                           [condition_record("A41.9", ICD10CM, asserted=NOW_2)]), K) == []
+
+
 # --- cards (issue 13): the concrete next step, the governing product's words only --------------------------------
 
 
@@ -135,3 +163,13 @@ def test_infection_card_says_the_next_step_and_shows_no_resource_ids():
     card = card_for(check_infection(snapshot, K), snapshot)
     assert "Next step:" in card.detail and "Condition/" not in card.detail and "MedicationRequest/" not in card.detail
     assert len(card.summary) < 140 and "more)" not in card.summary
+
+
+def test_zortress_infection_card_asks_for_a_transplant_team_review_and_gives_no_hold_instruction():
+    snapshot = record_snapshot([mtor_order(*ZORTRESS, dose=0.75)], [], [condition_record("A41.9", ICD10CM, text="Sepsis", asserted=NOW_2)])
+    card = card_for(check_infection(snapshot, K), snapshot)
+    text = card.summary + card.detail
+    assert "transplant team now" in card.summary and len(card.summary) < 140
+    assert ZORTRESS_BOXED_WARNING in card.detail and "Zortress" in card.detail
+    assert "afinitor" not in text.lower() and "rapamune" not in text.lower()
+    assert "hold" not in text.lower() and "interrupt" not in text.lower() and " mg" not in card.detail.split("Next step")[1]

@@ -157,6 +157,7 @@ class ConditionAdvice(Cited):
     drug: str
     text: str
     product: str  # the product whose own label gives the advice: "Afinitor", "Zortress", "Rapamune", "Fyarro"
+    action: str | None = None  # the card's next step when it is not "review holding the drug" (Zortress: transplant team)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
