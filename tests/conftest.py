@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from cds_service import create_app
 from cds_service.knowledge import load_knowledge
+from cds_service.knowledge.loader import FILES, KNOWLEDGE_DIR
 from cds_service.services import prefetch_templates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +112,21 @@ def _fresh_fhir_capabilities():
     client._capabilities.clear()
     yield
     client._capabilities.clear()
+
+
+# --- a knowledge directory to break: the loader's own tests -----------------------------------------
+
+
+@pytest.fixture
+def knowledge_copy(tmp_path) -> Path:
+    """A copy of every knowledge file, for tests that break one and load the directory."""
+    for name in FILES:
+        shutil.copy(KNOWLEDGE_DIR / name, tmp_path / name)
+    return tmp_path
+
+
+def edit(directory: Path, name: str, change) -> None:
+    """Change one knowledge file of a copy in place: change(document) edits the parsed JSON."""
+    document = json.loads((directory / name).read_text())
+    change(document)
+    (directory / name).write_text(json.dumps(document))

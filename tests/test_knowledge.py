@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cds_service.knowledge import KnowledgeError, load_knowledge
+from cds_service.knowledge.codes import CVX, ICD10CM, LOINC, RXNORM, SNOMED, code_problem, loinc_check_digit, verhoeff_valid
 from cds_service.knowledge.loader import FILES, KNOWLEDGE_DIR
+from conftest import edit
 
 KNOWLEDGE_FILES = sorted(FILES)
 NOT_KNOWLEDGE = {"manifest.json"}  # the manifest describes the files; it is not one of them
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-CVX = "http://hl7.org/fhir/sid/cvx"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ICD10_CODE = re.compile(r"[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?")
-LOINC_CODE = re.compile(r"(LA|LP|LL)?\d{1,7}-\d")
 
 
 def raw(name: str) -> dict:
@@ -58,59 +51,9 @@ def list_entries(node: Any, path: str, inherited: str | None) -> Iterator[tuple[
 # --- check digits --------------------------------------------------------------------------------
 
 
-def mod10_check_digit(digits: str) -> int:
-    """LOINC's check digit (Mod 10, as in the LOINC Users' Guide)."""
-    total = 0
-    for position, char in enumerate(reversed(digits), start=1):
-        value = int(char) * (2 if position % 2 else 1)
-        total += value // 10 + value % 10
-    return (10 - total % 10) % 10
-
-
-_VERHOEFF_D = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
-    [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
-]
-_VERHOEFF_P = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
-]
-
-
-def verhoeff_valid(number: str) -> bool:
-    """SNOMED CT identifiers end in a Verhoeff check digit."""
-    check = 0
-    for i, char in enumerate(reversed(number)):
-        check = _VERHOEFF_D[check][_VERHOEFF_P[i % 8][int(char)]]
-    return check == 0
-
-
 def test_check_digit_helpers_on_known_codes():
-    assert mod10_check_digit("2106") == 3 and mod10_check_digit("50544") == 6 and mod10_check_digit("82810") == 3
+    assert loinc_check_digit("2106") == 3 and loinc_check_digit("50544") == 6 and loinc_check_digit("82810") == 3
     assert verhoeff_valid("387713003") and verhoeff_valid("77386006") and not verhoeff_valid("77386007")
-
-
-def code_problem(system: str | None, code: Any) -> str | None:
-    if not isinstance(code, str) or code != code.strip() or not code:
-        return "not a trimmed non-empty string"
-    if system == RXNORM and not re.fullmatch(r"\d{1,8}", code):
-        return "RxNorm codes are digits"
-    if system == CVX and not re.fullmatch(r"\d{1,3}", code):
-        return "CVX codes are 1-3 digits"
-    if system == LOINC:
-        if not LOINC_CODE.fullmatch(code):
-            return "LOINC codes look like 1234-5 (or LA1234-5)"
-        number, check = code.split("-")
-        if number.isdigit() and mod10_check_digit(number) != int(check):  # answer codes (LA...) use another scheme
-            return f"LOINC check digit should be {mod10_check_digit(number)}"
-    if system == SNOMED and not (re.fullmatch(r"\d{6,18}", code) and verhoeff_valid(code)):
-        return "SNOMED CT ids are 6-18 digits ending in a Verhoeff check digit"
-    if system == ICD10CM and not ICD10_CODE.fullmatch(code):
-        return "not an ICD-10-CM code or category"
-    return None
 
 
 def coded_values(document: dict) -> Iterator[tuple[str, str | None, Any]]:
@@ -238,19 +181,6 @@ def test_no_vaccine_code_is_both_live_and_not_live():
 def test_shipped_knowledge_loads():
     knowledge = load_knowledge()
     assert set(knowledge.mtor_drugs) == {"everolimus", "sirolimus"}
-
-
-@pytest.fixture
-def knowledge_copy(tmp_path) -> Path:
-    for name in KNOWLEDGE_FILES:
-        shutil.copy(KNOWLEDGE_DIR / name, tmp_path / name)
-    return tmp_path
-
-
-def edit(directory: Path, name: str, change) -> None:
-    document = json.loads((directory / name).read_text())
-    change(document)
-    (directory / name).write_text(json.dumps(document))
 
 
 def test_unbroken_copy_loads(knowledge_copy):

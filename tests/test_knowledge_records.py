@@ -3,32 +3,15 @@ a missing field fails at start-up, not in a card."""
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 
 from cds_service.knowledge import KnowledgeError, load_knowledge
 from cds_service.knowledge.codes import code_problem
-from cds_service.knowledge.loader import FILES, KNOWLEDGE_DIR
 from cds_service.knowledge.records import InteractionAdvice, Source, TroughTarget, TroughTiming
+from conftest import edit
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
-
-
-@pytest.fixture
-def knowledge_copy(tmp_path) -> Path:
-    for name in FILES:
-        shutil.copy(KNOWLEDGE_DIR / name, tmp_path / name)
-    return tmp_path
-
-
-def edit(directory: Path, name: str, change) -> None:
-    document = json.loads((directory / name).read_text())
-    change(document)
-    (directory / name).write_text(json.dumps(document))
 
 
 def test_shipped_knowledge_gives_typed_records():
