@@ -30,6 +30,7 @@ the master, before the app is loaded) before anything imports it.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -149,6 +150,7 @@ def gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
     settings["control_socket_disable"] = True
 
     settings["on_starting"] = on_starting
+    settings["pre_fork"] = pre_fork
     settings["child_exit"] = child_exit
     settings["on_exit"] = on_exit
     return settings
@@ -192,6 +194,17 @@ def on_starting(server) -> None:
         for name in os.listdir(directory):
             if name.endswith(".db"):
                 os.remove(os.path.join(directory, name))
+
+
+def pre_fork(server, worker) -> None:
+    """Move everything the master loaded (the app, the knowledge) out of the garbage collector's sight.
+
+    A worker's full (generation 2) collection otherwise walks every object the master loaded, about
+    120,000 of them: a 40 ms stall on the call that triggers it, and copy-on-write pages made private
+    in every worker. Frozen objects are never collected, which is right for what lives as long as the
+    process; what a worker creates afterwards is collected as usual.
+    """
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:

@@ -331,3 +331,36 @@ def test_plain_postgresql_urls_use_psycopg_and_other_backends_are_refused():
     plain.engine.dispose()
     with pytest.raises(ValueError, match="sqlite or postgresql"):
         CardStore.from_url("mysql://u@127.0.0.1/db")
+
+
+def test_sqlite_store_uses_a_write_ahead_log_without_syncing_each_commit(tmp_path):
+    """Each hook call's cards are a commit: in rollback-journal mode that was three fdatasync calls per call."""
+    sqlite_store = CardStore.from_url(f"sqlite:///{tmp_path / 'cards.sqlite3'}")
+    sqlite_store.migrate()
+    try:
+        with sqlite_store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        sqlite_store.close()
+
+
+def test_cards_of_calls_close_together_are_written_in_one_transaction(store):
+    commits: list[int] = []
+    sa.event.listen(store.engine, "commit", lambda connection: commits.append(1))
+    for n in range(5):  # five hook calls within the writer's delay
+        store.record_cards([card(f"burst-{n}")])
+    assert store.flush() is True
+    assert sorted(stored_cards(store)) == [f"burst-{n}" for n in range(5)]
+    assert len(commits) == 1
+
+
+def test_closing_the_store_writes_what_is_queued_without_waiting_for_the_delay(store, monkeypatch):
+    monkeypatch.setattr(card_store_module, "WRITE_DELAY_S", 30.0)
+    started = time.monotonic()
+    store.record_cards([card("last-call")])
+    store.close()
+    assert time.monotonic() - started < 5
+    reopened = CardStore(store.engine)
+    assert list(stored_cards(reopened)) == ["last-call"]
