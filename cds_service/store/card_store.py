@@ -12,6 +12,7 @@ classes and counts, never values, since SQL error texts can quote the row being 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -152,10 +153,8 @@ class CardStore:
         with self._drained:
             if self._pending == 0:
                 return True
-        try:
+        with contextlib.suppress(queue.Full):  # a full queue is written without delay anyway
             self._queue.put_nowait(_WRITE_NOW)  # the writer stops gathering and writes
-        except queue.Full:
-            pass  # a full queue is written without delay anyway
         with self._drained:
             return self._drained.wait_for(lambda: self._pending == 0, timeout=timeout_s)
 
