@@ -37,7 +37,7 @@ DEFAULT_DATABASE_URL = "sqlite:///mtor-cds.sqlite3"
 MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
 QUEUE_BATCHES = 1000  # hook calls' worth of cards waiting for the writer before new ones are dropped
 WRITE_DELAY_S = 0.1  # the writer gathers the cards of this long into one transaction
-_WRITE_NOW = ([], False)  # queued by flush(): write what is gathered without waiting out the delay
+_WRITE_NOW: tuple[list[CardRecord], bool] = ([], False)  # queued by flush(): write what is gathered without waiting out the delay
 _MIGRATION_LOCK_ID = 0x6D746F72  # "mtor": serialises migrate() across workers on PostgreSQL
 
 
