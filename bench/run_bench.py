@@ -361,7 +361,7 @@ def load_warning(load_before: float, load_after: float) -> list[str]:
     `load_after` is recorded beside the figures but says nothing about other processes."""
     if load_before <= QUIET_LOAD:
         return []
-    return [f"**WARNING: load average {load_before:.1f} > {QUIET_LOAD} before the run: the machine was not idle; these "
+    return [f"**WARNING: load average {load_before:.2f} > {QUIET_LOAD} before the run: the machine was not idle; these "
             "figures are not valid (rerun with nothing else running).**", ""]
 
 

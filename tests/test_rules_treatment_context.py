@@ -234,3 +234,21 @@ def test_the_fhir_reader_gives_a_procedure_its_codes_with_oid_systems_mapped():
 def _with_procedures(snapshot, *procedures):
     import dataclasses
     return dataclasses.replace(snapshot, procedures=tuple(procedures))
+
+
+def test_contexts_shown_by_a_record_are_remembered_within_a_bound(monkeypatch):
+    """The reader and several rules ask the same (codes, name) on every call: the answer is remembered, never grows
+    without bound, and stays what the knowledge says."""
+    from cds_service.knowledge import load_knowledge, loader
+
+    fresh = load_knowledge()
+    kidney = frozenset({("http://hl7.org/fhir/sid/icd-10-cm", "Z94.0")})
+    first = fresh.transplant_or_oncology_contexts(kidney, "Kidney transplant status")
+    assert "transplant-kidney" in first
+    assert fresh.transplant_or_oncology_contexts(kidney, "Kidney transplant status") is first
+    assert "transplant-kidney" in fresh.transplant_or_oncology_contexts(frozenset(), "kidney transplant")  # by name when uncoded
+    monkeypatch.setattr(loader, "CONTEXT_MEMO_LIMIT", 5)
+    for n in range(20):
+        fresh.transplant_or_oncology_contexts(frozenset(), f"unrelated finding {n}")
+    assert len(fresh._context_memo) <= 5
+    assert fresh.transplant_or_oncology_contexts(kidney, "Kidney transplant status") == first

@@ -124,6 +124,8 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
     """Findings grow as mTOR orders x other medications: at most MAX_MTOR_ORDERS_PER_CALL of the one and
     MAX_MEDICATIONS_PER_CALL in all are weighed, drafts first (what is being ordered now)."""
+    if len(medications) <= MAX_MEDICATIONS_PER_CALL and sum(1 for m in medications if m.mtor_drug) <= MAX_MTOR_ORDERS_PER_CALL:
+        return medications  # the common case: nothing to leave out
     mtor = sorted((m for m in medications if m.mtor_drug), key=lambda m: not m.is_draft)[:MAX_MTOR_ORDERS_PER_CALL]
     others = sorted((m for m in medications if not m.mtor_drug), key=lambda m: not m.is_draft)
     kept = {id(m) for m in [*mtor, *others[: MAX_MEDICATIONS_PER_CALL - len(mtor)]]}
@@ -399,7 +401,7 @@ class _Reader:
         asserted = _datetime(resource.get("onsetDateTime") or _get(resource, "onsetPeriod", "start") or resource.get("recordedDate"))
         text = " ".join(texts)
         kinds = _condition_kinds(self.k, codes, text)
-        if not kinds and not _treatment_contexts(self.k, codes, text):
+        if not kinds and not self.k.transplant_or_oncology_contexts(codes, text):
             # a condition no rule reads (rules ask for conditions by kind, the treatment context for transplant and
             # oncology codes): skip it before any further work
             return None
@@ -560,10 +562,6 @@ def _named_drug_level(knowledge: Knowledge, text: str) -> tuple[str, str] | None
         return ("drug-level", named[0].key) if named else None
 
     return _memoized(knowledge, "drug-level", text, compute)
-
-
-def _treatment_contexts(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], text: str) -> frozenset[str]:
-    return _memoized(knowledge, "context", (codes, text), lambda: knowledge.transplant_or_oncology_contexts(codes, text))
 
 
 def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], text: str) -> frozenset[str]:

@@ -75,6 +75,7 @@ FILES = (
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CVX = "http://hl7.org/fhir/sid/cvx"
 LOINC = "http://loinc.org"
+CONTEXT_MEMO_LIMIT = 8192  # remembered (codes, name) -> contexts answers per process; cleared when full
 
 
 class KnowledgeError(ValueError):
@@ -142,6 +143,7 @@ class Knowledge:
 
     def __init__(self, files: Mapping[str, Mapping[str, Any]]):
         self.files = MappingProxyType(dict(files))
+        self._context_memo: dict[tuple[frozenset[tuple[str, str]], str], frozenset[str]] = {}
         drugs = files["mtor_drugs.json"]
         self.mtor_drugs: Mapping[str, Mapping] = {e["key"]: e for e in drugs["mtor_inhibitors"]}
         self.mtor_products: Mapping[str, Mapping] = {p["rxnorm"]: p for p in drugs["products"]}
@@ -369,7 +371,18 @@ class Knowledge:
         """Keys of the transplant and oncology contexts a Condition (or Procedure) shows: by code; by name only when it
         carries no code in a system the contexts are written in (names like "kidney transplant" also occur in
         "evaluation for kidney transplant", which a SNOMED- or ICD-10-coded record would say with another code; a
-        CPT- or locally-coded one is read by its name)."""
+        CPT- or locally-coded one is read by its name).
+
+        Remembered per codes and name (bounded): the reader and several rules ask it of the same records on every call."""
+        memo = self._context_memo
+        found = memo.get((codes, text))
+        if found is None:
+            if len(memo) >= CONTEXT_MEMO_LIMIT:
+                memo.clear()
+            found = memo[(codes, text)] = self._contexts_shown(codes, text)
+        return found
+
+    def _contexts_shown(self, codes: frozenset[tuple[str, str]], text: str) -> frozenset[str]:
         coded = any(system in self.context_code_systems for system, _ in codes)
         words = () if coded else normalize_text(text)
         return frozenset(

@@ -164,7 +164,15 @@ def _is_intravenous(order: MedicationOrder) -> bool:
 
 def _condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
     """Context key -> active Conditions that show it. TSC uses keep today's reading (ConditionRecord.kinds from
-    indications.json, and only with TSC); transplant and oncology are read from treatment_contexts.json."""
+    indications.json, and only with TSC); transplant and oncology are read from treatment_contexts.json.
+    The same for every order of the call: kept with the snapshot, like treatment_context()."""
+    cache = snapshot.__dict__.setdefault("_condition_contexts", {})
+    if id(knowledge) not in cache:
+        cache[id(knowledge)] = _read_condition_contexts(snapshot, knowledge)
+    return cache[id(knowledge)]
+
+
+def _read_condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
     found: dict[str, list[str]] = {}
     has_tsc = bool(snapshot.active_conditions("tsc"))
     for condition in snapshot.conditions:
