@@ -22,10 +22,11 @@ ORDER_SELECT = "/cds-services/mtor-safety-order-select"
 KEY_OF_TYPE = {resource_type: key for key, resource_type in TYPE_OF_PREFETCH_KEY.items()}
 
 
-def capability(batch: bool) -> dict:
+def capability(batch: bool, includes: tuple[str, ...] = ()) -> dict:
     interactions = [{"code": "search-system"}, *([{"code": "batch"}] if batch else [])]
+    resources = [{"type": include.split(":")[0], "searchInclude": [include]} for include in includes]
     return {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
-            "format": ["json"], "rest": [{"mode": "server", "interaction": interactions}]}
+            "format": ["json"], "rest": [{"mode": "server", "interaction": interactions, "resource": resources}]}
 
 
 def fallback_call() -> tuple[dict, dict]:
@@ -39,9 +40,9 @@ def fallback_call() -> tuple[dict, dict]:
 class BatchServer:
     """A FHIR server that says it supports batch and answers each entry from `data` (or `entry_status[key]`)."""
 
-    def __init__(self, mock: responses.RequestsMock, data: dict, batch: bool = True):
+    def __init__(self, mock: responses.RequestsMock, data: dict, batch: bool = True, includes: tuple[str, ...] = ()):
         self.mock, self.data, self.entry_status, self.batch_bodies = mock, data, {}, []
-        mock.add(responses.GET, f"{BASE}/metadata", json=capability(batch))
+        mock.add(responses.GET, f"{BASE}/metadata", json=capability(batch, includes))
         mock.add_callback(responses.POST, BASE, callback=self._batch)
         mock.add_callback(responses.GET, re.compile(re.escape(BASE) + r"/(?!metadata).*"),
                           callback=self._get)
@@ -57,7 +58,13 @@ class BatchServer:
             return self.entry_status[key], {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
         if parse_qs(parts.query).get("page") and key in self.data.get("_page2", {}):
             return 200, self.data["_page2"][key]
-        return 200, self.data.get(key, {"resourceType": "OperationOutcome", "issue": []})
+        answer = self.data.get(key, {"resourceType": "OperationOutcome", "issue": []})
+        if f"{resource_type}:medication" in parse_qs(parts.query).get("_include", []):  # the referenced Medications too
+            referenced = [e["resource"]["medicationReference"]["reference"].split("/")[-1] for e in answer.get("entry", [])
+                          if "medicationReference" in e["resource"]]
+            included = [{"resource": self.data["_medications"][m], "search": {"mode": "include"}} for m in referenced]
+            answer = {**answer, "entry": [*answer.get("entry", []), *included]}
+        return 200, answer
 
     def _batch(self, request):
         body = json.loads(request.body)
@@ -187,7 +194,9 @@ def test_the_integration_guide_says_how_the_service_asks():
     assert (fhir_client.CAPABILITY_TTL_S, fhir_client.CAPABILITY_TIMEOUT_S, fhir_client.CAPABILITY_RETRY_S) == (3600.0, 1.0, 300.0)
     for said in ("once per worker process and server (again after an hour)", "`GET [base]/metadata`", "at most 1 s of the call's deadline",
                  "lists the `batch` interaction gets all of a call's queries in one `POST [base]` batch Bundle",
-                 "not offered a batch again for 5 minutes"):
+                 "not offered a batch again for 5 minutes", "when a call has more than one query to send",
+                 "`MedicationRequest:medication` (or `MedicationStatement:medication`) among its `searchInclude` values (or `*`) gets that "
+                 "search with `_include`", "Prefetch templates never carry `_include`"):
         assert said in text, said
 
 
@@ -220,3 +229,56 @@ def test_a_batch_answer_over_the_size_cap_is_asked_again_as_gets(tmp_path, fhir)
     for _ in range(2):
         assert topics_of(client.post(ORDER_SELECT, json=call).get_json()) == ["cyp3a4-interaction"]
     assert len(server.calls("POST")) == 2  # still offered a batch: the record, not the server, was too large
+
+
+def referencing_medications(data: dict) -> int:
+    """Turn the server's MedicationRequests into ones that reference a Medication; returns how many."""
+    data["_medications"] = {}
+    requests = [e["resource"] for e in data["medications"]["entry"]]
+    for n, request in enumerate(requests):
+        concept = request.pop("medicationCodeableConcept")
+        request["medicationReference"] = {"reference": f"Medication/med-{n}"}
+        data["_medications"][f"med-{n}"] = {"resourceType": "Medication", "id": f"med-{n}", "code": concept}
+    return len(requests)
+
+
+@pytest.mark.parametrize(("batch", "includes"), [
+    (True, ("MedicationRequest:medication", "MedicationStatement:medication")),
+    (False, ("MedicationRequest:medication", "MedicationStatement:medication")),
+    (False, ("*",)),
+], ids=["batch", "parallel GETs", "any include"])
+def test_a_server_listing_the_include_sends_referenced_medications_with_the_search(client, fhir, batch, includes):
+    call, data = fallback_call()
+    assert referencing_medications(data) >= 1
+    server = BatchServer(fhir, data, batch=batch, includes=includes)
+    response = client.post(ORDER_SELECT, json=call)
+    assert topics_of(response.get_json()) == ["cyp3a4-interaction"]  # the current everolimus is known only by its Medication
+    searched = [e["request"]["url"] for e in server.batch_bodies[0]["entry"]] if batch else [c.request.url for c in server.calls("GET")]
+    medication_search = next(u for u in searched if "MedicationRequest?" in u)
+    assert parse_qs(urlsplit(medication_search).query)["_include"] == ["MedicationRequest:medication"]
+    statement_search = next(u for u in searched if "MedicationStatement?" in u)
+    assert parse_qs(urlsplit(statement_search).query)["_include"] == ["MedicationStatement:medication"]
+    assert not any("_include" in u for u in searched if "Medication" not in urlsplit(u).path)
+    assert len(server.calls("POST")) == (1 if batch else 0)  # no second round trip for the references
+    assert not server.calls("GET", "/med-0")
+
+
+def test_a_server_not_listing_the_include_gets_the_template_query_and_the_references_read_after(client, fhir):
+    call, data = fallback_call()
+    referencing_medications(data)
+    server = BatchServer(fhir, data, batch=False, includes=("Condition:subject",))
+    response = client.post(ORDER_SELECT, json=call)
+    assert topics_of(response.get_json()) == ["cyp3a4-interaction"]
+    assert not any("_include" in c.request.url for c in server.calls("GET"))
+    assert len(server.calls("GET", "/med-0")) == 1
+
+
+@pytest.mark.parametrize("rest", [5, [{"mode": "server", "resource": "x"}], [{"mode": "server", "resource": [{"searchInclude": 7}]}],
+                                  [{"mode": "server", "interaction": {"code": "batch"}}]])
+def test_a_malformed_capability_statement_means_plain_gets(client, fhir, rest):
+    call, data = fallback_call()
+    server = BatchServer(fhir, data, batch=False)
+    fhir.replace(responses.GET, f"{BASE}/metadata", json={"resourceType": "CapabilityStatement", "rest": rest})
+    response = client.post(ORDER_SELECT, json=call)
+    assert response.status_code == 200 and topics_of(response.get_json()) == ["cyp3a4-interaction"]
+    assert not server.calls("POST") and not any("_include" in c.request.url for c in server.calls("GET"))

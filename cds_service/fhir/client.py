@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
@@ -32,8 +32,19 @@ _LOG = logging.getLogger(__name__)
 _LOCAL = threading.local()
 _POOL_LOCK = threading.Lock()
 _pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None  # (pid, pool): one per worker process
-# What each FHIR server said about batch in its CapabilityStatement, per worker process: base URL -> (supported, until).
-_capabilities: dict[str, tuple[bool, float]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerCapabilities:
+    """What a FHIR server's CapabilityStatement says the fallback can use: the `batch` interaction, and the
+    `_include` values it lists per resource type (searchInclude, e.g. "MedicationRequest:medication")."""
+
+    batch: bool = False
+    includes: frozenset[str] = frozenset()
+
+
+# What each FHIR server said in its CapabilityStatement, per worker process: base URL -> (capabilities, until).
+_capabilities: dict[str, tuple[ServerCapabilities, float]] = {}
 CAPABILITY_TTL_S = 3600.0  # a server that answered is asked again after this long
 CAPABILITY_RETRY_S = 300.0  # one that did not answer (or not readably): GETs until then
 CAPABILITY_TIMEOUT_S = 1.0  # at most this much of a call's deadline goes to asking
@@ -279,21 +290,25 @@ class FhirClient:
     # --- batch: every query of a call in one POST, where the server says it can ---------------------
 
     def supports_batch(self) -> bool:
-        """Whether the server's CapabilityStatement lists the `batch` interaction; asked once per worker process
-        per server (CAPABILITY_TTL_S), never for longer than CAPABILITY_TIMEOUT_S of the call's deadline."""
+        """Whether the server's CapabilityStatement lists the `batch` interaction (see capabilities())."""
+        return self.capabilities().batch
+
+    def capabilities(self) -> ServerCapabilities:
+        """What the server's CapabilityStatement says; asked once per worker process per server
+        (CAPABILITY_TTL_S), never for longer than CAPABILITY_TIMEOUT_S of the call's deadline. Unreadable: nothing."""
         now = time.monotonic()
         cached = _capabilities.get(self.base_url)
         if cached is not None and cached[1] > now:
             return cached[0]
-        supported, ttl = False, CAPABILITY_RETRY_S
+        found, ttl = ServerCapabilities(), CAPABILITY_RETRY_S
         try:
             statement = self._get_json(self.base_url + "metadata", timeout=CAPABILITY_TIMEOUT_S)
             if statement.get("resourceType") == "CapabilityStatement":
-                supported, ttl = _lists_batch(statement), CAPABILITY_TTL_S
+                found, ttl = ServerCapabilities(_lists_batch(statement), _listed_includes(statement)), CAPABILITY_TTL_S
         except FhirUnavailable as exc:
             _LOG.info("FHIR CapabilityStatement not read (%s): parallel GETs", outcome_of(exc).value)
-        _capabilities[self.base_url] = (supported, now + ttl)
-        return supported
+        _capabilities[self.base_url] = (found, now + ttl)
+        return found
 
     def batch(self, queries: Mapping[str, str]) -> dict[str, Any]:
         """Run the queries (`Type?search` or `Type/id`, relative) as one FHIR batch; per key, the resources (a list,
@@ -329,7 +344,8 @@ class FhirClient:
             outcome = outcome_of(exc)
             if outcome in _BATCH_REFUSED or outcome is QueryOutcome.RESPONSE_TOO_LARGE:
                 if outcome in _BATCH_REFUSED:  # a record too large for one answer says nothing about the server
-                    _capabilities[self.base_url] = (False, time.monotonic() + CAPABILITY_RETRY_S)
+                    known = _capabilities.get(self.base_url, (ServerCapabilities(), 0.0))[0]
+                    _capabilities[self.base_url] = (dataclasses.replace(known, batch=False), time.monotonic() + CAPABILITY_RETRY_S)
                 return {**results, **run_parallel({k: partial(self.fetch, q) for k, q in sent.items()}, self.deadline)}
             ms = round((time.monotonic() - started) * 1000, 1)
             for key, url in sent.items():
@@ -496,19 +512,35 @@ _BATCH_REFUSED = frozenset({
 # the one that does not fit fails), but the server keeps its batch.
 
 
-def remember_capability(base_url: str, batch: bool, ttl_s: float = CAPABILITY_TTL_S) -> None:
+def remember_capability(base_url: str, batch: bool, ttl_s: float = CAPABILITY_TTL_S, includes: Iterable[str] = ()) -> None:
     """Record what a server supports without asking it (tests; a deployment could pin it the same way)."""
-    _capabilities[base_url.rstrip("/") + "/"] = (batch, time.monotonic() + ttl_s)
+    _capabilities[base_url.rstrip("/") + "/"] = (ServerCapabilities(batch, frozenset(includes)), time.monotonic() + ttl_s)
 
 
 def _lists_batch(statement: Mapping[str, Any]) -> bool:
     """Whether a CapabilityStatement's server `rest` lists the system interaction `batch`."""
-    for rest in statement.get("rest") or ():
+    for rest in _list(statement.get("rest")):
         if isinstance(rest, dict) and rest.get("mode") == "server":
-            for interaction in rest.get("interaction") or ():
+            for interaction in _list(rest.get("interaction")):
                 if isinstance(interaction, dict) and interaction.get("code") == "batch":
                     return True
     return False
+
+
+def _listed_includes(statement: Mapping[str, Any]) -> frozenset[str]:
+    """The searchInclude values ("MedicationRequest:medication") of a CapabilityStatement's server `rest`."""
+    found: set[str] = set()
+    for rest in _list(statement.get("rest")):
+        if isinstance(rest, dict) and rest.get("mode") == "server":
+            for resource in _list(rest.get("resource")):
+                includes = resource.get("searchInclude") if isinstance(resource, dict) else None
+                found.update(i for i in _list(includes) if isinstance(i, str))
+    return frozenset(found)
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (a server's malformed CapabilityStatement) as none."""
+    return value if isinstance(value, list) else []
 
 
 def _entry_answer(entry: Any) -> dict[str, Any]:

@@ -74,7 +74,12 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
             failed_prefetch = _outcome_text(value) if present else ""
             reasons[key] = f"{failed_prefetch or 'not prefetched'}; {no_server}"
     drafts = len(draft_resources(call))
-    if client and len(queries) > 1 and client.supports_batch():
+    # Several queries to send: the server's CapabilityStatement is worth asking (once per worker process) for batch
+    # and for _include of referenced Medications (saves the round trip that would read them after the search).
+    capabilities = client.capabilities() if client and len(queries) > 1 else None
+    if capabilities is not None:
+        queries = {key: _with_medication_include(key, query, capabilities.includes) for key, query in queries.items()}
+    if client and capabilities is not None and capabilities.batch:
         results = client.batch(queries)  # one round trip; further pages and prefetch continuations in parallel
         results.update(run_parallel(jobs, deadline) if jobs else {})
     else:
@@ -123,6 +128,17 @@ def _client_for(call: HookCall, settings: Settings, deadline: Deadline) -> tuple
 def _query(template: str, context: Mapping[str, Any]) -> str:
     """A prefetch template with its {{context.x}} tokens filled in (URL-encoded)."""
     return _TOKEN.sub(lambda m: quote(str(context.get(m.group(1), "")), safe=""), template)
+
+
+def _with_medication_include(key: str, query: str, includes: frozenset[str]) -> str:
+    """MedicationRequest / MedicationStatement searches bring the Medications they reference (`_include`), where
+    the server lists that include (or "*", as HAPI and others do); the reader takes Medication resources from any
+    Bundle."""
+    resource_type = query.split("?", 1)[0]
+    include = f"{resource_type}:medication"
+    if key in MEDICATION_KEYS and "?" in query and (include in includes or "*" in includes):
+        return f"{query}&_include={include}"
+    return query
 
 
 def _cap_resources(by_key: dict[str, list[dict[str, Any]]], reasons: dict[str, str], drafts: int) -> None:

@@ -95,3 +95,18 @@ def test_cli_call_with_prefetch_from_sekmet(sekmet, capsys, monkeypatch, tmp_pat
     cards = json.loads(capsys.readouterr().out)["cards"]
     assert code == 0
     assert [(c["source"]["topic"]["code"], c["indicator"]) for c in cards] == [("cyp3a4-interaction", "warning")]
+
+
+def test_referenced_medications_come_with_the_search_from_a_server_that_lists_the_include(service, sekmet, caplog):
+    """SEKMET's CapabilityStatement lists MedicationRequest:medication: the sirolimus order's Medication arrives with
+    the search (`_include`), so the log line shows no separate Medication read."""
+    statement = requests.get(f"{sekmet}/metadata", timeout=10).json()
+    listed = {i for rest in statement["rest"] for r in rest.get("resource", []) for i in r.get("searchInclude", [])}
+    assert "MedicationRequest:medication" in listed
+    fixture = load_fixture("fires-surgery-lam-appointment-book.json")
+    caplog.set_level("INFO", logger="mtor_cds")
+    body = request_without_prefetch(fixture, sekmet)
+    assert topics(service.post(f"/cds-services/{SERVICE_FOR_HOOK[fixture['hook']]}", json=body)) == ["surgery-timing"]
+    lines = [json.loads(r.getMessage()) if r.getMessage().startswith("{") else getattr(r, "fields", {}) for r in caplog.records]
+    queried = [q[0] for fields in lines if isinstance(fields, dict) for q in fields.get("fhir_queries", [])]
+    assert "MedicationRequest" in queried and "Medication" not in queried
