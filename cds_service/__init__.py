@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from cds_service.settings import Settings
 
@@ -21,7 +22,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False
     app.extensions["mtor_cds"] = AppState.build(settings)
     app.register_blueprint(api.bp)
     api.init_app(app)

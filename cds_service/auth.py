@@ -492,7 +492,7 @@ def _public_key(jwk: dict, alg: str, kid: str) -> Any:
 
 def _decode(token: str, key: Any, alg: str, audience: str) -> dict:
     """Check the signature and aud with PyJWT; verify() then checks times (with its clock) and jti."""
-    options = {
+    options: Any = {  # PyJWT's Options TypedDict (jwt.types) is not in every version we accept
         "require": list(REQUIRED_CLAIMS),
         "verify_exp": False,
         "verify_iat": False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from cds_service.knowledge import DrugConcept, DrugRole
 
@@ -25,7 +25,13 @@ class cached(Generic[_T]):  # noqa: N801 -- used like functools.cached_property
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, instance: Any, owner: type | None = None) -> _T:
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> cached[_T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _T | cached[_T]:
         if instance is None:
             return self  # the descriptor itself, read on the class
         value = instance.__dict__[self.name] = self.compute(instance)
@@ -164,8 +170,8 @@ class PatientSnapshot:
     def latest_lab(self, kind: str, analyte: str | None = None) -> LabResult | None:
         """The newest dated result of a kind (and analyte); undated results never count as newest."""
         of_kind = self._labs_by_kind.get(kind, ())
-        dated = [lab for lab in of_kind if lab.effective and (analyte is None or lab.analyte == analyte)]
-        return max(dated, key=lambda lab: lab.effective) if dated else None
+        dated = [(lab.effective, lab) for lab in of_kind if lab.effective and (analyte is None or lab.analyte == analyte)]
+        return max(dated, key=lambda pair: pair[0])[1] if dated else None
 
     # Rules ask the same questions of the same snapshot: indexed on first use (in __dict__, not fields).
     @cached

@@ -22,6 +22,7 @@ import io
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -281,7 +282,7 @@ def week_rows(report: Report) -> list[tuple[str, ...]]:
     ]
 
 
-def _align(header: tuple[str, ...], cells: list[tuple[str, ...]], text_columns: int) -> list[str]:
+def _align(header: tuple[str, ...], cells: Sequence[tuple[str, ...]], text_columns: int) -> list[str]:
     """Left-align the first text_columns columns, right-align the numbers after them."""
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
     lines = []
@@ -338,9 +339,9 @@ def override_rate_chart_png(report: Report) -> bytes:
     # The object API with the Agg canvas: no pyplot, so no global backend is chosen for the process.
     Figure, FigureCanvasAgg = _matplotlib()
     by_topic: dict[str, list[WeekOutcomes]] = defaultdict(list)
-    for week in report.weeks:
-        if week.outcomes.issued:
-            by_topic[week.topic].append(week)
+    for point in report.weeks:
+        if point.outcomes.issued:
+            by_topic[point.topic].append(point)
     topics = [t for t in report.topics if by_topic[t.topic]]
     columns = min(CHART_COLUMNS, max(len(topics), 1))
     rows = max(math.ceil(len(topics) / columns), 1)
@@ -361,7 +362,7 @@ def override_rate_chart_png(report: Report) -> bytes:
         topic = topics[index]
         issued = {p.week: p.outcomes for p in by_topic[topic.topic]}
         # A week without cards is a gap in the line (NaN), not a straight line across it.
-        y = [100 * issued[week].override_rate if week in issued else math.nan for week in all_weeks]
+        y = [100 * (issued[week].override_rate or 0.0) if week in issued else math.nan for week in all_weeks]
         axes.plot(range(len(all_weeks)), y, marker="o", markersize=4, linewidth=1.2, color="#b03a2e")
         for x, week in enumerate(all_weeks):
             if week in issued:

@@ -18,3 +18,9 @@ def test_the_test_extra_installs_the_gate_tools():
     extra = {requirement.split(">")[0] for requirement in pyproject["project"]["optional-dependencies"]["test"]}
     assert {"ruff", "mypy"} <= extra
     assert {"E", "F", "I", "B"} <= set(pyproject["tool"]["ruff"]["lint"]["select"])
+
+
+def test_mypy_checks_every_module_with_no_error_codes_waived():
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert mypy["packages"] == ["cds_service"] and mypy["check_untyped_defs"] is True
+    assert not [o for o in mypy.get("overrides", []) if o.get("disable_error_code") or o.get("ignore_errors")]

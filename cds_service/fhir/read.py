@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference, proposed_appointments
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
@@ -244,14 +244,14 @@ class _Reader:
             return None
         return self.medication_order(resource, is_draft=False, selected=False)
 
-    def _medication_codes(self, request: Mapping) -> tuple[list[Mapping], list[str]]:
+    def _medication_codes(self, request: Mapping) -> tuple[list[dict], list[str]]:
         concept = request.get("medicationCodeableConcept")
         if isinstance(concept, dict):
             return self._codings(concept), _texts(concept)
         reference = request.get("medicationReference")
         if not isinstance(reference, dict):
             return [], []
-        medication = None
+        medication: Mapping | None = None
         target = reference.get("reference")
         if isinstance(target, str) and target.startswith("#"):
             contained = request.get("contained")
@@ -299,7 +299,7 @@ class _Reader:
         return _LAB_READERS[kind](self, _LabFacts(resource, ref, kind, analyte, effective, text))
 
     def _drug_level(self, lab: _LabFacts) -> LabResult:
-        molar_mass = self.k.mtor_drugs[lab.analyte]["molar_mass"]["g_per_mol"]
+        molar_mass = self.k.mtor_drugs[lab.analyte or ""]["molar_mass"]["g_per_mol"]  # no analyte: KeyError, unreadable
         return self._quantity(lab, lambda v, u: _to_ng_per_ml(v, u, molar_mass, self.k))
 
     def _pregnancy_status(self, lab: _LabFacts) -> LabResult:
@@ -396,7 +396,7 @@ class _Reader:
             return None
         code = resource.get("code") or {}
         codings, texts = self._codings(code), _texts(code)
-        codes = frozenset((c.get("system"), c.get("code")) for c in codings if isinstance(c.get("code"), str))
+        codes = _system_codes(codings)
         # A date no rule can place in time makes any condition unreadable (said on the checks-incomplete card).
         asserted = _datetime(resource.get("onsetDateTime") or _get(resource, "onsetPeriod", "start") or resource.get("recordedDate"))
         text = " ".join(texts)
@@ -430,7 +430,7 @@ class _Reader:
         based_on: tuple[str, ...] = ()
         # What was done or ordered, by code (not the category: "surgical procedure" says no organ)
         what = self._codings(resource.get("code")) if rtype in ("ServiceRequest", "Procedure") else []
-        what_codes = frozenset((c.get("system"), c.get("code")) for c in what if isinstance(c.get("code"), str))
+        what_codes = _system_codes(what)
         if rtype == "ServiceRequest":
             when = resource.get("occurrenceDateTime") or _get(resource, "occurrencePeriod", "start")
             concepts = [resource.get("code"), *(resource.get("category") or ())]
@@ -664,7 +664,12 @@ def _doses_per_day(dosage: Mapping) -> float | None:
     return _measure(_measure(frequency) / days) if days else None
 
 
-def _is_positive_number(x: Any) -> bool:
+def _system_codes(codings: list[dict]) -> frozenset[tuple[str, str]]:
+    """(system, code) of the codings that have both: only those can match the knowledge's codes."""
+    return frozenset((c["system"], c["code"]) for c in codings if isinstance(c.get("system"), str) and isinstance(c.get("code"), str))
+
+
+def _is_positive_number(x: Any) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 

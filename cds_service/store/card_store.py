@@ -285,7 +285,7 @@ class CardStore:
         for longer than the window. On a database error it answers False: showing the card again is the
         safe side.
         """
-        since = _utc(since)
+        since_utc = _utc(since) or since
         query = (
             sa.select(card_feedback.c.id)
             .join(issued_card, issued_card.c.uuid == card_feedback.c.card_uuid)
@@ -297,8 +297,8 @@ class CardStore:
                 issued_card.c.trigger_key == card.trigger_key,
                 card_feedback.c.outcome == "overridden",
                 card_feedback.c.reason_code.is_not(None),
-                card_feedback.c.outcome_timestamp > since,
-                card_feedback.c.received_at > since,
+                card_feedback.c.outcome_timestamp > since_utc,
+                card_feedback.c.received_at > since_utc,
             )
             .limit(1)
         )

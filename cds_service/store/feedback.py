@@ -116,7 +116,7 @@ def _parse_accepted_suggestions(value: object, outcome: str, where: str) -> tupl
 
 def _parse_override_reason(value: object, outcome: str, where: str) -> dict[str, str | None]:
     field = f"{where}.overrideReason"
-    none = {"reason_code": None, "reason_system": None, "reason_display": None, "user_comment": None}
+    none: dict[str, str | None] = {"reason_code": None, "reason_system": None, "reason_display": None, "user_comment": None}
     if value is None:
         return none
     if outcome != "overridden":
