@@ -54,6 +54,11 @@ _own_metrics_dir: str | None = None  # the directory serving_settings() created 
 #   206 ms with sync:4:1, 130 ms with sync:8:1, 97 ms with sync:12:1, 155-184 ms with gthread:4:8.
 # - Hence sync, 4 x usable CPUs processes (8 on 2 CPUs): tight tails on the common prefetched path,
 #   enough processes for calls waiting on FHIR, ~100 MB each. sync:12:1 bought little more.
+# - Re-measured 2026-12-01 after the master's objects were frozen before fork (pre_fork below; no more
+#   40 ms collections), idle machine (bench/results/sweep.md): gthread:4:8 and gthread:4:4 spent about
+#   a quarter less CPU per order-select (1.8 against 2.3 ms) but their p99 at 8 connections was 32-34 ms
+#   against 22 ms with sync, and patient-view's 113-116 ms against 108 ms: a keep-alive connection
+#   stays with the process that accepted it, so calls do not spread evenly over the processes.
 # - Sync workers, 4 × usable CPUs, behind the nginx sidecar: a sync worker is held by one connection
 #   until its request has arrived, so slow clients need a buffering proxy in front (deploy/k8s ships
 #   nginx; tests/test_deploy.py checks that slow-header connections do not starve /healthz).

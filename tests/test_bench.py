@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import urllib.request
@@ -106,3 +107,30 @@ def test_the_stub_answers_batch_and_says_so(stub):
     assert bundle["entry"][0]["resource"]["type"] == "searchset" and bundle["entry"][1]["resource"]["resourceType"] == "Patient"
     with urllib.request.urlopen(stub.replace("/fhir", "/_stats")) as answer:
         assert json.load(answer) == {"requests": 1, "batched": 2}
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|") and line.strip("| ").startswith(first_cell)]
+
+
+def test_the_readme_figures_are_those_of_the_latest_results():
+    """The README's Performance section quotes bench/results/latest.md: same run (date, load), same figures."""
+    root = BENCH.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Performance"):readme.index("## Soak")]
+    latest = (BENCH / "results" / "latest.md").read_text(encoding="utf-8")
+    date = re.search(r"- date: (\S+ \S+ UTC)", latest).group(1)
+    load = re.search(r"load average \(1 min\) before / after: (\S+) /", latest).group(1)
+    assert f"Latest figures: {date}," in " ".join(section.split()) and f"load average {load} before the run" in " ".join(section.split())
+    measured = {(r[0], r[1]): r for r in _table_rows(latest, "") if len(r) == 8 and r[1].isdigit()}
+    names = {"baseline `/healthz`": "healthz", "order-select (prefetch)": "order-select",
+             "patient-view, 8 parallel GETs (50 ms each)": "patient-view", "patient-view, one FHIR batch (50 ms)": "patient-view-batch"}
+    quoted = [r for r in _table_rows(section, "") if r[0] in names]
+    assert len(quoted) == 6
+    for label, conns, rps, share, p50, p99, cpu in quoted:
+        scenario, _, rps_m, p50_m, p99_m, cpu_m, share_m, _errors = measured[(names[label], conns)]
+        assert (rps, share, p50, p99.split(" ")[0], cpu) == (rps_m, share_m, p50_m, p99_m, cpu_m), label
+    growth_quoted = next(r for r in _table_rows(section, "order-select server CPU"))[1:]
+    growth_measured = [r[1] for r in _table_rows(latest, "") if len(r) == 3 and r[0].isdigit()]
+    assert growth_quoted == growth_measured

@@ -364,3 +364,12 @@ def test_closing_the_store_writes_what_is_queued_without_waiting_for_the_delay(s
     assert time.monotonic() - started < 5
     reopened = CardStore(store.engine)
     assert list(stored_cards(reopened)) == ["last-call"]
+
+
+def test_the_readme_states_the_write_delay_and_the_sqlite_journal():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert card_store_module.WRITE_DELAY_S == 0.1
+    assert "the cards of each 100 ms in one transaction" in readme
+    assert "SQLite runs in write-ahead-log mode: back up the database file with its `-wal` and `-shm` files" in readme
