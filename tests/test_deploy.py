@@ -536,7 +536,8 @@ def test_slow_header_clients_do_not_starve_healthz_behind_the_shipped_nginx(tmp_
     import sys
     import time
 
-    from tests.test_production import free_port, get
+    from tests.production_process import free_port
+    from tests.test_production import get
 
     app_port, proxy_port = free_port(), free_port()
     conf = load_yaml_documents(BASE / "nginx-configmap.yaml")[0]["data"]["nginx.conf"]

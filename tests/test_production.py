@@ -6,12 +6,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from typing import ClassVar
@@ -20,14 +18,8 @@ import pytest
 
 from cds_service import production
 from tests.conftest import ROOT
-
-START_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.production_process import free_port
+from tests.production_process import production_server as running_server
 
 
 def get(url: str) -> tuple[int, dict, dict]:
@@ -41,41 +33,10 @@ def get(url: str) -> tuple[int, dict, dict]:
 @pytest.fixture
 def production_server(tmp_path):
     """The real command in a subprocess: 2 workers, a temp SQLite store, JWT off (loopback only)."""
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "PROMETHEUS_", "PORT"))},
-        "PYTHONPATH": str(ROOT),
-        "CDS_REQUIRE_JWT": "false",
-        "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3",
-        "WEB_CONCURRENCY": "2",
-        "GUNICORN_THREADS": "2",
-    }
-    with open(tmp_path / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cds_service.cli", "serve", "--production", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if get(f"{base}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not answer /healthz in time"
-            time.sleep(0.1)
+    settings = {"CDS_REQUIRE_JWT": "false", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3", "WEB_CONCURRENCY": "2",
+                "GUNICORN_THREADS": "2"}
+    with running_server(tmp_path, settings, lambda base: get(f"{base}/healthz")[0] == 200) as (base, process):
         yield base, process, tmp_path / "server.log"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def test_serve_production_answers_health_readiness_and_discovery_then_stops_cleanly(production_server):

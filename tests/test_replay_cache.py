@@ -162,29 +162,17 @@ def test_by_default_a_token_replayed_to_other_gunicorn_workers_is_accepted_once(
     uses of one token, spread over the workers, let exactly one through."""
     import concurrent.futures
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
     import urllib.error
     import urllib.request
 
-    from tests.conftest import ROOT
     from tests.jwt_helpers import bearer
-    from tests.test_production import START_TIMEOUT_S, free_port
+    from tests.production_process import free_port, production_server
 
     key = make_ec_key("ES384")
     issuers = tmp_path / "trusted-issuers.json"
     issuers.write_text(json.dumps({"issuers": {ISS: {"jwks": jwks_of(jwk_from_key(key, "k1", "ES384"))}}}))
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "PROMETHEUS_", "PORT"))},
-        "PYTHONPATH": str(ROOT),
-        "CDS_TRUSTED_ISSUERS": str(issuers),
-        "CDS_ALLOWED_FHIR_SERVERS": "https://ehr.example.org/fhir",
-        "WEB_CONCURRENCY": "3",
-    }
+    settings = {"CDS_TRUSTED_ISSUERS": str(issuers), "CDS_ALLOWED_FHIR_SERVERS": "https://ehr.example.org/fhir", "WEB_CONCURRENCY": "3"}
     base = f"http://127.0.0.1:{port}"
 
     def get(headers: dict | None = None) -> int:
@@ -195,31 +183,9 @@ def test_by_default_a_token_replayed_to_other_gunicorn_workers_is_accepted_once(
         except urllib.error.HTTPError as error:
             return error.code
 
-    with open(tmp_path / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cds_service.cli", "serve", "--production", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if get() == 401:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not answer in time"
-            time.sleep(0.1)
+    with production_server(tmp_path, settings, lambda _: get() == 401, port=port):
         token = bearer(sign_jwt(key, "k1", "ES384", cds_claims(ISS, f"{base}/cds-services")))
         with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
             statuses = list(pool.map(lambda _: get({"Authorization": token}), range(40)))
         assert sorted(statuses) == [200] + [401] * 39, statuses
         assert (tmp_path / "mtor-cds.sqlite3").exists()  # the shared default store holds the seen jti
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
