@@ -60,3 +60,30 @@ def test_trough_timing_states_the_labels_range_in_words():
     source = Source("S", "label")
     assert TroughTiming(source, drug="sirolimus", event="start", days_after=10, days_after_latest=20).days_text == "10 to 20 days"
     assert TroughTiming(source, drug="everolimus", event="start", days_after=14).days_text == "14 days"
+
+
+def test_perpetrators_and_lipid_grades_are_typed_records():
+    knowledge = load_knowledge()
+    erythromycin = knowledge.perpetrators["erythromycin"]
+    assert (erythromycin.effect, erythromycin.strength, erythromycin.strength_for("sirolimus")) == ("inhibitor", "moderate", "strong")
+    assert erythromycin.strength_for("everolimus") == "moderate"  # the FDA table's, where the label says nothing else
+    triglycerides = knowledge.lipid_analytes["triglycerides"]
+    assert [triglycerides.grade_of(v) for v in (300, 301, 500, 501, 1001)] == [None, 2, 2, 3, 4]  # CTCAE: above the threshold
+    assert knowledge.lipid_loinc["2571-8"] == "triglycerides"
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["perpetrators"][0].update(strength="weak"),
+    lambda d: d["perpetrators"][0].update(effect="substrate"),
+    lambda d: d["perpetrators"][0].update(strength_by_drug={"sirolimus": "mild"}),
+], ids=["strength", "effect", "strength by drug"])
+def test_a_perpetrator_classified_in_words_no_rule_knows_is_refused_at_load(knowledge_copy, change):
+    edit(knowledge_copy, "interactions.json", change)
+    with pytest.raises(KnowledgeError, match="is not known"):
+        load_knowledge(knowledge_copy)
+
+
+def test_a_lipid_grade_without_its_threshold_is_refused_at_load(knowledge_copy):
+    edit(knowledge_copy, "monitoring.json", lambda d: d["lipids"]["cholesterol"]["grades"][0].pop("above_mg_dl"))
+    with pytest.raises(KnowledgeError, match="above_mg_dl"):
+        load_knowledge(knowledge_copy)

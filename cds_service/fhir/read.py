@@ -346,7 +346,7 @@ class _Reader:
         return None
 
     def _lipid(self, lab: _LabFacts) -> LabResult:
-        per_mmol = self.k.lipids[lab.analyte]["mg_dl_per_mmol_l"]
+        per_mmol = self.k.lipid_analytes[lab.analyte or ""].mg_dl_per_mmol_l  # no analyte: KeyError, unreadable
         return self._quantity(lab, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
 
     def _height(self, lab: _LabFacts) -> LabResult:

@@ -32,8 +32,11 @@ from cds_service.knowledge.records import (
     LabelStatement,
     LevelTest,
     LipidAction,
+    LipidAnalyte,
+    LipidGrade,
     LookbackWindow,
     PediatricNote,
+    Perpetrator,
     PregnancyAdvice,
     ProductAdvice,
     ProductStrengths,
@@ -148,7 +151,7 @@ class Knowledge:
         self.mtor_drugs: Mapping[str, Mapping] = {e["key"]: e for e in drugs["mtor_inhibitors"]}
         self.mtor_products: Mapping[str, Mapping] = {p["rxnorm"]: p for p in drugs["products"]}
         interactions = files["interactions.json"]
-        self.perpetrators: Mapping[str, Mapping] = {e["key"]: e for e in interactions["perpetrators"]}
+        self.perpetrators: Mapping[str, Perpetrator] = {e["key"]: build(Perpetrator, e) for e in interactions["perpetrators"]}
         self.interaction_advice = tuple(build(InteractionAdvice, a) for a in interactions["advice"])
         self.label_overrides: Mapping[tuple[str, str], LabelOverride] = {
             (e["key"], product): build(LabelOverride, o, perpetrator=e["key"], product=product)
@@ -218,9 +221,14 @@ class Knowledge:
         self.trough_timing = tuple(build(TroughTiming, t) for t in monitoring["trough_timing"])
         self.lipids = monitoring["lipids"]
         self.lipid_actions = tuple(build(LipidAction, a) for a in self.lipids["actions"])
-        self.lipid_loinc: Mapping[str, str] = {
-            code: analyte for analyte in ("triglycerides", "cholesterol") for code in self.lipids[analyte]["loinc"]
+        self.lipid_analytes: Mapping[str, LipidAnalyte] = {
+            analyte: build(LipidAnalyte, self.lipids[analyte], analyte=analyte,
+                           grades=tuple(build(LipidGrade, g) for g in self.lipids[analyte]["grades"]))
+            for analyte in ("triglycerides", "cholesterol")
         }
+        self.lipid_panel_interval_days: int = self.lipids["panel_interval_days"]
+        self.lipid_panel_interval_source: Source = self.lipids["panel_interval_source"]
+        self.lipid_loinc: Mapping[str, str] = {code: a.analyte for a in self.lipid_analytes.values() for code in a.loinc}
         body = monitoring["body_measurements"]
         self.body_loinc: Mapping[str, str] = {
             **{c: "height" for c in body["height_loinc"]}, **{c: "weight" for c in body["weight_loinc"]}
@@ -432,7 +440,7 @@ class Knowledge:
         for entry in self.mtor_drugs.values():
             product_codes = [p["rxnorm"] for p in self.mtor_products.values() if p["drug"] == entry["key"]]
             add(DrugRole.MTOR_INHIBITOR, entry, [*entry["rxnorm"], *product_codes])
-        for entry in self.perpetrators.values():
+        for entry in files["interactions.json"]["perpetrators"]:
             add(DrugRole.CYP3A_PERPETRATOR, entry, entry.get("rxnorm", ()))
         vaccines = files["vaccines.json"]
         for role, list_name in (
@@ -483,10 +491,6 @@ class Knowledge:
         ]
         specific = [a for a in matches if a.perpetrator == perpetrator]
         return specific or matches
-
-    def strength_for(self, perpetrator: Mapping, drug: str) -> str:
-        """A perpetrator's strength as the mTOR drug's own label classifies it, else the FDA table's."""
-        return perpetrator.get("strength_by_drug", {}).get(drug, perpetrator["strength"])
 
 
 def _label_interaction(entry: Mapping[str, Any], drug: str, advice: Mapping[str, Any]) -> LabelInteraction:

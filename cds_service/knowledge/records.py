@@ -326,3 +326,50 @@ class EarliestStart(Cited):
     context: str  # treatment_contexts.json key
     days: int
     reason: str
+
+
+PERPETRATOR_EFFECTS = ("inhibitor", "inducer")
+PERPETRATOR_STRENGTHS = ("strong", "moderate")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Perpetrator(Cited):
+    """A CYP3A4/P-gp inhibitor or inducer (interactions.json `perpetrators`): how the FDA table classifies it, and how
+    an mTOR drug's own label does where that differs (`strength_by_drug`)."""
+
+    key: str
+    display: str
+    effect: str  # PERPETRATOR_EFFECTS
+    strength: str  # PERPETRATOR_STRENGTHS
+    kind: str = "drug"  # "drug" | "food" | "supplement"
+    strength_by_drug: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        strengths = (self.strength, *self.strength_by_drug.values())
+        if self.effect not in PERPETRATOR_EFFECTS or any(s not in PERPETRATOR_STRENGTHS for s in strengths):
+            raise ValueError(f"perpetrator {self.key}: effect {self.effect!r} or strength {strengths!r} is not known")
+
+    def strength_for(self, drug: str) -> str:
+        """The strength as the mTOR drug's own label classifies it, else the FDA table's."""
+        return self.strength_by_drug.get(drug, self.strength)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LipidGrade(Cited):
+    grade: int
+    above_mg_dl: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LipidAnalyte(Cited):
+    """monitoring.json `lipids.<analyte>`: its LOINC codes, the mmol/L conversion and the CTCAE grades."""
+
+    analyte: str
+    loinc: tuple[str, ...]
+    mg_dl_per_mmol_l: float
+    grades: tuple[LipidGrade, ...]
+
+    def grade_of(self, mg_dl: float) -> int | None:
+        """The CTCAE grade of a value (above a grade's threshold), None below grade 2's."""
+        return max((g.grade for g in self.grades if mg_dl > g.above_mg_dl), default=None)

@@ -46,9 +46,9 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                 override = knowledge.label_overrides.get((perpetrator.key, (product or "").lower()))
                 if override is not None and override.treatment == "intended-combination":
                     continue  # the product is labelled for use with this drug (Zortress with reduced-dose cyclosporine)
-                entry = perpetrator.entry
-                strength = knowledge.strength_for(entry, drug)
-                advice = _advice(knowledge, drug, product, entry["effect"], strength, perpetrator.key, override,
+                entry = knowledge.perpetrators[perpetrator.key]
+                strength = entry.strength_for(drug)
+                advice = _advice(knowledge, drug, product, entry.effect, strength, perpetrator.key, override,
                                  _ADVICE_SCOPE.get(indication.dosing or ""))
                 severity = max((Severity[a.indicator.upper()] for a in advice), default=_DEFAULT_SEVERITY[strength])
                 findings.append(
@@ -59,11 +59,11 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                         source=knowledge.label_sources[drug],
                         section="Drug interactions",
                         perpetrator=perpetrator.display,
-                        effect=entry["effect"],
+                        effect=entry.effect,
                         strength=strength,
-                        kind=entry.get("kind", "drug"),
+                        kind=entry.kind,
                         advice=advice,
-                        classification_source=entry["source"],
+                        classification_source=entry.source,
                         indication=indication,
                         trough_recheck=None if override and override.treatment == "timing"
                         else _trough_recheck(snapshot, knowledge, drug, product, indication.key, severity, other),

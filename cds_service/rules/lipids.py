@@ -18,7 +18,6 @@ from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
 def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidGradeFinding | LipidPanelMissing]:
     if not snapshot.mtor_orders:
         return []
-    lipids = knowledge.lipids
     mtor = preferred_mtor(snapshot, prefer_draft=False)
     window = knowledge.lookback["lipids"]
     oldest_current = knowledge.lookback_start("lipids", snapshot.now)
@@ -30,7 +29,7 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
         latest = snapshot.latest_lab("lipid", analyte)
         if latest is None or latest.value is None or latest.effective is None:
             continue
-        grade = max((g["grade"] for g in lipids[analyte]["grades"] if latest.value > g["above_mg_dl"]), default=None)
+        grade = knowledge.lipid_analytes[analyte].grade_of(latest.value)
         action = next((a for a in knowledge.lipid_actions if a.grade == grade), None)
         if grade is None or action is None:
             continue
@@ -45,18 +44,18 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
                 analyte=analyte,
                 grade=grade,
                 action=action,
-                grade_source=lipids[analyte]["source"],
+                grade_source=knowledge.lipid_analytes[analyte].source,
                 stale_after_days=window.max_age_days if stale else None,
                 label_action=label_action,
             )
         )
     if findings or "observations" in snapshot.unavailable:
         return findings
-    interval = lipids["panel_interval_days"]
+    interval = knowledge.lipid_panel_interval_days
     since = snapshot.now - timedelta(days=interval)
     if not any(lab.kind == "lipid" and lab.effective and lab.effective >= since for lab in snapshot.labs):
         findings.append(
-            LipidPanelMissing(severity=Severity.INFO, mtor=mtor, source=lipids["panel_interval_source"],
+            LipidPanelMissing(severity=Severity.INFO, mtor=mtor, source=knowledge.lipid_panel_interval_source,
                               missing_panel_days=interval, last=snapshot.latest_lab("lipid"))
         )
     return findings

@@ -120,6 +120,6 @@ def _perpetrator_strengths(snapshot: PatientSnapshot, knowledge: Knowledge, drug
         if med.status in ("stopped", "completed", "cancelled", "entered-in-error"):
             continue
         for concept in med.concepts_with(DrugRole.CYP3A_PERPETRATOR):
-            entry = knowledge.perpetrators.get(concept.key, {})
-            found.add((entry.get("effect", ""), knowledge.strength_for(entry, drug)))
+            entry = knowledge.perpetrators[concept.key]
+            found.add((entry.effect, entry.strength_for(drug)))
     return found
