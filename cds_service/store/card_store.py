@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///mtor-cds.sqlite3"
 MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
 QUEUE_BATCHES = 1000  # hook calls' worth of cards waiting for the writer before new ones are dropped
-WRITE_DELAY_S = 0.1  # the writer gathers the cards of this long into one transaction
+WRITE_DELAY_S = 0.02  # the writer gathers the cards of this long into one transaction
+# Feedback naming a card not in the database yet waits this many write delays, once, before it is refused: the card
+# may have been issued by another worker process whose writer has not committed it yet.
+UNKNOWN_CARD_WAIT_DELAYS = 5
 _WRITE_NOW: tuple[list[CardRecord], bool] = ([], False)  # queued by flush(): write what is gathered without waiting out the delay
 _MIGRATION_LOCK_ID = 0x6D746F72  # "mtor": serialises migrate() across workers on PostgreSQL
 
@@ -237,8 +240,11 @@ class CardStore:
             return
         wanted = {entry.card_uuid for entry in entries}
         offers = self._offers_to(service_id, issuer, wanted)
-        if len(offers) < len(wanted) and self._has_pending():  # the cards may still be in the writer's queue
+        if len(offers) < len(wanted) and self._has_pending():  # the cards may still be in this process's writer queue
             self.flush()
+            offers = self._offers_to(service_id, issuer, wanted)
+        if len(offers) < len(wanted):  # or in another worker process's
+            time.sleep(UNKNOWN_CARD_WAIT_DELAYS * WRITE_DELAY_S)
             offers = self._offers_to(service_id, issuer, wanted)
         unknown = sorted(wanted - offers.keys())
         if unknown:
