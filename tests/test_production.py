@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from typing import ClassVar
@@ -152,3 +153,34 @@ def test_workers_start_with_the_masters_objects_frozen_out_of_the_garbage_collec
         assert gc.get_freeze_count() > 1000  # the test process's modules, the app and the knowledge
     finally:
         gc.unfreeze()
+
+
+def test_workers_that_are_recycled_or_stopped_write_the_cards_of_their_last_calls(tmp_path):
+    """Cards are written in the background: a worker leaving (recycled after GUNICORN_MAX_REQUESTS, or stopped) first
+    writes what it has queued, so no issued card is missing when its feedback comes."""
+    import sqlite3
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from payloads import order_select_request
+
+    body = json.dumps(order_select_request()).encode()
+    settings = {"CDS_REQUIRE_JWT": "false", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3", "WEB_CONCURRENCY": "1",
+                "GUNICORN_MAX_REQUESTS": "2"}
+    calls = 7
+    with running_server(tmp_path, settings, lambda base: get(f"{base}/healthz")[0] == 200) as (base, process):
+        for _ in range(calls):
+            request = urllib.request.Request(f"{base}/cds-services/mtor-safety-order-select", data=body,
+                                             headers={"Content-Type": "application/json"})
+            for _attempt in range(50):  # a recycled worker is replaced within a moment
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        assert len(json.loads(response.read())["cards"]) == 1
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    time.sleep(0.1)
+            else:
+                raise AssertionError("no worker answered")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    with sqlite3.connect(tmp_path / "cards.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM issued_card").fetchone()[0] == calls

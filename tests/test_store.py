@@ -371,7 +371,7 @@ def test_the_readme_states_the_write_delay_and_the_sqlite_journal():
 
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
     assert card_store_module.WRITE_DELAY_S == 0.02 and card_store_module.UNKNOWN_CARD_WAIT_DELAYS * card_store_module.WRITE_DELAY_S == 0.1
-    assert "the cards of each 20 ms in one transaction" in readme
+    assert "the cards of each 20 ms in one transaction (a worker that is recycled or stopped writes its queued cards first)" in readme
     assert "feedback naming a card not stored yet (issued by another worker a moment ago) waits 0.1 s once" in readme
     assert "SQLite runs in write-ahead-log mode: back up the database file with its `-wal` and `-shm` files" in readme
 

@@ -12,9 +12,11 @@ classes and counts, never values, since SQL error texts can quote the row being 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import os
 import pathlib
 import queue
 import threading
@@ -40,6 +42,7 @@ WRITE_DELAY_S = 0.02  # the writer gathers the cards of this long into one trans
 # Feedback naming a card not in the database yet waits this many write delays, once, before it is refused: the card
 # may have been issued by another worker process whose writer has not committed it yet.
 UNKNOWN_CARD_WAIT_DELAYS = 5
+EXIT_FLUSH_TIMEOUT_S = 5.0  # a process leaving waits at most this long for its queued cards (gunicorn's graceful 25 s)
 _WRITE_NOW: tuple[list[CardRecord], bool] = ([], False)  # queued by flush(): write what is gathered without waiting out the delay
 _MIGRATION_LOCK_ID = 0x6D746F72  # "mtor": serialises migrate() across workers on PostgreSQL
 
@@ -182,6 +185,13 @@ class CardStore:
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="card-store-writer", daemon=True)
                 self._writer.start()
+                # A process that exits (a gunicorn worker recycled or stopped, the CLI) first writes what it has
+                # queued: the cards of its last calls would otherwise be lost, and their feedback refused.
+                atexit.register(self._flush_at_exit, os.getpid())
+
+    def _flush_at_exit(self, pid: int) -> None:
+        if os.getpid() == pid:  # a child forked afterwards inherits the handler, not the writer thread
+            self.flush(EXIT_FLUSH_TIMEOUT_S)
 
     def _write_loop(self) -> None:
         stop = False
