@@ -42,7 +42,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from payloads import order_select_request, patient_view_request, sized_order_select_request
+from payloads import order_select_request, patient_view_request, sized_order_select_request  # noqa: E402 (bench/ on the path)
 
 sys.path.insert(0, str(BENCH.parent))
 from cds_service.production import gunicorn_settings  # noqa: E402  (the shipped defaults)
@@ -244,7 +244,7 @@ def run_wrk(url: str, connections: int, duration_s: int, script: Path, body: Pat
     env = {**os.environ, "BENCH_BODY": str(body) if body else ""}
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(script), url]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 30, check=False)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
     return json.loads(line[len("BENCH_JSON "):])

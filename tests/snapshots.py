@@ -187,7 +187,8 @@ def pregnancy_status(pregnant: bool, days_ago: float) -> dict[str, Any]:
 # --- conditions, procedures ----------------------------------------------------------------------
 
 
-def condition(system: str, code: str, display: str = "", *, clinical: str | None = "active", verification: str | None = None, onset_days_ago: int = 30, **fields: Any) -> dict[str, Any]:
+def condition(system: str, code: str, display: str = "", *, clinical: str | None = "active", verification: str | None = None,
+              onset_days_ago: int = 30, **fields: Any) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Condition",
         "id": _id("cond"),
@@ -203,7 +204,8 @@ def condition(system: str, code: str, display: str = "", *, clinical: str | None
     return resource
 
 
-def service_request(text: str, in_days: int | None, *, status: str = "active", category: Mapping | None = None, code: Mapping | None = None, **fields: Any) -> dict[str, Any]:
+def service_request(text: str, in_days: int | None, *, status: str = "active", category: Mapping | None = None,
+                    code: Mapping | None = None, **fields: Any) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "id": _id("sr"),

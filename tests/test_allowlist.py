@@ -7,12 +7,12 @@ import re
 import pytest
 import responses
 
+from cds_assertions import topics_of
 from cds_service import create_app
 from cds_service.errors import FhirNotAllowed
 from cds_service.fhir.client import check_allowed
 from cds_service.settings import Settings, SettingsError
 from conftest import FIXTURE_NOW, load_fixture
-from cds_assertions import topics_of
 
 ORDER_SELECT = "/cds-services/mtor-safety-order-select"
 ALLOWED = ("https://ehr.example.org/fhir", "https://other-ehr.example.net:8443/r4/")

@@ -8,9 +8,9 @@ import io
 import orjson
 import pytest
 
+from cds_assertions import assert_valid_cds_response, topics_of
 from cds_service import create_app
 from conftest import load_fixture
-from cds_assertions import assert_valid_cds_response, topics_of
 
 ORDER_SELECT = "/cds-services/mtor-safety-order-select"
 PATIENT_VIEW = "/cds-services/mtor-safety-patient-view"

@@ -188,7 +188,8 @@ def test_medication_reference_is_resolved_by_reading_the_medication(call_hook, f
     by_reference["medicationReference"] = {"reference": "Medication/eve-1"}
     request = with_server(hook_request("patient-view", medications=[clarithromycin(), by_reference]))
     request["prefetch"]["medications"] = bundle(by_reference, clarithromycin())
-    fhir.serve("Medication/eve-1", {"resourceType": "Medication", "id": "eve-1", "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845507"}]}})
+    everolimus = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "845507"}]}
+    fhir.serve("Medication/eve-1", {"resourceType": "Medication", "id": "eve-1", "code": everolimus})
     body = ok(call_hook(request))
     assert fhir.urls == [f"{BASE}/Medication/eve-1"]
     assert fhir.authorizations == {f"Bearer {TOKEN}"}

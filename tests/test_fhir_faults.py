@@ -13,11 +13,10 @@ import pytest
 import requests
 import responses
 
-from cds_service.fhir import client as fhir_client
 from cds_assertions import assert_valid_cds_response, topics_of
-from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
-
 from cds_service import create_app
+from cds_service.fhir import client as fhir_client
+from conftest import FIXTURE_NOW, TYPE_OF_PREFETCH_KEY, load_fixture
 
 BASE = "https://ehr.example.org/fhir"
 TOKEN = "fhir-access-token-abc123"
@@ -202,7 +201,8 @@ def test_an_oversized_response_is_not_read(tmp_path, fhir):
 def test_a_next_link_that_leaves_the_server_is_not_followed(client, fhir, next_url):
     call, server_data = fallback_call()
     first_page = {**server_data["medications"], "link": [{"relation": "next", "url": next_url}]}
-    fhir.add(responses.GET, re.compile(r"https?://(evil\.example\.com|ehr\.example\.org\.evil\.com|ehr\.example\.org(:8443)?)/.*(page=2|admin).*"), json=server_data["medications"])
+    elsewhere = r"https?://(evil\.example\.com|ehr\.example\.org\.evil\.com|ehr\.example\.org(:8443)?)/.*(page=2|admin).*"
+    fhir.add(responses.GET, re.compile(elsewhere), json=server_data["medications"])
     serve(fhir, server_data, medications={"json": first_page})
     response = client.post(ORDER_SELECT, json=call)
     assert_412(response)  # the medications are only partly known
@@ -221,7 +221,8 @@ def test_a_prefetched_next_link_to_another_host_is_not_followed(client, fhir):
 def test_a_search_longer_than_the_page_limit_is_not_taken_as_complete(tmp_path, fhir):
     client = make_app(tmp_path, fhir_max_pages=2).test_client()
     call, server_data = fallback_call()
-    pages = [{"resourceType": "Bundle", "type": "searchset", "entry": [], "link": [{"relation": "next", "url": f"{BASE}/Condition?page={n + 1}"}]} for n in range(1, 4)]
+    pages = [{"resourceType": "Bundle", "type": "searchset", "entry": [], "link": [{"relation": "next", "url": f"{BASE}/Condition?page={n + 1}"}]}
+             for n in range(1, 4)]
     for n, page in enumerate(pages[1:], start=2):
         fhir.add(responses.GET, f"{BASE}/Condition?page={n}", json=page)
     serve(fhir, server_data, conditions={"json": pages[0]})
@@ -304,7 +305,8 @@ REASONS_412 = {
     "http-401": ({"status": 401, "json": {"resourceType": "OperationOutcome"}}, "answered HTTP 401: the access token was not accepted", "http-401"),
     "http-403": ({"status": 403}, "answered HTTP 403: the access token was not accepted", "http-403"),
     "timeout": ({"body": requests.Timeout("read timed out")}, "did not answer in time", "timeout"),
-    "connection-refused": ({"body": requests.ConnectionError(ConnectionRefusedError(111, "Connection refused"))}, "refused the connection", "connection failed"),
+    "connection-refused": ({"body": requests.ConnectionError(ConnectionRefusedError(111, "Connection refused"))}, "refused the connection",
+                           "connection failed"),
     "invalid-json": ({"body": "{not json", "content_type": "application/fhir+json"}, "invalid response from the FHIR server: invalid JSON", "invalid JSON"),
     "operation-outcome": ({"json": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden"}]}},
                           "invalid response from the FHIR server: expected a Bundle, got OperationOutcome", "ok"),

@@ -14,7 +14,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from cds_service.findings import Topic
-
 from conftest import FIXTURES, SCENARIOS
 
 HOOK_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.json") if p.name.startswith(("fires-", "quiet-")))
@@ -77,7 +76,8 @@ def test_every_resource_in_a_synthea_fixture_is_valid_fhir_r4(name):
 
 def test_validator_catches_an_invalid_resource():
     broken = {"prefetch": {"medications": {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": {"resourceType": "MedicationRequest", "id": "x", "status": "active", "intent": "order", "subject": {"reference": "Patient/p"}, "dosageInstruction": {"text": "not a list"}}}
+        {"resource": {"resourceType": "MedicationRequest", "id": "x", "status": "active", "intent": "order", "subject": {"reference": "Patient/p"},
+                      "dosageInstruction": {"text": "not a list"}}}
     ]}}}
     errors = validation_errors(broken)
     assert any("MedicationRequest/x" in e and "dosageInstruction" in e for e in errors)

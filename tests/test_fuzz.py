@@ -16,9 +16,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
+from cds_assertions import assert_valid_cds_response, topics_of
 from cds_service import create_app
 from conftest import FIXTURE_NOW, FIXTURES, SERVICE_FOR_HOOK, load_fixture
-from cds_assertions import assert_valid_cds_response, topics_of
 
 SERVICE_IDS = sorted(SERVICE_FOR_HOOK.values())
 PREFETCH_KEYS = ["patient", "medications", "medicationStatements", "observations", "conditions", "procedures", "serviceRequests", "appointments"]
@@ -81,9 +81,11 @@ quantities = st.fixed_dictionaries(
         "comparator": st.sampled_from(["<", "<=", ">", ">="]) | json_leaves,
     },
 )
-references = st.fixed_dictionaries({}, optional={"reference": st.sampled_from(["Patient/pt-cyp-1", "Patient/other", "Medication/m1", "#med", "Medication/"]) | json_leaves, "display": json_leaves}) | json_leaves
+reference_texts = st.sampled_from(["Patient/pt-cyp-1", "Patient/other", "Medication/m1", "#med", "Medication/"])
+references = st.fixed_dictionaries({}, optional={"reference": reference_texts | json_leaves, "display": json_leaves}) | json_leaves
+doses_and_rates = st.lists(st.fixed_dictionaries({}, optional={"doseQuantity": quantities}) | json_leaves, max_size=2) | json_leaves
 dosages = st.lists(
-    st.fixed_dictionaries({}, optional={"text": json_leaves, "route": concepts, "doseAndRate": st.lists(st.fixed_dictionaries({}, optional={"doseQuantity": quantities}) | json_leaves, max_size=2) | json_leaves, "timing": json_values}),
+    st.fixed_dictionaries({}, optional={"text": json_leaves, "route": concepts, "doseAndRate": doses_and_rates, "timing": json_values}),
     max_size=2,
 ) | json_leaves
 # Generated ids never collide with the fixtures' ids, so an extra resource cannot replace a real one.
@@ -91,7 +93,8 @@ generated_ids = st.from_regex(r"g-[0-9]{1,6}", fullmatch=True) | json_leaves
 
 FIELDS = {
     "id": generated_ids,
-    "status": st.sampled_from(["active", "on-hold", "draft", "completed", "final", "preliminary", "booked", "preparation", "entered-in-error", "stopped"]) | json_leaves,
+    "status": st.sampled_from(["active", "on-hold", "draft", "completed", "final", "preliminary", "booked", "preparation",
+                               "entered-in-error", "stopped"]) | json_leaves,
     "intent": st.sampled_from(["order", "plan", "proposal"]) | json_leaves,
     "subject": references,
     "patient": references,
@@ -118,10 +121,13 @@ FIELDS = {
     "birthDate": fhir_dates | json_leaves,
     "gender": st.sampled_from(["female", "male"]) | json_leaves,
     "serviceType": st.lists(concepts, max_size=2) | json_leaves,
-    "contained": st.lists(st.fixed_dictionaries({"resourceType": st.just("Medication"), "id": st.just("med")}, optional={"code": concepts}) | json_values, max_size=2),
+    "contained": st.lists(
+        st.fixed_dictionaries({"resourceType": st.just("Medication"), "id": st.just("med")}, optional={"code": concepts}) | json_values, max_size=2
+    ),
     "ingredient": st.lists(st.fixed_dictionaries({}, optional={"itemCodeableConcept": concepts}) | json_leaves, max_size=2),
 }
-RESOURCE_TYPES = ["MedicationRequest", "Medication", "Immunization", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment", "Patient", "OperationOutcome", "Bundle"]
+RESOURCE_TYPES = ["MedicationRequest", "Medication", "Immunization", "Observation", "Condition", "Procedure", "ServiceRequest", "Appointment",
+                  "Patient", "OperationOutcome", "Bundle"]
 fhir_resources = st.fixed_dictionaries({"resourceType": st.sampled_from(RESOURCE_TYPES) | json_leaves}, optional=FIELDS)
 entries = st.fixed_dictionaries({}, optional={"resource": fhir_resources | json_values, "fullUrl": json_leaves}) | json_values
 bundles = st.fixed_dictionaries(
@@ -129,12 +135,16 @@ bundles = st.fixed_dictionaries(
     optional={
         "type": st.sampled_from(["searchset", "collection"]) | json_leaves,
         "entry": st.lists(entries, max_size=5) | json_leaves,
-        "link": st.lists(st.fixed_dictionaries({"relation": st.sampled_from(["next", "self"]), "url": st.sampled_from(["https://evil.example.com/fhir/x?page=2", "MedicationRequest?page=2"]) | json_leaves}), max_size=2) | json_leaves,
+        "link": st.lists(st.fixed_dictionaries({
+            "relation": st.sampled_from(["next", "self"]),
+            "url": st.sampled_from(["https://evil.example.com/fhir/x?page=2", "MedicationRequest?page=2"]) | json_leaves,
+        }), max_size=2) | json_leaves,
     },
 )
 prefetch_values = st.none() | bundles | fhir_resources | json_values
 prefetches = st.dictionaries(st.sampled_from(PREFETCH_KEYS) | st.text(max_size=12), prefetch_values, max_size=8) | json_leaves
-REFUSED_SERVERS = ["https://evil.example.com/fhir", "https://ehr.example.org.evil.com/fhir", "https://ehr.example.org@evil.com/fhir", "http://ehr.example.org/fhir", "https://ehr.example.org/fhir/../x"]
+REFUSED_SERVERS = ["https://evil.example.com/fhir", "https://ehr.example.org.evil.com/fhir", "https://ehr.example.org@evil.com/fhir",
+                   "http://ehr.example.org/fhir", "https://ehr.example.org/fhir/../x"]
 fhir_servers = st.sampled_from([*REFUSED_SERVERS, "ftp://x"]) | json_leaves
 contexts = st.fixed_dictionaries(
     {},
@@ -218,7 +228,8 @@ def test_any_json_body_gets_a_2xx_or_4xx(fuzz_client, service_id, body):
 
 
 @FUZZ_SETTINGS
-@given(service_id=st.sampled_from(SERVICE_IDS), raw=st.binary(max_size=300), content_type=st.sampled_from(["application/json", "application/fhir+json", "text/plain", ""]))
+@given(service_id=st.sampled_from(SERVICE_IDS), raw=st.binary(max_size=300),
+       content_type=st.sampled_from(["application/json", "application/fhir+json", "text/plain", ""]))
 def test_any_bytes_get_a_4xx(fuzz_client, service_id, raw, content_type):
     assert_answer(fuzz_client.post(f"/cds-services/{service_id}", data=raw, content_type=content_type or None), {200, 400, 412, 415})
 
@@ -272,19 +283,24 @@ def test_openapi_document_is_served_and_lists_every_route(fuzz_app, fuzz_client,
     assert routes - {("GET", "/openapi.yaml")} <= operations
 
 
+def _schema_check(strategy, where: str, failures: list[str]):
+    """One operation's generated cases, each answer validated against the OpenAPI document; failures collected."""
+
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def run(case):
+        response = case.call()
+        try:
+            case.validate_response(response, checks=SCHEMA_CHECKS)
+        except Exception as failure:  # collected, so one run reports every operation's failures
+            failures.append(f"{where}: {str(failure)[:300]}")
+
+    return run
+
+
 def test_schemathesis_finds_no_server_error_or_nonconformance(generated_cases):
-    failures = []
+    failures: list[str] = []
     for operation, mode in generated_cases:
-        strategy = operation.as_strategy(generation_mode=mode)
-
-        @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        @given(case=strategy)
-        def run(case):
-            response = case.call()
-            try:
-                case.validate_response(response, checks=SCHEMA_CHECKS)
-            except Exception as failure:  # collected, so one run reports every operation's failures
-                failures.append(f"{mode.value} {operation.method.upper()} {operation.path}: {str(failure)[:300]}")
-
-        run()
+        where = f"{mode.value} {operation.method.upper()} {operation.path}"
+        _schema_check(operation.as_strategy(generation_mode=mode), where, failures)()
     assert not failures, "\n".join(failures[:10])

@@ -24,3 +24,8 @@ def test_mypy_checks_every_module_with_no_error_codes_waived():
     mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     assert mypy["packages"] == ["cds_service"] and mypy["check_untyped_defs"] is True
     assert not [o for o in mypy.get("overrides", []) if o.get("disable_error_code") or o.get("ignore_errors")]
+
+
+def test_ruff_waives_nothing_per_file():
+    lint = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert not lint.get("per-file-ignores")

@@ -40,7 +40,7 @@ def service_log():
     handlers = [h for name in ("mtor_cds", "cds_service") for h in logging.getLogger(name).handlers if getattr(h, "_mtor_cds", False)]
     previous = [h.setStream(stream) for h in handlers]
     yield stream
-    for handler, old in zip(handlers, previous):
+    for handler, old in zip(handlers, previous, strict=True):
         handler.setStream(old)
 
 

@@ -80,7 +80,8 @@ def test_settings_come_from_one_place_and_follow_the_environment():
     # deploy/gunicorn.conf.py (what the container runs) holds exactly these settings.
     import runpy
 
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(("MTOR_CDS_BIND", "PORT", "WEB_CONCURRENCY", "GUNICORN_", "CDS_LOG_LEVEL", "PROMETHEUS_"))}
+    prefixes = ("MTOR_CDS_BIND", "PORT", "WEB_CONCURRENCY", "GUNICORN_", "CDS_LOG_LEVEL", "PROMETHEUS_")
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(prefixes)}
     try:
         conf = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
         expected = production.gunicorn_settings()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SCENARIOS, load_fixture
 from cds_assertions import assert_valid_cds_response, topics_of
+from conftest import SCENARIOS, load_fixture
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS["scenarios"], ids=lambda s: s["file"])

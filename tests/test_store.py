@@ -18,8 +18,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from cds_service.errors import BadRequest
-from cds_service.store import card_store as card_store_module
 from cds_service.store import CardRecord, CardStore, FeedbackEntry
+from cds_service.store import card_store as card_store_module
 from cds_service.store.models import card_feedback, issued_card, metadata
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)  # a Monday
@@ -228,10 +228,9 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_database_outage_is_counted_not_raised(backend, tmp_path, caplog):
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'no-such-dir' / 'cards.sqlite3'}"
-    else:  # needs no server: nothing listens on the port
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/mtor"
+    # PostgreSQL needs no server here: nothing listens on the port
+    sqlite_url = f"sqlite:///{tmp_path / 'no-such-dir' / 'cards.sqlite3'}"
+    url = sqlite_url if backend == "sqlite" else f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/mtor"
     down = CardStore.from_url(url)
     caplog.set_level(logging.INFO, logger="cds_service")
     try:
