@@ -132,7 +132,7 @@ def _query(template: str, context: Mapping[str, Any]) -> str:
 
 def _with_medication_include(key: str, query: str, includes: frozenset[str]) -> str:
     """MedicationRequest / MedicationStatement searches bring the Medications they reference (`_include`), where
-    the server lists that include (or "*", as HAPI and others do); the reader takes Medication resources from any
+    the server lists that include (or "*": any include); the reader takes Medication resources from any
     Bundle."""
     resource_type = query.split("?", 1)[0]
     include = f"{resource_type}:medication"
