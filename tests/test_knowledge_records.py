@@ -87,3 +87,17 @@ def test_a_lipid_grade_without_its_threshold_is_refused_at_load(knowledge_copy):
     edit(knowledge_copy, "monitoring.json", lambda d: d["lipids"]["cholesterol"]["grades"][0].pop("above_mg_dl"))
     with pytest.raises(KnowledgeError, match="above_mg_dl"):
         load_knowledge(knowledge_copy)
+
+
+def test_labelled_uses_are_typed_records():
+    uses = load_knowledge().indications
+    assert {(u.key, u.dosing, u.drugs, u.requires_tsc) for u in uses.values()} >= {
+        ("tsc-aml", "fixed", ("everolimus",), True), ("lam", "tdm", ("sirolimus",), False)}
+
+
+@pytest.mark.parametrize("change", [lambda d: d["indications"][0].update(dosing="weekly"), lambda d: d["indications"][0].update(drugs=[])],
+                         ids=["dosing", "no drug"])
+def test_a_labelled_use_with_an_unknown_dosing_or_no_drug_is_refused_at_load(knowledge_copy, change):
+    edit(knowledge_copy, "indications.json", change)
+    with pytest.raises(KnowledgeError, match="is not known, or it names no drug"):
+        load_knowledge(knowledge_copy)

@@ -227,7 +227,7 @@ def test_no_trough_claim_when_observations_could_not_be_fetched():
 
 def test_high_trough_with_no_indication_on_record_proposes_a_dose_and_names_the_assumption():
     [finding] = check_trough_high(record_snapshot([mtor_order(dose=10)], [drug_level(20)], [TSC_RECORD]), K)
-    assert finding.assumed_indication == K.indications["tsc-sega"]["display"]
+    assert finding.assumed_indication == K.indications["tsc-sega"].display
     assert finding.proposal.proposed_dose_mg == 5
 
 

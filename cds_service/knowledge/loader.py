@@ -25,6 +25,7 @@ from cds_service.knowledge.records import (
     ContraceptionAdvice,
     EarliestStart,
     HepaticDose,
+    IndicationEntry,
     InteractionAdvice,
     LabelInteraction,
     LabelOverride,
@@ -215,7 +216,9 @@ class Knowledge:
         self.kg_factor = {u.lower(): f for u, f in obs["body_units"]["weight_to_kg"].items()}
         self.mg_dl_factor = {u.lower(): f for u, f in obs["lipid_units"]["to_mg_dl"].items()}
         self._index_conditions(files)
-        self.indications: Mapping[str, Mapping] = {e["key"]: e for e in files["indications.json"]["indications"]}
+        self.indications: Mapping[str, IndicationEntry] = {
+            e["key"]: build(IndicationEntry, e) for e in files["indications.json"]["indications"]
+        }
         monitoring = files["monitoring.json"]
         self.trough_targets = tuple(build(TroughTarget, t) for t in monitoring["trough_targets"])
         self.trough_timing = tuple(build(TroughTiming, t) for t in monitoring["trough_timing"])

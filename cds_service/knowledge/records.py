@@ -373,3 +373,23 @@ class LipidAnalyte(Cited):
     def grade_of(self, mg_dl: float) -> int | None:
         """The CTCAE grade of a value (above a grade's threshold), None below grade 2's."""
         return max((g.grade for g in self.grades if mg_dl > g.above_mg_dl), default=None)
+
+
+INDICATION_DOSINGS = ("fixed", "tdm")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IndicationEntry(Cited):
+    """A labelled use of indications.json (TSC-AML, SEGA, TSC seizures, LAM): how its dose is set (a fixed dose, or
+    trough-guided), which drugs it is a labelled use of, and whether it counts only with tuberous sclerosis."""
+
+    key: str
+    display: str
+    dosing: str  # INDICATION_DOSINGS
+    drugs: tuple[str, ...]
+    requires_tsc: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dosing not in INDICATION_DOSINGS or not self.drugs:
+            raise ValueError(f"indication {self.key}: dosing {self.dosing!r} is not known, or it names no drug")

@@ -24,14 +24,14 @@ def _infer_indication(snapshot: PatientSnapshot, knowledge: Knowledge, drug: str
     has_tsc = bool(snapshot.active_conditions("tsc"))
     found = []
     for entry in knowledge.indications.values():
-        if drug not in entry.get("drugs", (drug,)) or (entry.get("requires_tsc") and not has_tsc):
+        if drug not in entry.drugs or (entry.requires_tsc and not has_tsc):
             continue
-        conditions = snapshot.active_conditions(entry["key"])
+        conditions = snapshot.active_conditions(entry.key)
         if conditions:
             found.append((entry, conditions))
     if len(found) == 1:
         entry, conditions = found[0]
-        return Indication(entry["key"], entry["dosing"], conditions)
-    dosings = {entry["dosing"] for entry, _ in found}
+        return Indication(entry.key, entry.dosing, conditions)
+    dosings = {entry.dosing for entry, _ in found}
     evidence = tuple(c for _, conditions in found for c in conditions)
     return Indication(None, dosings.pop() if len(dosings) == 1 else None, evidence)

@@ -63,7 +63,7 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
             proposal = _dose_proposal(mtor, latest.value, assumed, knowledge, lower=True)
             target = trough_target(knowledge, drug, assumed)
             if assumed != indication.key and assumed:
-                assumed_display = knowledge.indications[assumed]["display"]
+                assumed_display = knowledge.indications[assumed].display
         findings.append(
             TroughHighFinding(
                 severity=severity, mtor=mtor, evidence=(latest,), source=limit.source, section=limit.section,
