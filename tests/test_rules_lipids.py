@@ -32,7 +32,7 @@ def test_triglycerides_at_exactly_300_are_not_grade_2():
 
 
 def test_no_lipid_panel_within_the_interval_gives_an_info_card():
-    days = K.lipids["panel_interval_days"]
+    days = K.lipid_panel_interval_days
     [finding] = check_lipids(record_snapshot([mtor_order()], [lipid_result("triglycerides", 120, days_ago=days + 5)]), K)
     assert finding.severity is Severity.INFO and finding.missing_panel_days == days
 

@@ -247,8 +247,8 @@ def test_contexts_shown_by_a_record_are_remembered_within_a_bound(monkeypatch):
     assert "transplant-kidney" in first
     assert fresh.transplant_or_oncology_contexts(kidney, "Kidney transplant status") is first
     assert "transplant-kidney" in fresh.transplant_or_oncology_contexts(frozenset(), "kidney transplant")  # by name when uncoded
-    monkeypatch.setattr(loader, "CONTEXT_MEMO_LIMIT", 5)
+    monkeypatch.setattr(loader, "MEMO_LIMIT", 5)
     for n in range(20):
         fresh.transplant_or_oncology_contexts(frozenset(), f"unrelated finding {n}")
-    assert len(fresh._context_memo) <= 5
+    assert len(fresh._memo["contexts"]) <= 5
     assert fresh.transplant_or_oncology_contexts(kidney, "Kidney transplant status") == first

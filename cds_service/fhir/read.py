@@ -519,25 +519,9 @@ _LAB_READERS: dict[str, Callable[[_Reader, _LabFacts], LabResult]] = {
 }
 
 
-# --- what the knowledge makes of codes and names, cached -------------------------------------------
-# Pure functions of the (immutable) knowledge and their arguments: the same drugs, labs and conditions recur in
-# every call, and recognising them (text normalisation, phrase look-ups) was a large share of the CPU of reading
-# a record. Each Knowledge keeps its own memo (it goes when the knowledge goes), bounded so that no request can
-# grow it without limit.
-
-_MEMO_LIMIT = 8192
-
-
-def _memoized(knowledge: Knowledge, table: str, key: Any, compute: Callable[[], Any]) -> Any:
-    try:
-        return knowledge.__dict__["_fhir_read_memo"][table][key]  # the common case: known
-    except KeyError:
-        pass
-    memo = knowledge.__dict__.setdefault("_fhir_read_memo", {}).setdefault(table, {})
-    if len(memo) >= _MEMO_LIMIT:
-        memo.clear()
-    found = memo[key] = compute()
-    return found
+# --- what the knowledge makes of codes and names, remembered (Knowledge.remembered) ------------------------
+# Recognising drugs, labs and conditions (text normalisation, phrase look-ups) was a large share of the CPU of
+# reading a record, and the same ones recur in every call.
 
 
 def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
@@ -550,8 +534,8 @@ def _code_key(codings: Iterable[Mapping]) -> tuple[tuple[Any, Any], ...]:
 
 
 def _recognized_medication(knowledge: Knowledge, codes: tuple[tuple[Any, Any], ...], texts: tuple[str, ...]) -> tuple:
-    return _memoized(knowledge, "medication", (codes, texts),
-                     lambda: knowledge.recognize_medication([{"system": s, "code": c} for s, c in codes], texts))
+    return knowledge.remembered("medication", (codes, texts),
+                                lambda: knowledge.recognize_medication([{"system": s, "code": c} for s, c in codes], texts))
 
 
 def _named_drug_level(knowledge: Knowledge, text: str) -> tuple[str, str] | None:
@@ -561,11 +545,11 @@ def _named_drug_level(knowledge: Knowledge, text: str) -> tuple[str, str] | None
         named = [c for c in knowledge.names.find(normalize_text(text)) if c.role is DrugRole.MTOR_INHIBITOR]
         return ("drug-level", named[0].key) if named else None
 
-    return _memoized(knowledge, "drug-level", text, compute)
+    return knowledge.remembered("drug-level", text, compute)
 
 
 def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], text: str) -> frozenset[str]:
-    return _memoized(knowledge, "condition", (codes, text), lambda: knowledge.condition_kinds(codes, text))
+    return knowledge.remembered("condition", (codes, text), lambda: knowledge.condition_kinds(codes, text))
 
 
 # --- small readers ------------------------------------------------------------------------------

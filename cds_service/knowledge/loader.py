@@ -12,11 +12,11 @@ import enum
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from cds_service.knowledge.codes import code_problems
 from cds_service.knowledge.records import (
@@ -79,7 +79,8 @@ FILES = (
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CVX = "http://hl7.org/fhir/sid/cvx"
 LOINC = "http://loinc.org"
-CONTEXT_MEMO_LIMIT = 8192  # remembered (codes, name) -> contexts answers per process; cleared when full
+_T = TypeVar("_T")
+MEMO_LIMIT = 8192  # answers Knowledge.remembered keeps per table and process; a full table is cleared
 
 
 class KnowledgeError(ValueError):
@@ -147,7 +148,7 @@ class Knowledge:
 
     def __init__(self, files: Mapping[str, Mapping[str, Any]]):
         self.files = MappingProxyType(dict(files))
-        self._context_memo: dict[tuple[frozenset[tuple[str, str]], str], frozenset[str]] = {}
+        self._memo: dict[str, dict[Any, Any]] = {}  # Knowledge.remembered: table -> key -> answer
         drugs = files["mtor_drugs.json"]
         self.mtor_drugs: Mapping[str, Mapping] = {e["key"]: e for e in drugs["mtor_inhibitors"]}
         self.mtor_products: Mapping[str, Mapping] = {p["rxnorm"]: p for p in drugs["products"]}
@@ -222,15 +223,14 @@ class Knowledge:
         monitoring = files["monitoring.json"]
         self.trough_targets = tuple(build(TroughTarget, t) for t in monitoring["trough_targets"])
         self.trough_timing = tuple(build(TroughTiming, t) for t in monitoring["trough_timing"])
-        self.lipids = monitoring["lipids"]
-        self.lipid_actions = tuple(build(LipidAction, a) for a in self.lipids["actions"])
+        lipids = monitoring["lipids"]
+        self.lipid_actions = tuple(build(LipidAction, a) for a in lipids["actions"])
         self.lipid_analytes: Mapping[str, LipidAnalyte] = {
-            analyte: build(LipidAnalyte, self.lipids[analyte], analyte=analyte,
-                           grades=tuple(build(LipidGrade, g) for g in self.lipids[analyte]["grades"]))
+            analyte: build(LipidAnalyte, lipids[analyte], analyte=analyte, grades=tuple(build(LipidGrade, g) for g in lipids[analyte]["grades"]))
             for analyte in ("triglycerides", "cholesterol")
         }
-        self.lipid_panel_interval_days: int = self.lipids["panel_interval_days"]
-        self.lipid_panel_interval_source: Source = self.lipids["panel_interval_source"]
+        self.lipid_panel_interval_days: int = lipids["panel_interval_days"]
+        self.lipid_panel_interval_source: Source = lipids["panel_interval_source"]
         self.lipid_loinc: Mapping[str, str] = {code: a.analyte for a in self.lipid_analytes.values() for code in a.loinc}
         body = monitoring["body_measurements"]
         self.body_loinc: Mapping[str, str] = {
@@ -384,13 +384,22 @@ class Knowledge:
         "evaluation for kidney transplant", which a SNOMED- or ICD-10-coded record would say with another code; a
         CPT- or locally-coded one is read by its name).
 
-        Remembered per codes and name (bounded): the reader and several rules ask it of the same records on every call."""
-        memo = self._context_memo
-        found = memo.get((codes, text))
-        if found is None:
-            if len(memo) >= CONTEXT_MEMO_LIMIT:
-                memo.clear()
-            found = memo[(codes, text)] = self._contexts_shown(codes, text)
+        Remembered per codes and name: the reader and several rules ask it of the same records on every call."""
+        return self.remembered("contexts", (codes, text), lambda: self._contexts_shown(codes, text))
+
+    def remembered(self, table: str, key: Any, compute: Callable[[], _T]) -> _T:
+        """compute(), remembered in `table` under `key`: for pure functions of this (immutable) knowledge and their
+        arguments, asked again on every call because the same drugs, labs and conditions recur. Each Knowledge keeps
+        its own memo (it goes when the knowledge goes), at most MEMO_LIMIT answers per table so that no request can
+        grow it without limit. Made per worker process: the master's (empty at fork) is copied, not shared."""
+        try:
+            return self._memo[table][key]  # the common case: known
+        except KeyError:
+            pass
+        memo = self._memo.setdefault(table, {})
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        found = memo[key] = compute()
         return found
 
     def _contexts_shown(self, codes: frozenset[tuple[str, str]], text: str) -> frozenset[str]:
