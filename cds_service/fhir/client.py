@@ -519,23 +519,18 @@ def remember_capability(base_url: str, batch: bool, ttl_s: float = CAPABILITY_TT
 
 def _lists_batch(statement: Mapping[str, Any]) -> bool:
     """Whether a CapabilityStatement's server `rest` lists the system interaction `batch`."""
-    for rest in _list(statement.get("rest")):
-        if isinstance(rest, dict) and rest.get("mode") == "server":
-            for interaction in _list(rest.get("interaction")):
-                if isinstance(interaction, dict) and interaction.get("code") == "batch":
-                    return True
-    return False
+    return any(isinstance(i, dict) and i.get("code") == "batch" for rest in _server_rests(statement) for i in _list(rest.get("interaction")))
 
 
 def _listed_includes(statement: Mapping[str, Any]) -> frozenset[str]:
     """The searchInclude values ("MedicationRequest:medication") of a CapabilityStatement's server `rest`."""
-    found: set[str] = set()
-    for rest in _list(statement.get("rest")):
-        if isinstance(rest, dict) and rest.get("mode") == "server":
-            for resource in _list(rest.get("resource")):
-                includes = resource.get("searchInclude") if isinstance(resource, dict) else None
-                found.update(i for i in _list(includes) if isinstance(i, str))
-    return frozenset(found)
+    resources = [r for rest in _server_rests(statement) for r in _list(rest.get("resource")) if isinstance(r, dict)]
+    return frozenset(i for r in resources for i in _list(r.get("searchInclude")) if isinstance(i, str))
+
+
+def _server_rests(statement: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `rest` entries of a CapabilityStatement that describe the server (mode "server")."""
+    return [rest for rest in _list(statement.get("rest")) if isinstance(rest, dict) and rest.get("mode") == "server"]
 
 
 def _list(value: Any) -> list[Any]:
