@@ -38,10 +38,13 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE_URL = "sqlite:///mtor-cds.sqlite3"
 MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
 QUEUE_BATCHES = 1000  # hook calls' worth of cards waiting for the writer before new ones are dropped
-WRITE_DELAY_S = 0.02  # the writer gathers the cards of this long into one transaction
-# Feedback naming a card not in the database yet waits this many write delays, once, before it is refused: the card
-# may have been issued by another worker process whose writer has not committed it yet.
-UNKNOWN_CARD_WAIT_DELAYS = 5
+# The writer gathers the cards of this long into one transaction. Each transaction, not each row, is what costs:
+# with 8 workers, 20 ms meant about 2 cards per transaction and 0.21 ms of writer CPU per hook call; 100 ms, about
+# 10 cards and 0.10 ms (bench/results/notes.md). A crash (not a stop: those write first) can lose this long of cards.
+WRITE_DELAY_S = 0.1
+# Feedback naming a card not in the database yet waits this long, once, before it is refused: the card may have
+# been issued by another worker process whose writer has not committed it yet (its delay, then its commit).
+UNKNOWN_CARD_WAIT_S = 0.25
 EXIT_FLUSH_TIMEOUT_S = 5.0  # a process leaving waits at most this long for its queued cards (gunicorn's graceful 25 s)
 _WRITE_NOW: tuple[list[CardRecord], bool] = ([], False)  # queued by flush(): write what is gathered without waiting out the delay
 _MIGRATION_LOCK_ID = 0x6D746F72  # "mtor": serialises migrate() across workers on PostgreSQL
@@ -254,7 +257,7 @@ class CardStore:
             self.flush()
             offers = self._offers_to(service_id, issuer, wanted)
         if len(offers) < len(wanted):  # or in another worker process's
-            time.sleep(UNKNOWN_CARD_WAIT_DELAYS * WRITE_DELAY_S)
+            time.sleep(UNKNOWN_CARD_WAIT_S)
             offers = self._offers_to(service_id, issuer, wanted)
         unknown = sorted(wanted - offers.keys())
         if unknown:
