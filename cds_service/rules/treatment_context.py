@@ -134,31 +134,38 @@ def _product(order: MedicationOrder, knowledge: Knowledge) -> ProductUse | None:
     """The product whose label governs an order (treatment_contexts.json product_implies): named by code or name;
     else implied: everolimus in a strength only the transplant product has -> Zortress, a tablet for oral
     suspension -> Afinitor Disperz, other oral everolimus -> Afinitor; IV sirolimus -> Fyarro, oral -> Rapamune
-    (generic labels carry the reference product's text; resolution rules 1-4)."""
-    coded = knowledge.mtor_products.get(order.product_rxnorm or "", {})
-    words = _phrase(order.text)
+    (generic labels carry the reference product's text; resolution rules 1-4).
+
+    Remembered (Knowledge.remembered) by what it reads: the same orders come with every call."""
+    key = (order.product_rxnorm, order.text, order.mtor_drug, order.dose_mg)
+    return knowledge.remembered("product", key, lambda: _read_product(knowledge, *key))
+
+
+def _read_product(knowledge: Knowledge, rxnorm: str | None, text: str, drug: str | None, dose_mg: float | None) -> ProductUse | None:
+    coded = knowledge.mtor_products.get(rxnorm or "", {})
+    words = _phrase(text)
     named = [
         p for p in knowledge.product_uses
-        if p.drug == order.mtor_drug and (coded.get("brand") == p.product or (order.product_rxnorm or "") in p.rxnorm
-                                          or any(contains_phrase(words, _phrase(n)) for n in p.names))
+        if p.drug == drug and (coded.get("brand") == p.product or (rxnorm or "") in p.rxnorm
+                               or any(contains_phrase(words, _phrase(n)) for n in p.names))
     ]
     if named:  # the longest name wins ("Afinitor Disperz" over "Afinitor")
         return max(named, key=lambda p: len(p.product))
     by_name = {p.product: p for p in knowledge.product_uses}
-    strength = coded.get("strength_mg") or order.dose_mg
-    if order.mtor_drug == "everolimus":
+    strength = coded.get("strength_mg") or dose_mg
+    if drug == "everolimus":
         if strength is not None and float(strength) in TRANSPLANT_EVEROLIMUS_MG:
             return by_name.get("Zortress")
         if coded.get("form") == "tablet for oral suspension" or contains_phrase(words, ("suspension",)):
             return by_name.get("Afinitor Disperz")
         return by_name.get("Afinitor")
-    if order.mtor_drug == "sirolimus":
-        return by_name.get("Fyarro") if _is_intravenous(order) else by_name.get("Rapamune")
+    if drug == "sirolimus":
+        return by_name.get("Fyarro") if _is_intravenous(text) else by_name.get("Rapamune")
     return None
 
 
-def _is_intravenous(order: MedicationOrder) -> bool:
-    words = _phrase(order.text)
+def _is_intravenous(text: str) -> bool:
+    words = _phrase(text)
     return any(contains_phrase(words, _phrase(w)) for w in ("injection", "injectable", "intravenous", "infusion"))
 
 
@@ -178,12 +185,21 @@ def _read_condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) ->
     for condition in snapshot.conditions:
         if not condition.is_active:
             continue
-        shown = knowledge.transplant_or_oncology_contexts(condition.codes, condition.text)
-        for entry in knowledge.treatment_contexts.values():
-            tsc_lam_use = entry.kind in TSC_LAM_USES and entry.key in condition.kinds and (entry.kind == "lam" or has_tsc)
-            if tsc_lam_use or entry.key in shown:  # shown: transplant and oncology only ("tsc" itself is not a use)
-                found.setdefault(entry.key, []).append(condition.ref)
+        key = (condition.codes, condition.text, condition.kinds, has_tsc)
+        for context in knowledge.remembered("condition-contexts", key, lambda key=key: _contexts_of(knowledge, *key)):
+            found.setdefault(context, []).append(condition.ref)
     return {k: tuple(v) for k, v in found.items()}
+
+
+def _contexts_of(knowledge: Knowledge, codes: frozenset[tuple[str, str]], text: str, kinds: frozenset[str],
+                 has_tsc: bool) -> tuple[str, ...]:
+    """The context keys one active Condition shows, in treatment_contexts.json order."""
+    shown = knowledge.transplant_or_oncology_contexts(codes, text)
+    return tuple(
+        entry.key for entry in knowledge.treatment_contexts.values()
+        # shown: transplant and oncology only ("tsc" itself is not a use)
+        if (entry.kind in TSC_LAM_USES and entry.key in kinds and (entry.kind == "lam" or has_tsc)) or entry.key in shown
+    )
 
 
 def _transplant_procedures(snapshot: PatientSnapshot, knowledge: Knowledge) -> dict[str, tuple[str, ...]]:
