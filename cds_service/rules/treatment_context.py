@@ -186,7 +186,7 @@ def _read_condition_contexts(snapshot: PatientSnapshot, knowledge: Knowledge) ->
         if not condition.is_active:
             continue
         key = (condition.codes, condition.text, condition.kinds, has_tsc)
-        for context in knowledge.remembered("condition-contexts", key, lambda key=key: _contexts_of(knowledge, *key)):
+        for context in knowledge.remembered("condition-contexts", key, functools.partial(_contexts_of, knowledge, *key)):
             found.setdefault(context, []).append(condition.ref)
     return {k: tuple(v) for k, v in found.items()}
 
