@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from cds_service.findings import Severity, Topic
 from cds_service.rules.interactions import check_cyp3a4_interactions
-from snapshots import NOW, date, everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
+from snapshots import ICD10CM, NOW, condition, date, everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
 
 NOW_DAY = NOW.date()
 date_days = date
@@ -320,3 +320,19 @@ def test_no_trough_recheck_when_one_was_drawn_after_the_due_date():
     [finding] = rule_findings(check_cyp3a4_interactions, hook="patient-view", medications=[everolimus(), fluconazole],
                               conditions=conditions, observations=[level("everolimus", 8, days_ago=5)])
     assert finding.trough_recheck is None
+
+
+def test_everolimus_for_a_cancer_gets_only_the_fixed_dose_advice_never_the_tsc_trough_advice():
+    """Afinitor §2.11/§2.12 give its cancer uses the fixed-dose advice; the TSC-SEGA/seizures trough-guided advice
+    (double the dose, target 5-15 ng/mL) must not reach an oncology patient's card."""
+    breast_cancer = condition(ICD10CM, "C50.911", "Malignant neoplasm of right female breast")
+    for perpetrator in (med("carbamazepine 200 MG Oral Tablet", rxnorm="308979"), med("fluconazole 150 MG Oral Tablet", rxnorm="197698")):
+        [finding] = rule_findings(check_cyp3a4_interactions, hook="order-sign", medications=[everolimus(), perpetrator],
+                                  conditions=[breast_cancer])
+        assert advice_indications(finding) == {"fixed-dose"}, perpetrator["medicationCodeableConcept"]
+        assert not any("trough" in a.action for a in finding.advice)
+
+
+def test_everolimus_with_no_use_on_record_still_gets_every_uses_advice():
+    [finding] = interactions(everolimus(), med("carbamazepine 200 MG Oral Tablet", rxnorm="308979"))
+    assert advice_indications(finding) == {"fixed-dose", "tdm"}

@@ -17,6 +17,7 @@ from cds_service.knowledge.records import InteractionAdvice, LabelInteraction, L
 from cds_service.patient import MedicationOrder, PatientSnapshot
 from cds_service.rules.common import drug_of, mtor_product, product_label, trough_target
 from cds_service.rules.indication import infer_indication
+from cds_service.rules.treatment_context import TSC_LAM_USES, treatment_context
 
 _DEFAULT_SEVERITY = {"strong": Severity.WARNING, "moderate": Severity.WARNING}
 _ADVICE_SCOPE = {"fixed": "fixed-dose", "tdm": "tdm"}
@@ -49,7 +50,7 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                 entry = knowledge.perpetrators[perpetrator.key]
                 strength = entry.strength_for(drug)
                 advice = _advice(knowledge, drug, product, entry.effect, strength, perpetrator.key, override,
-                                 _ADVICE_SCOPE.get(indication.dosing or ""))
+                                 _advice_scope(snapshot, knowledge, mtor, indication.dosing))
                 severity = max((Severity[a.indicator.upper()] for a in advice), default=_DEFAULT_SEVERITY[strength])
                 findings.append(
                     InteractionFinding(
@@ -73,6 +74,18 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                     )
                 )
     return findings
+
+
+def _advice_scope(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder, dosing: str | None) -> str | None:
+    """Whose advice the card lists: the dosing of the TSC use on record; with none, the fixed-dose advice when no TSC
+    or LAM use is plausible (a cancer or a transplant on record: Afinitor §2.11/§2.12 give its cancer uses the
+    fixed-dose advice, and the TSC trough-guided advice never applies); else every use's advice."""
+    if dosing in _ADVICE_SCOPE:
+        return _ADVICE_SCOPE[dosing]
+    context = treatment_context(snapshot, knowledge, mtor)
+    if context.is_transplant_or_oncology and not context.kinds & TSC_LAM_USES:
+        return _ADVICE_SCOPE["fixed"]
+    return None
 
 
 def _advice(
