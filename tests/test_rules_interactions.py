@@ -336,3 +336,9 @@ def test_everolimus_for_a_cancer_gets_only_the_fixed_dose_advice_never_the_tsc_t
 def test_everolimus_with_no_use_on_record_still_gets_every_uses_advice():
     [finding] = interactions(everolimus(), med("carbamazepine 200 MG Oral Tablet", rxnorm="308979"))
     assert advice_indications(finding) == {"fixed-dose", "tdm"}
+
+
+def test_signing_the_discontinuation_of_an_inhibitor_gives_no_card():
+    clarithromycin = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari")
+    discontinued = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari", status="cancelled")
+    assert interactions(everolimus(), clarithromycin, drafts=[discontinued]) == []

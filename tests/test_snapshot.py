@@ -169,6 +169,24 @@ def test_resigned_draft_replaces_its_prefetched_twin():
     assert order.is_draft
 
 
+@pytest.mark.parametrize("status", ["cancelled", "stopped", "completed", "entered-in-error"])
+def test_a_draft_order_that_is_cancelled_or_stopped_orders_nothing_and_takes_its_prefetched_twin(status):
+    """An EHR signing a discontinuation sends the order cancelled or stopped: nothing is being ordered."""
+    clarithromycin = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari")
+    discontinued = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari", status=status)
+    never_started = everolimus(id="mr-eve-new", status=status)
+    orders = orders_of(everolimus(id="mr-eve"), clarithromycin, drafts=[discontinued, never_started])
+    assert [o.ref for o in orders] == ["MedicationRequest/mr-eve"]
+
+
+def test_a_draft_immunization_entered_in_error_orders_nothing_but_one_not_done_yet_is_weighed():
+    """Immunization has no draft status: an EHR may send the vaccination about to be given as "not-done"."""
+    in_error = {**immunization("MMR", cvx="03"), "status": "entered-in-error"}
+    assert [o.mtor_drug for o in orders_of(everolimus(), drafts=[in_error])] == ["everolimus"]
+    not_given_yet = immunization("MMR", cvx="03")
+    assert not_given_yet["status"] == "not-done" and len(orders_of(everolimus(), drafts=[not_given_yet])) == 2
+
+
 def test_draft_service_request_becomes_a_planned_procedure():
     draft = service_request("Nephrectomy", 3, status="draft")
     [event] = snapshot_of(hook="order-sign", drafts=[draft]).procedures

@@ -31,6 +31,13 @@ READABLE_YEARS = range(1800, 2201)
 # No amount read (ng/mL, mg/dL, cm, kg, mg, doses per day, timing periods) comes near a billion: beyond is a data error.
 MAX_AMOUNT = 1e9
 CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # MedicationStatement: taken now or soon
+# A draft order in one of these orders nothing (an EHR signing a discontinuation sends the order cancelled or stopped):
+# it is not weighed, and it takes its prefetched twin with it. Immunization has no draft status, so a draft one may come
+# as "not-done" (not given yet): only entered-in-error ends it.
+ENDED_DRAFT_STATUSES = {
+    "MedicationRequest": frozenset({"cancelled", "stopped", "completed", "entered-in-error"}),
+    "Immunization": frozenset({"entered-in-error"}),
+}
 
 
 _ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
@@ -78,7 +85,9 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         ref = f"{rtype}/{resource.get('id')}" if rtype else ""
         if rtype in ("MedicationRequest", "Immunization"):
             order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections)
-            if order:
+            if order and order.status in ENDED_DRAFT_STATUSES[rtype]:
+                medications.pop(order.ref, None)
+            elif order:
                 medications[order.ref] = order  # a re-signed order replaces its prefetched twin
         elif rtype == "ServiceRequest":
             event = reader.safely(reader.procedure_event, resource, is_draft=True)
