@@ -173,3 +173,13 @@ def test_zortress_infection_card_asks_for_a_transplant_team_review_and_gives_no_
     assert ZORTRESS_BOXED_WARNING in card.detail and "Zortress" in card.detail
     assert "afinitor" not in text.lower() and "rapamune" not in text.lower()
     assert "hold" not in text.lower() and "interrupt" not in text.lower() and " mg" not in card.detail.split("Next step")[1]
+
+
+@pytest.mark.parametrize("code, text", [("Z22.7", "Latent tuberculosis"), (None, "Latent tuberculosis infection"),
+                                        (None, "History of sepsis"), (None, "Tuberculosis screening"), (None, "Exposure to tuberculosis")])
+def test_latent_past_screened_or_exposure_infections_are_not_active_severe_infections(code, text):
+    """clinical_conditions.json: latent TB (Z22.7) is not active infection; a name beside these words is no infection."""
+    record = condition_record(code, ICD10CM, text=text, asserted=NOW_2)
+    assert "severe-infection" not in record.kinds
+    assert check_infection(record_snapshot([mtor_order()], [], [record]), K) == []
+    assert "severe-infection" in condition_record(None, text="Pulmonary tuberculosis", asserted=NOW_2).kinds

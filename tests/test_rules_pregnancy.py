@@ -47,6 +47,7 @@ def pregnancy(*, observations=(), conditions=(), medications=None, drafts=()):
         (SNOMED, "77386006"),  # Pregnant
         (SNOMED, "72892002"),  # Normal pregnancy (what Synthea writes)
         (ICD10CM, "Z33.1"),  # Pregnant state, incidental
+        (ICD10CM, "Z32.01"),  # Encounter for pregnancy test, result positive
         (ICD10CM, "Z34.00"),  # prefix Z34
         (ICD10CM, "O09.511"),  # prefix O09
         (ICD10CM, "Z3A.12"),  # prefix Z3A

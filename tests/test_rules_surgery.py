@@ -311,3 +311,14 @@ def test_everolimus_hold_dates_follow_the_afinitor_label():
     assert (finding.hold_from - finding.today).days == 0 and finding.hold_is_due
     assert (finding.surgery_date - finding.last_dose).days == 8
     assert (finding.earliest_restart - finding.surgery_date).days == 14
+
+
+@pytest.mark.parametrize("text", ["Transplant clinic follow-up", "Referral to surgical oncology consult", "Referral to kidney transplant evaluation",
+                                  "Surgical consultation", "Post-operative check-up with the surgeon"])
+def test_visits_and_referrals_about_surgery_are_not_surgery(text):
+    """procedures.json non_surgical_words: a visit or referral names surgical words but is no operation on its date."""
+    assert surgery(service_requests=[service_request(text, 3)], appointments=[appointment(text, 3)]) == []
+
+
+def test_an_operation_is_still_surgery_when_its_text_says_nothing_of_a_visit():
+    assert surgery(service_requests=[service_request("Kidney transplant", 3)]) != []

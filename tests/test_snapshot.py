@@ -76,6 +76,15 @@ def test_sirolimus_topical_gel_is_not_an_mtor_inhibitor():
     assert mtor_drug_of(med("Hyftor (sirolimus topical gel) 0.2%")) is None
 
 
+@pytest.mark.parametrize("text", ["sirolimus 0.1% ointment (compounded), apply to face", "sirolimus 0.2% cream", "sirolimus ophthalmic eye drops"])
+def test_topical_and_eye_forms_of_sirolimus_are_not_mtor_therapy(text):
+    assert mtor_drug_of(med(text)) is None
+
+
+def test_sirolimus_oral_solution_stays_an_mtor_inhibitor():
+    assert mtor_drug_of(med("sirolimus 1 MG/ML Oral Solution")) == "sirolimus"
+
+
 def test_unrelated_drug_is_recognised_as_nothing():
     [order] = orders_of(med("levetiracetam 500 MG Oral Tablet", rxnorm="311289"))
     assert order.mtor_drug is None and order.concepts == ()

@@ -357,8 +357,9 @@ class Knowledge:
         self._condition_codes: dict[tuple[str, str], set[str]] = {}
         self._condition_prefixes: list[tuple[str, str, str]] = []
         self._condition_names = PhraseIndex()
+        self._condition_name_excludes: dict[str, tuple[tuple[str, ...], ...]] = {}  # kind -> phrases that veto its names
 
-        def add(kind: str, codes: Iterable[Mapping], names: Iterable[str] = ()) -> None:
+        def add(kind: str, codes: Iterable[Mapping], names: Iterable[str] = (), excludes: Iterable[str] = ()) -> None:
             for c in codes:
                 kinds = {kind} | ({f"child-pugh-{c['child_pugh']}"} if c.get("child_pugh") else set())
                 if c.get("prefix"):
@@ -367,6 +368,8 @@ class Knowledge:
                     self._condition_codes.setdefault((c["system"], c["code"]), set()).update(kinds)
             for name in names:
                 self._condition_names.add(name, kind)
+            if excludes:
+                self._condition_name_excludes[kind] = tuple(normalize_text(e) for e in excludes)
 
         add("pregnancy", files["conditions.json"]["pregnancy"])
         indications = files["indications.json"]
@@ -375,7 +378,8 @@ class Knowledge:
             add(entry["key"], entry.get("codes", ()), entry.get("names", ()))
         clinical = files["clinical_conditions.json"]
         add("hepatic-impairment", clinical["hepatic_impairment"])
-        add("severe-infection", clinical["severe_infections"], clinical["severe_infection_names"]["names"])
+        infection_names = clinical["severe_infection_names"]
+        add("severe-infection", clinical["severe_infections"], infection_names["names"], infection_names.get("exclude_if_text_contains", ()))
         add("pneumonitis", clinical["pneumonitis"])
 
     def transplant_or_oncology_contexts(self, codes: frozenset[tuple[str, str]], text: str) -> frozenset[str]:
@@ -424,7 +428,9 @@ class Knowledge:
                     kinds.add(kind)
                     matched_code = True
         if not matched_code and text:
-            kinds.update(self._condition_names.find(normalize_text(text)))
+            words = normalize_text(text)
+            kinds.update(kind for kind in self._condition_names.find(words)
+                         if not any(contains_phrase(words, e) for e in self._condition_name_excludes.get(kind, ())))
         return frozenset(kinds)
 
     def _index_drugs(self, files: Mapping[str, Mapping]) -> None:
