@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import orjson
@@ -28,6 +28,7 @@ from cds_service.errors import FhirNotAllowed, FhirUnavailable
 from cds_service.limits import MAX_FHIR_BYTES_PER_CALL
 from cds_service.settings import Settings, is_secure_url
 
+_T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
 _LOCAL = threading.local()
 _POOL_LOCK = threading.Lock()
@@ -301,8 +302,9 @@ class FhirClient:
         if cached is not None and cached[1] > now:
             return cached[0]
         found, ttl = ServerCapabilities(), CAPABILITY_RETRY_S
+        asking = Deadline(min(self.deadline.at, now + CAPABILITY_TIMEOUT_S))
         try:
-            statement = self._get_json(self.base_url + "metadata", timeout=CAPABILITY_TIMEOUT_S)
+            statement = run_bounded(partial(self._get_json, self.base_url + "metadata", until=asking), asking)
             if statement.get("resourceType") == "CapabilityStatement":
                 found, ttl = ServerCapabilities(_lists_batch(statement), _listed_includes(statement)), CAPABILITY_TTL_S
         except FhirUnavailable as exc:
@@ -336,7 +338,7 @@ class FhirClient:
         })
         started = time.monotonic()
         try:
-            answer = self._get_json(self.base_url.rstrip("/"), payload=body)  # POST [base], as the spec writes it
+            answer = run_bounded(partial(self._get_json, self.base_url.rstrip("/"), payload=body), self.deadline)  # POST [base]
             entries = answer.get("entry") if answer.get("resourceType") == "Bundle" else None
             if answer.get("type") != "batch-response" or not isinstance(entries, list) or len(entries) != len(sent):
                 raise failure(QueryOutcome.NOT_A_RESOURCE, "not a batch-response Bundle with one entry per query")
@@ -414,9 +416,11 @@ class FhirClient:
         finally:
             self._record(resource_type, outcome, round((time.monotonic() - started) * 1000, 1))
 
-    def _get_json(self, url: str, payload: bytes | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """GET url (or POST body to it: a batch) and parse the JSON answer, within the deadline and size cap."""
-        remaining = self.deadline.remaining()
+    def _get_json(self, url: str, payload: bytes | None = None, until: Deadline | None = None) -> dict[str, Any]:
+        """GET url (or POST body to it: a batch) and parse the JSON answer, within the deadline (or `until`, when
+        sooner) and size cap."""
+        until = until or self.deadline
+        remaining = until.remaining()
         if remaining <= 0.005:
             raise failure(QueryOutcome.DEADLINE_PASSED)
         limit = self._settings.fhir_max_response_bytes
@@ -430,12 +434,13 @@ class FhirClient:
             request.prepare_headers(self._headers if payload is None else {**self._headers, "Content-Type": "application/fhir+json"})
             if payload is not None:
                 request.prepare_body(payload, None)
-            wait = remaining if timeout is None else min(remaining, timeout)
-            with _session().get_adapter(url).send(request, stream=True, timeout=wait) as response:
+            with _session().get_adapter(url).send(request, stream=True, timeout=remaining) as response:
                 if response.status_code != 200:
                     raise failure(QueryOutcome.of_status(response.status_code), f"http-{response.status_code}")
                 body = bytearray()
-                for chunk in response.iter_content(chunk_size=65536):
+                # read1: what one read of the socket gave, so the deadline is checked however slowly a server sends
+                # (the timeout above bounds each read only; a server dripping a byte at a time never trips it)
+                while chunk := response.raw.read1(65536, decode_content=True):
                     body += chunk
                     if len(body) > limit:
                         raise failure(QueryOutcome.RESPONSE_TOO_LARGE)
@@ -443,7 +448,7 @@ class FhirClient:
                         self._bytes_read += len(chunk)
                         if self._bytes_read > MAX_FHIR_BYTES_PER_CALL:
                             raise failure(QueryOutcome.RESPONSE_TOO_LARGE, CALL_BYTES_EXCEEDED)
-                    if self.deadline.remaining() <= 0:
+                    if until.remaining() <= 0:
                         raise failure(QueryOutcome.DEADLINE_PASSED)
         except requests.Timeout as exc:
             raise failure(QueryOutcome.TIMEOUT) from exc
@@ -481,6 +486,15 @@ def next_link(bundle: Mapping[str, Any]) -> str | None:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None
+
+
+def run_bounded(job: Callable[[], _T], deadline: Deadline) -> _T:
+    """job() on the FHIR thread pool, given up at the deadline: the request thread never waits on a server past it
+    (a server can send its status line and headers slower than any read timeout). Raises what the job failed with."""
+    result = run_parallel({"job": job}, deadline)["job"]
+    if isinstance(result, FhirUnavailable):
+        raise result
+    return result
 
 
 def run_parallel(jobs: Mapping[str, Callable[[], Any]], deadline: Deadline) -> dict[str, Any]:
