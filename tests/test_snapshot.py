@@ -215,6 +215,18 @@ def test_resources_of_another_patient_are_dropped_and_counted():
     assert len(snapshot.medications) == 1
     assert snapshot.labs == () and snapshot.conditions == ()
     assert snapshot.skipped_resources == 3
+    # a medication of another patient may be this patient's own under a wrong reference: the medications are not
+    # complete (a robustness audit found an answer with none left reading as an all-clear)
+    assert snapshot.unavailable == ("medications",)
+
+
+def test_a_record_of_only_another_patients_medications_is_never_an_all_clear(client):
+    body = hook_request("patient-view", medications=[everolimus(patient="someone-else")])
+    response = client.post("/cds-services/mtor-safety-patient-view", json=body)
+    assert response.status_code == 200
+    [card] = response.get_json()["cards"]
+    assert card["source"]["topic"]["code"] == "checks-incomplete"
+    assert "1 resource about another patient: left out" in card["detail"] and "current medications" in card["detail"]
 
 
 def test_absolute_patient_reference_of_this_patient_is_kept():

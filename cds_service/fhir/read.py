@@ -111,7 +111,9 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     if reader.partly_read:
         unavailable.append(f"the start date or dose of {reader.partly_read} medication(s): out of range, read as unknown")
     kept = _bounded(list(medications.values()))
-    if medication_problems or len(kept) < len(medications):
+    # A medication naming another patient may be this patient's own under a wrong reference: with none left, an empty
+    # answer would read as "not on an mTOR inhibitor".
+    if medication_problems or len(kept) < len(medications) or reader.foreign.keys() & _MEDICATION_TYPES:
         # An unreadable or uncounted current medication may be the mTOR inhibitor or what interacts with it.
         unavailable.append("medications")
     return PatientSnapshot(
@@ -128,6 +130,9 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         unreadable=tuple(sorted((reader.unreadable + Counter({"Bundle.entry": data.malformed_entries})).items())),
         order_history=tuple(history),
     )
+
+
+_MEDICATION_TYPES = frozenset({"MedicationRequest", "MedicationStatement", "Immunization"})
 
 
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
@@ -151,6 +156,7 @@ class _Reader:
         self.medications = medications
         self.skipped = 0  # every resource not read: unreadable or another patient's
         self.unreadable: Counter[str] = Counter()  # resource type -> resources that could not be read
+        self.foreign: Counter[str] = Counter()  # resource type -> resources that name another patient
         self.partly_read = 0  # medications read with an out-of-range date or amount taken as unknown
 
     def _codings(self, concept: Any) -> list[dict]:
@@ -175,6 +181,8 @@ class _Reader:
         try:
             if not self._is_this_patients(resource):
                 self.skipped += 1
+                rtype = resource.get("resourceType")
+                self.foreign[rtype if isinstance(rtype, str) and rtype.isalpha() else "unknown"] += 1
                 return None
             return read(resource, **kwargs)
         except (AttributeError, KeyError, TypeError, ValueError, IndexError, ArithmeticError):
