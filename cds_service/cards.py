@@ -257,12 +257,19 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
     drug, mtor = top.drug, _mtor(top)
     evidence = top.evidence[0]
     seen = _evidence_date(evidence)
+    unconfirmed = top.hcg_cutoff_iu_per_l is not None
     if top.stale_after_days is not None:
         summary = f"Pregnancy evidence from {_human(seen) if seen else 'an unknown date'} is over {top.stale_after_days} days old: confirm status before {drug}"
+    elif unconfirmed:
+        summary = f"hCG not below the non-pregnant cut-off while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm pregnancy status"
     else:
         summary = f"Pregnancy on record while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm it and review the order"
     lines = [f"- Evidence of pregnancy: {_pregnancy_evidence(evidence)}.",
              f"- mTOR inhibitor: **{md_text(mtor.text)}** ({_taken_state(mtor)}). {_cap(drug)} can cause fetal harm."]
+    if unconfirmed and top.stale_after_days is None:
+        lines[0] = (f"- Quantitative hCG: {_pregnancy_evidence(evidence)}, at or above the non-pregnant cut-off of "
+                    f"{top.hcg_cutoff_iu_per_l:g} IU/L; the lab sent no interpretation or reference range, so it is read "
+                    "neither as positive nor as negative.")
     if top.stale_after_days is not None:
         lines.append(f"- This is older than the {top.stale_after_days}-day look-back for this evidence, so it is shown for a "
                      "recheck only: confirm pregnancy status (for example with a new hCG test) before starting or continuing.")
@@ -272,7 +279,8 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
         lines.append(f"- If {drug} is given: effective contraception during treatment and for {top.contraception_weeks} weeks "
                      "after the last dose.")
     lines.append(f"\nSource: {_cite(top.source, top.section)}")
-    suggestions = _removal_suggestions([mtor] if mtor.is_draft and top.stale_after_days is None else [])
+    # removal is suggested on evidence of pregnancy, not on a result that asks to be confirmed
+    suggestions = _removal_suggestions([mtor] if mtor.is_draft and top.stale_after_days is None and not unconfirmed else [])
     return CardText(_summary(summary, 1), "\n".join(lines), suggestions)
 
 
@@ -280,7 +288,7 @@ def _pregnancy_evidence(evidence: ConditionRecord | LabResult) -> str:
     seen = _evidence_date(evidence)
     when = _human(seen) if seen else "an unknown date"
     if isinstance(evidence, LabResult):
-        result = {"positive": "positive", "pregnant": "pregnant"}.get(evidence.result or "", evidence.result or "")
+        result = {"indeterminate": md_text(evidence.value_as_written or "")}.get(evidence.result or "", evidence.result or "")
         return f"**{md_text(evidence.text)}** {result} on {when}"
     return f"active condition **{md_text(evidence.text)}** recorded on {when}"
 

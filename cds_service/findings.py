@@ -159,6 +159,7 @@ class PregnancyFinding(Finding):
     topic: ClassVar[Topic] = Topic.PREGNANCY
     contraception_weeks: int | None
     stale_after_days: int | None = None  # set when the evidence is older than its look-back window: ask to recheck
+    hcg_cutoff_iu_per_l: float | None = None  # set when the evidence is a quantitative hCG at or above it, uninterpreted
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

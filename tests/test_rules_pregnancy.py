@@ -19,9 +19,11 @@ from snapshots import (
     date,
     everolimus,
     hcg,
+    hook_request,
     knowledge,
     observation,
     order,
+    patient_resource,
     plain_snapshot,
     pregnancy_status,
     ref,
@@ -281,3 +283,39 @@ def test_stale_pregnancy_card_is_info_asks_for_a_recheck_and_offers_no_deletion(
     snapshot = snapshot_of(hook="order-sign", drafts=[everolimus(draft=True)], observations=[hcg("positive", days_ago=40)])
     [card] = render_cards(check_pregnancy(snapshot, knowledge()), snapshot)
     assert card.indicator == "info" and "confirm" in card.summary and not card.suggestions
+
+
+# --- a quantitative hCG at or above the cut-off that the lab did not interpret (a scenario audit: 1500 mIU/mL gave no
+# pregnancy card): no positive cut-off is sourced, so it is not read as positive; it asks to confirm ------------------
+
+
+@pytest.mark.parametrize("unit", ["m[IU]/mL", "mIU/mL", "IU/L"])
+def test_an_uninterpreted_quantitative_hcg_at_or_above_the_cutoff_warns_and_asks_to_confirm(unit):
+    [finding] = pregnancy(observations=[quantitative(1500, 3, unit=unit)])
+    assert finding.severity is Severity.WARNING and finding.hcg_cutoff_iu_per_l == 5
+    assert finding.evidence[0].result == "indeterminate" and finding.evidence[0].value_as_written == f"1500 {unit}"
+
+
+def test_definite_evidence_wins_over_an_uninterpreted_result():
+    [finding] = pregnancy(observations=[hcg("positive", days_ago=10), quantitative(1500, 2)])
+    assert finding.severity is Severity.CRITICAL and finding.evidence[0].result == "positive"
+
+
+def test_an_uninterpreted_result_is_outweighed_by_a_later_negative():
+    assert pregnancy(observations=[quantitative(1500, 10), hcg("negative", days_ago=2)]) == []
+
+
+@pytest.mark.parametrize("gender, birth_date", [("male", "1994-03-02"), ("female", "1950-01-01")])
+def test_an_uninterpreted_result_says_nothing_for_a_man_or_outside_reproductive_potential(gender, birth_date):
+    body = hook_request("order-sign", medications=[everolimus()], observations=[quantitative(12, 2)],
+                        prefetch={"patient": patient_resource(gender=gender, birth_date=birth_date)})
+    assert check_pregnancy(snapshot_of(body), knowledge()) == []
+
+
+def test_the_unconfirmed_card_asks_to_confirm_and_offers_no_removal(client):
+    body = hook_request("order-select", drafts=[everolimus(draft=True)], observations=[quantitative(1500, 3)])
+    [card] = [c for c in client.post("/cds-services/mtor-safety-order-select", json=body).get_json()["cards"]
+              if c["source"]["topic"]["code"] == "pregnancy"]
+    assert card["indicator"] == "warning" and "confirm pregnancy status" in card["summary"]
+    assert "1500 m\\[IU\\]/mL" in card["detail"] and "cut-off of 5 IU/L" in card["detail"]
+    assert "suggestions" not in card

@@ -333,13 +333,19 @@ class _Reader:
 
     def _hcg(self, lab: _LabFacts) -> LabResult:
         result = self._test_result(lab.resource)
-        if result is None and isinstance(lab.resource.get("valueQuantity"), dict):
+        quantity = lab.resource.get("valueQuantity")
+        written = ""
+        if result is None and isinstance(quantity, dict):
             result = self._quantitative_hcg_result(lab.resource)
-        return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result)
+            value = quantity.get("value")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                written = f"{_measure(value):g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
+        return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result, value_as_written=written)
 
     def _quantitative_hcg_result(self, resource: Mapping) -> str | None:
         """A quantitative hCG (lookback.json hcg_quantitative): interpretation codes first, then the lab's
-        referenceRange, then the sourced serum cut-off; anything else (e.g. 5-25 IU/L with no range) is indeterminate."""
+        referenceRange, then the sourced serum cut-off: below it negative, at or above it "indeterminate" (no sourced
+        positive cut-off exists: the pregnancy rule asks to confirm); None when no cut-off applies (urine, molar units)."""
         q = self.k.quantitative_hcg
         interpretations = {(c.get("system"), c.get("code")) for i in resource.get("interpretation") or () for c in self._codings(i)}
         if interpretations & q.positive_interpretations:
@@ -358,8 +364,9 @@ class _Reader:
         loinc = {c.get("code") for c in self._codings(resource.get("code")) if c.get("system") == LOINC}
         factor = next((q.iu_per_l_factor[u.strip().lower()] for u in (quantity.get("code"), quantity.get("unit"))
                        if isinstance(u, str) and u.strip().lower() in q.iu_per_l_factor), None)
-        if loinc & q.threshold_loinc and factor is not None and value * factor < q.negative_below_iu_per_l:
-            return "negative"
+        if loinc & q.threshold_loinc and factor is not None:
+            # at or above the non-pregnant cut-off, with nothing from the lab to say more: not negative, not proven positive
+            return "negative" if value * factor < q.negative_below_iu_per_l else "indeterminate"
         return None
 
     def _lipid(self, lab: _LabFacts) -> LabResult:

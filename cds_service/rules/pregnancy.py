@@ -1,7 +1,9 @@
 """Evidence that the patient is pregnant now, while taking or being ordered an mTOR inhibitor.
 
 Each kind of evidence has a look-back window (lookback.json): a pregnancy Condition or status for 280 days, a
-positive hCG for 30 days. The newest evidence wins: a later negative test (qualitative or quantitative) or a
+positive hCG for 30 days. A quantitative hCG at or above the non-pregnant cut-off with no interpretation or reference
+range from the lab is not proof (no positive cut-off is sourced): it gives a warning asking to confirm, when nothing
+definite is on record. The newest evidence wins: a later negative test (qualitative or quantitative) or a
 'not pregnant' status outweighs an earlier positive. Evidence past its window never drives the critical card: a
 positive hCG or a pregnancy still open on the problem list past its window gives an info card asking to recheck.
 """
@@ -29,15 +31,17 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
     pregnancy = knowledge.pregnancy_advice[drug_of(mtor)]
     own_label = own_label_instead(mtor, knowledge, snapshot)  # Zortress, Fyarro: no Afinitor/Rapamune weeks or section
     window = knowledge.lookback[_window_of(evidence)]
+    unconfirmed = isinstance(evidence, LabResult) and evidence.result == "indeterminate"
     return [
         PregnancyFinding(
-            severity=Severity.CRITICAL if current else Severity.INFO,
+            severity=Severity.INFO if not current else Severity.WARNING if unconfirmed else Severity.CRITICAL,
             mtor=mtor,
             evidence=(evidence,),
             source=own_label or pregnancy.source,
             section="" if own_label else pregnancy.section,
             contraception_weeks=None if own_label else pregnancy.contraception_weeks_after_last_dose,
             stale_after_days=None if current else window.max_age_days,
+            hcg_cutoff_iu_per_l=knowledge.quantitative_hcg.negative_below_iu_per_l if unconfirmed else None,
         )
     ]
 
@@ -52,21 +56,27 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
         default=None,
     )
     candidates: list[tuple[datetime | None, Evidence]] = []
+    unconfirmed: list[tuple[datetime | None, Evidence]] = []  # quantitative hCG not below the cut-off, uninterpreted
     for lab in snapshot.labs:
         if lab.effective is None or lab.effective > now + timedelta(days=1):
             continue
         if (lab.kind, lab.result) in (("pregnancy-status", "pregnant"), ("hcg", "positive")):
             candidates.append((lab.effective, lab))
+        elif (lab.kind, lab.result) == ("hcg", "indeterminate"):
+            unconfirmed.append((lab.effective, lab))
     for condition in snapshot.active_conditions("pregnancy"):
         candidates.append((condition.asserted, condition))
     pregnancy_days = knowledge.lookback["pregnancy-condition"].max_age_days or 0
-    for when, item in sorted(candidates, key=lambda c: c[0] or now, reverse=True):
-        if latest_negative is not None and when is not None and when <= latest_negative:
-            continue
-        if when is not None and when < now - timedelta(days=pregnancy_days) and isinstance(item, LabResult):
-            continue  # a test older than a whole pregnancy says nothing about today
-        current = when is None or when >= knowledge.lookback_start(_window_of(item), now)
-        return item, current
+    # Definite evidence first; an unconfirmed result speaks only when nothing definite does (then it asks to confirm),
+    # and not for a patient known to be outside reproductive potential (postmenopausal limits reach 7-8 IU/L).
+    for group in (candidates, unconfirmed if _may_be_of_reproductive_potential(snapshot, knowledge) else []):
+        for when, item in sorted(group, key=lambda c: c[0] or now, reverse=True):
+            if latest_negative is not None and when is not None and when <= latest_negative:
+                continue
+            if when is not None and when < now - timedelta(days=pregnancy_days) and isinstance(item, LabResult):
+                continue  # a test older than a whole pregnancy says nothing about today
+            current = when is None or when >= knowledge.lookback_start(_window_of(item), now)
+            return item, current
     return None
 
 
@@ -74,3 +84,14 @@ def _window_of(evidence: Evidence) -> str:
     if isinstance(evidence, ConditionRecord):
         return "pregnancy-condition"
     return "hcg-test" if evidence.kind == "hcg" else "pregnancy-status-observation"
+
+
+def _may_be_of_reproductive_potential(snapshot: PatientSnapshot, knowledge: Knowledge) -> bool:
+    """Could be pregnant: not recorded as male (hCG is also a tumour marker), and not known to be outside the
+    reproductive-potential ages of dosing.json (unknown sex or age: could be)."""
+    if snapshot.gender == "male":
+        return False
+    potential = knowledge.dosing["reproductive_potential"]
+    age = snapshot.age_years
+    low, high = potential.get("female_min_age_years"), potential.get("female_max_age_years")
+    return age is None or low is None or high is None or low <= age <= high
