@@ -935,6 +935,8 @@ def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> 
     dosage = (order.resource.get("dosageInstruction") or [None])[0]
     if proposed is None or not isinstance(dosage, dict) or not order.resource.get("id") or order.doses_per_day not in (None, 1):
         return []
+    if proposal is not None and not proposal.fits_the_ordered_unit:
+        return []  # the new dose needs another strength than the one ordered: not a one-click change
     updated = copy.deepcopy(dict(order.resource))
     new_dosage = updated["dosageInstruction"][0]
     rate = (new_dosage.get("doseAndRate") or [{}])[0]
@@ -967,8 +969,12 @@ def _dose_lines(proposal: DoseProposal | None, lab: LabResult, verb: str) -> lis
     if proposal.proposed_dose_mg is None:
         return [arithmetic + f", which {proposal.product} strengths cannot make better than the current dose; "
                 "adjust by clinical judgement."]
-    return [arithmetic + f"; with whole {proposal.product} tablets: **{proposal.proposed_dose_mg:g} mg once daily** "
-            "(aiming at the middle of the target range is this service's choice)."]
+    lines = [arithmetic + f"; with whole {proposal.product} tablets: **{proposal.proposed_dose_mg:g} mg once daily** "
+             "(aiming at the middle of the target range is this service's choice)."]
+    if not proposal.fits_the_ordered_unit:
+        lines.append(f"- The order is for {proposal.unit_strength_mg:g} mg units, which cannot make {proposal.proposed_dose_mg:g} mg "
+                     "whole: order the new dose on a strength that does (tablets are swallowed whole, never split).")
+    return lines
 
 
 def _days_after_text(timing: TroughTiming) -> str:

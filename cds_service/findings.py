@@ -209,6 +209,16 @@ class DoseProposal:
     proposed_dose_mg: float | None = None  # None: the strengths cannot do better than the current dose
     product: str = ""
     formula_dose_mg: float | None = None  # the formula's result before the cap (shown, then the cap)
+    unit_strength_mg: float | None = None  # the strength of the unit the order codes (a 5 mg tablet), when known
+
+    @property
+    def fits_the_ordered_unit(self) -> bool:
+        """The proposed dose is whole units of what the order codes (never a fraction of a swallow-whole tablet:
+        products.json dispensing_rules), or the order codes no strength."""
+        if self.proposed_dose_mg is None or not self.unit_strength_mg:
+            return True
+        units = self.proposed_dose_mg / self.unit_strength_mg
+        return abs(units - round(units)) < 1e-9
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

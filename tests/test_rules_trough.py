@@ -414,3 +414,32 @@ def test_twice_daily_order_gets_no_once_daily_dose():
     bid = _dc.replace(mtor_order(dose=5.0, code="845515"), doses_per_day=2)
     [finding] = check_trough_high(record_snapshot([bid], [drug_level(20)], [TSC_RECORD, SEGA_RECORD]), K)
     assert finding.proposal is None
+
+
+def _coded_order(dose: float, code: str = "845515"):
+    resource = {"resourceType": "MedicationRequest", "id": "mr-eve", "status": "active", "intent": "order",
+                "subject": {"reference": "Patient/pt-1"},
+                "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}]},
+                "dosageInstruction": [{"text": f"{dose:g} mg once daily", "doseAndRate": [{"doseQuantity": {"value": dose, "unit": "mg"}}]}]}
+    return mtor_order(text="everolimus 5 MG Oral Tablet", code=code, dose=dose, resource=resource)
+
+
+def test_a_new_dose_the_ordered_tablet_cannot_make_whole_is_not_a_one_click_change():
+    """products.json dispensing_rules: never a fraction of a swallow-whole tablet (a scenario audit: 7.5 mg on the 5 mg
+    tablet, trough 18, was offered as 2.5 mg on the same 5 mg tablet: half a tablet)."""
+    snap = record_snapshot([_coded_order(7.5)], [drug_level(18)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, K)
+    assert finding.proposal.proposed_dose_mg == 2.5 and finding.proposal.unit_strength_mg == 5
+    assert not finding.proposal.fits_the_ordered_unit
+    [card] = render_cards([finding], snap)
+    assert not card.suggestions and "cannot make 2.5 mg whole" in card.detail
+
+
+def test_a_new_dose_in_whole_ordered_tablets_is_offered_as_an_update():
+    snap = record_snapshot([_coded_order(10)], [drug_level(18)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, K)
+    assert finding.proposal.proposed_dose_mg == 5 and finding.proposal.fits_the_ordered_unit
+    [card] = render_cards([finding], snap)
+    [suggestion] = card.suggestions
+    [action] = suggestion["actions"]
+    assert action["type"] == "update" and action["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 5

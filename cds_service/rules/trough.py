@@ -315,7 +315,7 @@ def _dose_proposal(
         current_dose_mg=current, aim_ng_per_ml=aim, raw_dose_mg=raw,
         formula_source=titration.source if titration else target.source,
         max_increment_mg=cap if not lower else None, proposed_dose_mg=proposed, product=strengths.product,
-        formula_dose_mg=formula,
+        formula_dose_mg=formula, unit_strength_mg=knowledge.mtor_products.get(mtor.product_rxnorm or "", {}).get("strength_mg"),
     )
 
 
