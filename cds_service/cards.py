@@ -177,7 +177,8 @@ def _interaction_summary(top: InteractionFinding | LevelRaiserFinding, today: da
     if top.severity is Severity.CRITICAL:
         return f"{what}: avoid the combination"
     if not top.advice:
-        return f"{what}: check the {top.product or top.drug} label and the {top.drug} trough"
+        trough = f" and the {top.drug} trough" if top.trough_monitored else ""
+        return f"{what}: check the {top.product or top.drug} label{trough}"
     if len(top.advice) == 1:
         return f"{_cap(top.perpetrator)} with {top.product or top.drug}: {_first_clause(top.advice[0].action)}"
     if top.trough_recheck:
@@ -193,8 +194,9 @@ def _cyp3a_lines(f: InteractionFinding, today: date) -> list[str]:
     for advice in f.advice:
         lines.append(f"  - {_INDICATION_SCOPE.get(advice.indication or '', '')}{advice.action}")
     if not f.advice:
+        trough = f", and check the {f.drug} trough" if f.trough_monitored else ""  # Fyarro's label sets no trough monitoring
         lines.append(f"  - The {f.product or f.drug} label governs this combination and this service has not verified its "
-                     f"advice: check the label before combining, and check the {f.drug} trough.")
+                     f"advice: check the label before combining{trough}.")
     if f.trough_recheck is not None:
         rule = f.trough_recheck.timing
         lines.append(f"  - If the combination is kept, check the {f.drug} trough {_when(f.trough_recheck.due, today)} "

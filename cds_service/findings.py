@@ -132,6 +132,7 @@ class InteractionFinding(Finding):
     trough_recheck: TroughRecheck | None
     level_test: LevelTest
     product: str | None = None  # the mTOR product whose label governs ("Zortress", "Rapamune", ...), when known
+    trough_monitored: bool = True  # False for a product whose label sets no trough monitoring (Fyarro)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from cds_service.cards import render_cards
 from cds_service.findings import Severity, Topic
 from cds_service.rules.interactions import check_cyp3a4_interactions
-from snapshots import ICD10CM, NOW, condition, date, everolimus, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus
+from snapshots import (
+    ICD10CM,
+    NOW,
+    condition,
+    date,
+    everolimus,
+    hook_request,
+    knowledge,
+    med,
+    order,
+    plain_snapshot,
+    ref,
+    rule_findings,
+    sirolimus,
+    snapshot_of,
+)
 
 NOW_DAY = NOW.date()
 date_days = date
@@ -229,6 +245,15 @@ def test_zortress_never_gets_afinitors_dose_numbers():
 def test_fyarro_never_gets_rapamunes_advice():
     [finding] = interactions(med(**FYARRO), med("itraconazole 100 MG Oral Capsule"))
     assert finding.product == "Fyarro" and finding.advice == () and finding.trough_recheck is None
+
+
+def test_fyarro_cards_never_ask_for_a_trough_its_label_does_not_monitor():
+    """regimens.json fyarro-pecoma: no TDM (a scenario audit found 'check the sirolimus trough' on Fyarro cards)."""
+    body = hook_request("order-sign", medications=[med(**FYARRO)], drafts=[med("carbamazepine 200 MG Oral Tablet", rxnorm="308979", draft=True)])
+    [finding] = check_cyp3a4_interactions(snapshot_of(body), knowledge())
+    assert not finding.trough_monitored
+    [card] = render_cards([finding], snapshot_of(body))
+    assert "trough" not in (card.summary + card.detail).lower() and "Fyarro label" in card.summary
 
 
 def test_unverified_perpetrators_give_no_card():

@@ -71,6 +71,7 @@ def check_cyp3a4_interactions(snapshot: PatientSnapshot, knowledge: Knowledge) -
                         level_test=knowledge.level_tests[drug],
                         product=product,
                         label=product_label(knowledge, product),
+                        trough_monitored=product not in _NO_TDM_PRODUCTS,
                     )
                 )
     return findings
