@@ -119,3 +119,10 @@ def test_the_query_threads_are_free_again_after_the_deadline(fhir_server, tmp_pa
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     assert topics_of(response.get_json())[0] == "cyp3a4-interaction"
     assert elapsed < 1.0
+
+
+def test_the_integrating_guide_states_that_every_answer_ends_at_the_deadline():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parent.parent / "docs" / "integrating.md").read_text(encoding="utf-8").split())
+    assert "Every answer ends at the call's deadline (`CDS_FHIR_DEADLINE_S`), however slowly the server sends it" in text
