@@ -121,3 +121,27 @@ def test_fyarro_live_vaccine_card_states_the_class_fact_and_cites_fyarros_own_la
     [finding] = vaccine_findings(med("MMR II", cvx="03", draft=True), medications=[fyarro])
     assert finding.source.key == "FYARRO-LABEL" and not finding.statement.quoted
     assert "Rapamune" not in finding.statement.text and "live vaccines" in finding.statement.text
+
+
+# --- a vaccine ordered as a ServiceRequest (a scenario audit: an MMR ServiceRequest gave no card) -------------------
+
+
+def vaccine_service_request(text: str | None, cvx: str | None = None, status: str = "draft") -> dict:
+    codings = [{"system": "http://hl7.org/fhir/sid/cvx", "code": cvx}] if cvx else []
+    return {"resourceType": "ServiceRequest", "id": "sr-vaccine", "status": status, "intent": "order",
+            "subject": {"reference": "Patient/pt-1"}, "code": {**({"text": text} if text else {}), "coding": codings}}
+
+
+@pytest.mark.parametrize("text, cvx", [(None, "03"), ("MMR vaccine", None), ("Yellow fever vaccine (YF-Vax) vaccination", None)])
+def test_a_live_vaccine_ordered_as_a_service_request_warns(text, cvx):
+    [finding] = vaccine_findings(vaccine_service_request(text, cvx))
+    assert finding.severity is Severity.WARNING and "ServiceRequest/sr-vaccine" in finding.refs
+
+
+@pytest.mark.parametrize("text", ["MMR immunity panel", "Varicella zoster virus IgG antibody", "Yellow fever antibody titer"])
+def test_a_lab_service_request_naming_a_vaccine_is_never_read_as_one(text):
+    assert vaccine_findings(vaccine_service_request(text)) == []
+
+
+def test_a_revoked_vaccine_service_request_orders_nothing():
+    assert vaccine_findings(vaccine_service_request(None, "03", status="revoked")) == []

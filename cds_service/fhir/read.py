@@ -20,7 +20,7 @@ from typing import Any, TypeGuard
 
 from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference, proposed_appointments
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
-from cds_service.knowledge.loader import LOINC, RXNORM, contains_phrase
+from cds_service.knowledge.loader import CVX, LOINC, RXNORM, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
 from cds_service.patient import NEVER_SURGERY, ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 from cds_service.services import HookCall
@@ -37,7 +37,10 @@ CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # Med
 ENDED_DRAFT_STATUSES = {
     "MedicationRequest": frozenset({"cancelled", "stopped", "completed", "entered-in-error"}),
     "Immunization": frozenset({"entered-in-error"}),
+    "ServiceRequest": frozenset({"revoked", "completed", "entered-in-error"}),
 }
+_VACCINE_ROLES = frozenset({DrugRole.LIVE_VACCINE, DrugRole.AMBIGUOUS_VACCINE, DrugRole.NOT_LIVE_VACCINE})
+_VACCINATION_WORDS = frozenset({"vaccine", "vaccination", "immunization", "immunisation"})  # a ServiceRequest giving one
 
 
 _ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
@@ -92,6 +95,9 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         elif rtype == "ServiceRequest":
             event = reader.safely(reader.procedure_event, resource, is_draft=True)
             procedures += [event] if event else []
+            vaccination = reader.safely(reader.vaccination_order, resource, selected=ref in selections)
+            if vaccination:
+                medications[vaccination.ref] = vaccination  # a vaccine ordered as a ServiceRequest: weighed as one
     for key in ("procedures", "serviceRequests", "appointments"):
         for resource in data.by_key.get(key, ()):
             event = reader.safely(reader.procedure_event, resource, is_draft=False)
@@ -245,6 +251,32 @@ class _Reader:
             doses_per_day=doses_per_day,
             product_rxnorm=self._mtor_product_code(codings),
             prior_prescription=_reference(resource.get("priorPrescription")),
+            resource=resource,
+        )
+
+    def vaccination_order(self, resource: Mapping, *, selected: bool) -> MedicationOrder | None:
+        """A draft ServiceRequest that orders a vaccine, read as that immunization: its code is CVX, or its name says
+        vaccine or vaccination. None for any other ServiceRequest: labs are ServiceRequests too, and "MMR immunity
+        panel" or "Varicella IgG" must never read as a vaccine being given."""
+        if resource.get("status") in ENDED_DRAFT_STATUSES["ServiceRequest"]:
+            return None
+        code = resource.get("code")
+        codings, texts = self._codings(code), _texts(code)
+        coded = any(c.get("system") == CVX for c in codings)
+        if not coded and not _VACCINATION_WORDS & set(normalize_text(" ".join(texts))):
+            return None
+        concepts = _recognized_medication(self.k, _code_key(codings), tuple(texts))
+        if not any(c.role in _VACCINE_ROLES for c in concepts):
+            return None
+        return MedicationOrder(
+            ref=f"ServiceRequest/{resource.get('id')}",
+            kind="immunization",
+            text=_display(texts, codings) or "vaccine",
+            concepts=tuple(c for c in concepts if c.role in _VACCINE_ROLES),
+            status=str(resource.get("status") or ""),
+            is_draft=True,
+            is_selected=selected,
+            authored_on=_or_unknown(_datetime, resource.get("authoredOn"), []),
             resource=resource,
         )
 
