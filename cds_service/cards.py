@@ -740,10 +740,17 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
     else:
         summary = f"{_cap(drug)} trough due now: none since {top.event} on {top.event_date.isoformat()}"
     last = f"the last trough was on {_lab_date(latest)}" if latest else "no trough is on record"
+    asks = f"the label asks for a trough {after} later"
+    section = top.section
+    if top.start_timing is not None:  # the record does not tell a start from a dose change: both, the sooner due
+        asks = (f"the label asks for a trough {_days_after_text(top.start_timing)} after a start "
+                f"({top.start_timing.section}) and {after} after a dose change ({top.section})")
+        if top.start_timing.source == top.source:
+            section = f"{top.start_timing.section}; {top.section}"
     lines = [f"- {md_text(mtor.text)} ({_order_state(mtor)}); {last}.",
-             f"- {_cap(top.event)} on {top.event_date.isoformat()}: the label asks for a trough {after} later.",
+             f"- {_cap(top.event)} on {top.event_date.isoformat()}: {asks}.",
              f"- Use: {_indication_text(top.indication)}.",
-             f"\nSource: {_cite(top.source, top.section)}."]
+             f"\nSource: {_cite(top.source, section)}."]
     order_date = max(due, snapshot.today)
     suggestion = _trough_order_suggestion(snapshot, mtor, drug, order_date, top.level_test)
     return CardText(_summary(summary, 1), "\n".join(lines), [suggestion])

@@ -258,6 +258,9 @@ class TroughMonitoringFinding(Finding):
     latest: LabResult | None
     indication: Indication
     level_test: LevelTest
+    # "start or dose change" (the record does not tell which): the start's own timing, when it differs from the dose
+    # change's (`timing`, the sooner); the card then gives both
+    start_timing: TroughTiming | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

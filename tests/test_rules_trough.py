@@ -443,3 +443,22 @@ def test_a_new_dose_in_whole_ordered_tablets_is_offered_as_an_update():
     [suggestion] = card.suggestions
     [action] = suggestion["actions"]
     assert action["type"] == "update" and action["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 5
+
+
+def test_a_lam_order_that_may_be_a_start_or_a_dose_change_gives_both_of_the_labels_intervals():
+    """Rapamune: a trough 10 to 20 days after a LAM start (§2.3), 7 to 14 after a dose change (§2.1). When the record
+    cannot tell which, the card gives both and is due by the sooner (a scenario audit found only '7 to 14 days')."""
+    rapa = mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0,
+                      authored=NOW - timedelta(days=60))
+    snap = record_snapshot([rapa], [], [LAM])
+    [finding] = check_trough_monitoring(snap, K)
+    assert finding.event == "start or dose change" and finding.start_timing is not None
+    assert finding.timing.days_text == "7 to 14 days" and finding.start_timing.days_text == "10 to 20 days"
+    [card] = render_cards([finding], snap)
+    assert "10 to 20 days after a start (§2.3" in card.detail and "7 to 14 days after a dose change (§2.1)" in card.detail
+
+
+def test_an_everolimus_order_whose_start_and_change_intervals_agree_gives_one():
+    mtor = mtor_order(authored=NOW - timedelta(days=20))
+    [finding] = check_trough_monitoring(record_snapshot([mtor], [drug_level(8, days_ago=60)], [TSC_RECORD, SEGA_RECORD]), K)
+    assert finding.start_timing is None

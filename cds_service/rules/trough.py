@@ -126,11 +126,14 @@ def check_trough_monitoring(snapshot: PatientSnapshot, knowledge: Knowledge) -> 
         event, event_date, due_date, rule = due
         if not mtor.is_draft and due_date > snapshot.today:
             continue  # not due yet; a draft order gets the card now so the trough can be booked with it
+        start = timing.get("start")
+        ambiguous = event == "start or dose change" and start is not None and start.days_text != rule.days_text
         findings.append(
             TroughMonitoringFinding(
                 severity=Severity.INFO, mtor=mtor, evidence=tuple(e for e in (latest,) if e), source=rule.source,
                 section=rule.section, event=event, event_date=event_date, due_date=due_date, timing=rule,
                 latest=latest, indication=indication, level_test=knowledge.level_tests[drug],
+                start_timing=start if ambiguous else None,
             )
         )
     return findings
