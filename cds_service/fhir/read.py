@@ -119,7 +119,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     kept = _bounded(list(medications.values()))
     # A medication naming another patient may be this patient's own under a wrong reference: with none left, an empty
     # answer would read as "not on an mTOR inhibitor".
-    if medication_problems or len(kept) < len(medications) or reader.foreign.keys() & _MEDICATION_TYPES:
+    if medication_problems or len(kept) < len(medications) or reader.foreign.keys() & _ORDER_KINDS.keys():
         # An unreadable or uncounted current medication may be the mTOR inhibitor or what interacts with it.
         unavailable.append("medications")
     return PatientSnapshot(
@@ -136,9 +136,6 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         unreadable=tuple(sorted((reader.unreadable + Counter({"Bundle.entry": data.malformed_entries})).items())),
         order_history=tuple(history),
     )
-
-
-_MEDICATION_TYPES = frozenset({"MedicationRequest", "MedicationStatement", "Immunization"})
 
 
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
@@ -369,9 +366,7 @@ class _Reader:
         written = ""
         if result is None and isinstance(quantity, dict):
             result = self._quantitative_hcg_result(lab.resource)
-            value = quantity.get("value")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                written = f"{_measure(value):g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
+            written = _as_written(quantity)
         return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result, value_as_written=written)
 
     def _quantitative_hcg_result(self, resource: Mapping) -> str | None:
@@ -428,8 +423,7 @@ class _Reader:
             if isinstance(unit, str) and converted is None:
                 converted = convert(value, unit.strip().replace("μ", "µ").lower())
         converted = None if converted is None else _measure(converted)
-        written = f"{quantity.get('value'):g} {unit_label}".strip()
-        return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=written,
+        return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=_as_written(quantity),
                          unreadable_unit=None if converted is not None else unit_label or "no unit")
 
     def _test_result(self, resource: Mapping) -> str | None:
@@ -661,6 +655,14 @@ def _display(texts: list[str], codings: list[dict]) -> str:
         if isinstance(coding.get("code"), str):
             return f"{coding.get('system', '')}|{coding['code']}"[:200]
     return ""
+
+
+def _as_written(quantity: Mapping) -> str:
+    """A numeric quantity as the lab wrote it ("18.2 ug/L"), for the card; "" when it has no number."""
+    value = quantity.get("value")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return ""
+    return f"{value:g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
 
 
 def _dose_mg(dosage: Mapping) -> float | None:
