@@ -266,12 +266,14 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
         summary = f"hCG not below the non-pregnant cut-off while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm pregnancy status"
     else:
         summary = f"Pregnancy on record while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm it and review the order"
-    lines = [f"- Evidence of pregnancy: {_pregnancy_evidence(evidence)}.",
-             f"- mTOR inhibitor: **{md_text(mtor.text)}** ({_taken_state(mtor)}). {_cap(drug)} can cause fetal harm."]
     if unconfirmed and top.stale_after_days is None:
-        lines[0] = (f"- Quantitative hCG: {_pregnancy_evidence(evidence)}, at or above the non-pregnant cut-off of "
-                    f"{top.hcg_cutoff_iu_per_l:g} IU/L; the lab sent no interpretation or reference range, so it is read "
-                    "neither as positive nor as negative.")
+        evidence_line = (f"- Quantitative hCG: {_pregnancy_evidence(evidence)}, at or above the non-pregnant cut-off of "
+                         f"{top.hcg_cutoff_iu_per_l:g} IU/L; the lab sent no interpretation or reference range, so it is "
+                         "read neither as positive nor as negative.")
+    else:
+        evidence_line = f"- Evidence of pregnancy: {_pregnancy_evidence(evidence)}."
+    lines = [evidence_line,
+             f"- mTOR inhibitor: **{md_text(mtor.text)}** ({_taken_state(mtor)}). {_cap(drug)} can cause fetal harm."]
     if top.stale_after_days is not None:
         lines.append(f"- This is older than the {top.stale_after_days}-day look-back for this evidence, so it is shown for a "
                      "recheck only: confirm pregnancy status (for example with a new hCG test) before starting or continuing.")

@@ -66,6 +66,16 @@ def round_to_nearest(doses: list[float], value: float) -> float:
     return min(doses, key=lambda d: (abs(d - value), d))
 
 
+def within_reproductive_ages(knowledge: Knowledge, sex: str | None, age_years: float | None) -> bool | None:
+    """Whether an age is inside dosing.json's reproductive-potential ages for that sex (policy, not a clinical fact);
+    None when the age is unknown or the knowledge gives no ages for that sex."""
+    potential = knowledge.dosing["reproductive_potential"]
+    low, high = potential.get(f"{sex}_min_age_years"), potential.get(f"{sex}_max_age_years")
+    if age_years is None or low is None or high is None:
+        return None
+    return bool(low <= age_years <= high)
+
+
 def mosteller_bsa(height_cm: float, weight_kg: float) -> float:
     return math.sqrt(height_cm * weight_kg / 3600)
 

@@ -8,7 +8,7 @@ from cds_service.findings import BodySurface, ContraceptionFinding, DoseCheckFin
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.knowledge.records import PediatricNote
 from cds_service.patient import PatientSnapshot
-from cds_service.rules.common import drug_of, mosteller_bsa
+from cds_service.rules.common import drug_of, mosteller_bsa, within_reproductive_ages
 from cds_service.rules.indication import infer_indication
 from cds_service.rules.treatment_context import treatment_context
 
@@ -19,10 +19,8 @@ PRODUCTS_WITHOUT_OWN_ADVICE = frozenset({"Zortress", "Fyarro"})
 
 def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[ContraceptionFinding]:
     """An mTOR inhibitor ordered for a patient of reproductive potential: the label's contraception advice."""
-    potential = knowledge.dosing["reproductive_potential"]
     age = snapshot.age_years
-    low, high = potential.get(f"{snapshot.gender}_min_age_years"), potential.get(f"{snapshot.gender}_max_age_years")
-    if age is None or low is None or high is None or not low <= age <= high:
+    if age is None or not within_reproductive_ages(knowledge, snapshot.gender, age):
         return []  # the knowledge defines reproductive potential by sex and age; outside it, no card
     findings = []
     for mtor in snapshot.mtor_orders:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from cds_service.findings import PregnancyFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
-from cds_service.rules.common import drug_of, own_label_instead, preferred_mtor
+from cds_service.rules.common import drug_of, own_label_instead, preferred_mtor, within_reproductive_ages
 
 Evidence = ConditionRecord | LabResult
 
@@ -89,9 +89,4 @@ def _window_of(evidence: Evidence) -> str:
 def _may_be_of_reproductive_potential(snapshot: PatientSnapshot, knowledge: Knowledge) -> bool:
     """Could be pregnant: not recorded as male (hCG is also a tumour marker), and not known to be outside the
     reproductive-potential ages of dosing.json (unknown sex or age: could be)."""
-    if snapshot.gender == "male":
-        return False
-    potential = knowledge.dosing["reproductive_potential"]
-    age = snapshot.age_years
-    low, high = potential.get("female_min_age_years"), potential.get("female_max_age_years")
-    return age is None or low is None or high is None or low <= age <= high
+    return snapshot.gender != "male" and within_reproductive_ages(knowledge, "female", snapshot.age_years) is not False
