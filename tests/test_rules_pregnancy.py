@@ -319,3 +319,11 @@ def test_the_unconfirmed_card_asks_to_confirm_and_offers_no_removal(client):
     assert card["indicator"] == "warning" and "confirm pregnancy status" in card["summary"]
     assert "1500 m\\[IU\\]/mL" in card["detail"] and "cut-off of 5 IU/L" in card["detail"]
     assert "suggestions" not in card
+
+
+def test_the_readme_card_table_states_the_unconfirmed_hcg_warning():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert "A serum quantitative hCG at or above 5 IU/L that the lab neither interpreted nor gave a range for is not read as positive" in readme
+    assert knowledge().quantitative_hcg.negative_below_iu_per_l == 5

@@ -145,3 +145,10 @@ def test_a_lab_service_request_naming_a_vaccine_is_never_read_as_one(text):
 
 def test_a_revoked_vaccine_service_request_orders_nothing():
     assert vaccine_findings(vaccine_service_request(None, "03", status="revoked")) == []
+
+
+def test_the_readme_card_table_states_which_service_requests_are_vaccines():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert "as a MedicationRequest, an Immunization or a ServiceRequest (one coded in CVX or named a vaccine: a lab order never counts)" in readme
