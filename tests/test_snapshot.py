@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cds_service.fhir.read import ENDED_DRAFT_STATUSES
 from snapshots import (
     PATIENT_ID,
     SNOMED,
@@ -186,6 +187,38 @@ def test_a_draft_order_that_is_cancelled_or_stopped_orders_nothing_and_takes_its
     never_started = everolimus(id="mr-eve-new", status=status)
     orders = orders_of(everolimus(id="mr-eve"), clarithromycin, drafts=[discontinued, never_started])
     assert [o.ref for o in orders] == ["MedicationRequest/mr-eve"]
+
+
+def test_a_do_not_perform_medication_request_is_never_a_medication():
+    """FHIR R4 MedicationRequest.doNotPerform: "do not give clarithromycin" or "do not give MMR" prohibits the drug;
+    weighing it as given would fire the very card the prohibition already answers."""
+    prohibition = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari", doNotPerform=True)
+    assert [o.ref for o in orders_of(everolimus(id="mr-eve"), prohibition)] == ["MedicationRequest/mr-eve"]
+    no_mmr = med("measles, mumps and rubella virus vaccine", cvx="03", draft=True, doNotPerform=True)
+    prefetched_twin = {**med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari")}
+    signed_prohibition = {**prefetched_twin, "status": "draft", "doNotPerform": True}
+    orders = orders_of(everolimus(id="mr-eve"), prefetched_twin, drafts=[no_mmr, signed_prohibition])
+    assert [o.ref for o in orders] == ["MedicationRequest/mr-eve"]
+    assert [o.ref for o in orders_of(everolimus(id="mr-eve"), {**prefetched_twin, "doNotPerform": False})] == [
+        "MedicationRequest/mr-eve", "MedicationRequest/mr-clari"]
+
+
+def test_a_do_not_perform_service_request_is_neither_a_procedure_nor_a_vaccination():
+    no_surgery = service_request("Left partial nephrectomy", 4, status="draft", doNotPerform=True)
+    no_vaccine = service_request("MMR vaccination", 0, status="draft", doNotPerform=True)
+    snapshot = snapshot_of(hook="order-sign", medications=[everolimus()], drafts=[no_surgery, no_vaccine],
+                           service_requests=[service_request("Nephrectomy", 5, doNotPerform=True)])
+    assert snapshot.procedures == () and [o.mtor_drug for o in snapshot.medications] == ["everolimus"]
+
+
+def test_the_readme_says_which_orders_order_nothing():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert ("A MedicationRequest or ServiceRequest with `doNotPerform: true` (a request that it *not* happen, such as "
+            "\"do not give MMR\") is never read as an order, a medication or a procedure; a draft order that is cancelled, "
+            "stopped, completed or entered in error orders nothing.") in readme
+    assert ENDED_DRAFT_STATUSES["MedicationRequest"] == {"cancelled", "stopped", "completed", "entered-in-error"}
 
 
 def test_a_draft_immunization_entered_in_error_orders_nothing_but_one_not_done_yet_is_weighed():

@@ -32,8 +32,8 @@ READABLE_YEARS = range(1800, 2201)
 MAX_AMOUNT = 1e9
 CURRENT_STATEMENT_STATUSES = frozenset({"active", "intended", "on-hold"})  # MedicationStatement: taken now or soon
 # A draft order in one of these orders nothing (an EHR signing a discontinuation sends the order cancelled or stopped):
-# it is not weighed, and it takes its prefetched twin with it. Immunization has no draft status, so a draft one may come
-# as "not-done" (not given yet): only entered-in-error ends it.
+# it is not weighed, and it takes its prefetched twin with it; so does one with doNotPerform ("do not give").
+# Immunization has no draft status, so a draft one may come as "not-done" (not given yet): only entered-in-error ends it.
 ENDED_DRAFT_STATUSES = {
     "MedicationRequest": frozenset({"cancelled", "stopped", "completed", "entered-in-error"}),
     "Immunization": frozenset({"entered-in-error"}),
@@ -74,6 +74,8 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     procedures: list[ProcedureEvent] = []
     for resource in data.by_key.get("medications", ()):
         order = reader.safely(reader.medication_order, resource, is_draft=False, selected=False)
+        if order and _do_not_perform(order.resource):
+            continue  # a request that the drug not be given ("do not give MMR"): a prohibition, not a medication
         if order and order.status in ("active", "on-hold"):
             medications[order.ref] = order
         elif order and order.mtor_drug and order.status in ("completed", "stopped"):
@@ -88,7 +90,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         ref = f"{rtype}/{resource.get('id')}" if rtype else ""
         if rtype in ("MedicationRequest", "Immunization"):
             order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections)
-            if order and order.status in ENDED_DRAFT_STATUSES[rtype]:
+            if order and (order.status in ENDED_DRAFT_STATUSES[rtype] or _do_not_perform(order.resource)):
                 medications.pop(order.ref, None)
             elif order:
                 medications[order.ref] = order  # a re-signed order replaces its prefetched twin
@@ -255,7 +257,7 @@ class _Reader:
         """A draft ServiceRequest that orders a vaccine, read as that immunization: its code is CVX, or its name says
         vaccine or vaccination. None for any other ServiceRequest: labs are ServiceRequests too, and "MMR immunity
         panel" or "Varicella IgG" must never read as a vaccine being given."""
-        if resource.get("status") in ENDED_DRAFT_STATUSES["ServiceRequest"]:
+        if resource.get("status") in ENDED_DRAFT_STATUSES["ServiceRequest"] or _do_not_perform(resource):
             return None
         code = resource.get("code")
         codings, texts = self._codings(code), _texts(code)
@@ -473,6 +475,8 @@ class _Reader:
     def procedure_event(self, resource: Mapping, *, is_draft: bool) -> ProcedureEvent | None:
         rtype = resource.get("resourceType")
         status = resource.get("status")
+        if _do_not_perform(resource):
+            return None  # "do not perform": nothing is planned or done
         planned = status in self.k.planned_statuses.get(rtype, ())
         done = status in self.k.done_statuses.get(rtype, ())
         if not (planned or done):
@@ -603,6 +607,11 @@ def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], te
 
 
 # --- small readers ------------------------------------------------------------------------------
+
+
+def _do_not_perform(resource: Mapping[str, Any]) -> bool:
+    """MedicationRequest or ServiceRequest.doNotPerform: a request that the action NOT happen (FHIR R4)."""
+    return resource.get("doNotPerform") is True
 
 
 def _get(resource: Any, *path: str) -> Any:
