@@ -7,7 +7,18 @@ import pytest
 from cds_service.findings import Severity, Topic
 from cds_service.rules import evaluate
 from cds_service.rules.vaccines import check_live_vaccines
-from snapshots import everolimus, immunization, knowledge, med, order, plain_snapshot, ref, rule_findings, sirolimus, snapshot_of
+from snapshots import (
+    everolimus,
+    immunization,
+    knowledge,
+    med,
+    order,
+    plain_snapshot,
+    ref,
+    rule_findings,
+    sirolimus,
+    snapshot_of,
+)
 
 
 def vaccine_findings(*drafts, medications=None):
@@ -152,3 +163,108 @@ def test_the_readme_card_table_states_which_service_requests_are_vaccines():
 
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
     assert "as a MedicationRequest, an Immunization or a ServiceRequest (one coded in CVX or named a vaccine: a lab order never counts)" in readme
+
+
+# --- a live vaccine written as a vaccination or immunization (a scenario audit: "Yellow fever vaccination" as the
+# whole order text gave no card; the knowledge names it "yellow fever vaccine") -------------------------------------
+
+
+def _display(key: str) -> str:
+    return next(e["display"] for e in knowledge().files["vaccines.json"]["live_vaccines"] if e["key"] == key)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("Yellow fever vaccination", "yellow-fever"),
+        ("Yellow fever immunization", "yellow-fever"),
+        ("Yellow Fever Immunisation 0.5 mL SC", "yellow-fever"),
+        ("YF-Vax", "yellow-fever"),
+        ("Measles vaccination", "measles"),
+        ("Mumps immunization", "mumps"),
+        ("Rubella vaccine", "rubella"),
+        ("Measles and rubella vaccination", "measles-rubella"),
+        ("Rubella and mumps vaccination", "rubella-mumps"),
+        ("MMR vaccination", "mmr"),
+        ("Varicella vaccination", "varicella"),
+        ("Chickenpox immunisation", "varicella"),
+        ("Rotavirus vaccination (oral)", "rotavirus"),
+        ("BCG vaccination", "bcg"),
+        ("Oral typhoid vaccination", "typhoid-oral"),
+        ("Nasal influenza vaccination", "influenza-live"),
+        ("Intranasal influenza vaccine", "influenza-live"),
+        ("Oral polio vaccination", "opv"),
+    ],
+)
+def test_a_live_vaccine_written_as_a_vaccination_or_immunization_warns(text, key):
+    [finding] = vaccine_findings(med(text, draft=True))
+    assert finding.severity is Severity.WARNING
+    assert finding.vaccine == _display(key)
+
+
+def test_a_live_vaccine_written_as_a_vaccination_warns_for_sirolimus_too():
+    [finding] = vaccine_findings(med("Yellow fever vaccination", draft=True), medications=[sirolimus()])
+    assert finding.severity is Severity.WARNING and finding.mtor.mtor_drug == "sirolimus"
+
+
+def test_an_immunization_named_only_as_a_vaccination_warns():
+    [finding] = vaccine_findings(immunization("Yellow fever vaccination"))
+    assert finding.severity is Severity.WARNING and finding.evidence[0].ref.startswith("Immunization/")
+
+
+def test_a_vaccine_service_request_named_only_as_an_immunisation_warns():
+    [finding] = vaccine_findings(vaccine_service_request("Yellow fever immunisation"))
+    assert finding.severity is Severity.WARNING and "ServiceRequest/sr-vaccine" in finding.refs
+
+
+@pytest.mark.parametrize("text", ["Typhoid vaccination", "Cholera vaccination", "Dengue vaccination"])
+def test_a_vaccination_of_a_product_the_record_does_not_name_stays_only_info(text):
+    [finding] = vaccine_findings(med(text, draft=True))
+    assert finding.severity is Severity.INFO
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Shingrix zoster vaccination",
+        "Recombinant zoster vaccination",
+        "Typhoid Vi vaccination",
+        "Inactivated influenza vaccination",
+        "Influenza vaccination",
+        "Measles immune globulin",
+    ],
+)
+def test_a_non_live_vaccination_never_fires(text):
+    assert vaccine_findings(med(text, draft=True)) == []
+
+
+@pytest.mark.parametrize(
+    "text", ["Yellow fever vaccine antibody titer", "Varicella immunization status IgG", "Measles vaccination immunity screen"]
+)
+def test_a_lab_service_request_naming_a_vaccination_is_never_read_as_one(text):
+    assert vaccine_findings(vaccine_service_request(text)) == []
+
+
+def test_a_history_of_yellow_fever_vaccination_as_a_condition_is_no_vaccine_order():
+    history = {"resourceType": "Condition", "id": "yf-history", "subject": {"reference": "Patient/pt-1"},
+               "code": {"text": "History of yellow fever vaccination"}}
+    current = everolimus()
+    snapshot = snapshot_of(hook="order-sign", medications=[current], conditions=[history])
+    assert [m.ref for m in snapshot.medications] == [ref(current)]  # the condition is no medication
+    assert [f for f in evaluate(snapshot, knowledge()) if f.topic is Topic.LIVE_VACCINE] == []
+
+
+def test_a_vaccination_word_alone_names_no_live_vaccine():
+    """'vaccination' reads as 'vaccine' only inside a listed name: it never makes a name of its own."""
+    assert knowledge().recognize_medication([], ["Vaccination"]) == ()
+    assert knowledge().recognize_medication([], ["Yellow fever"]) == ()
+
+
+def test_the_readme_card_table_states_that_a_vaccination_wording_reads_as_the_vaccine():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert ('a name written as a vaccination or immunization, as in "Yellow fever vaccination", reads as that vaccine'
+            in readme)
+    [finding] = vaccine_findings(med("Yellow fever vaccination", draft=True))
+    assert finding.severity is Severity.WARNING

@@ -20,7 +20,7 @@ from typing import Any, TypeGuard
 
 from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference, proposed_appointments
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
-from cds_service.knowledge.loader import CVX, LOINC, RXNORM, contains_phrase
+from cds_service.knowledge.loader import CVX, LOINC, RXNORM, VACCINATION_WORDS, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
 from cds_service.patient import NEVER_SURGERY, ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
 from cds_service.services import HookCall
@@ -40,7 +40,10 @@ ENDED_DRAFT_STATUSES = {
     "ServiceRequest": frozenset({"revoked", "completed", "entered-in-error"}),
 }
 _VACCINE_ROLES = frozenset({DrugRole.LIVE_VACCINE, DrugRole.AMBIGUOUS_VACCINE, DrugRole.NOT_LIVE_VACCINE})
-_VACCINATION_WORDS = frozenset({"vaccine", "vaccination", "immunization", "immunisation"})  # a ServiceRequest giving one
+# A ServiceRequest that tests for immunity is a lab order, whatever vaccine it names ("yellow fever vaccine antibody
+# titer", "varicella immunization status IgG"): never read as a vaccine being given.
+_IMMUNITY_TEST_WORDS = frozenset({"titer", "titre", "titers", "titres", "antibody", "antibodies", "serology", "igg", "igm",
+                                  "immunity"})
 
 
 _ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
@@ -255,14 +258,16 @@ class _Reader:
 
     def vaccination_order(self, resource: Mapping, *, selected: bool) -> MedicationOrder | None:
         """A draft ServiceRequest that orders a vaccine, read as that immunization: its code is CVX, or its name says
-        vaccine or vaccination. None for any other ServiceRequest: labs are ServiceRequests too, and "MMR immunity
-        panel" or "Varicella IgG" must never read as a vaccine being given."""
+        vaccine, vaccination or immunization. None for any other ServiceRequest: labs are ServiceRequests too, and "MMR
+        immunity panel", "Varicella IgG" or "yellow fever vaccine antibody titer" must never read as a vaccine being
+        given."""
         if resource.get("status") in ENDED_DRAFT_STATUSES["ServiceRequest"] or _do_not_perform(resource):
             return None
         code = resource.get("code")
         codings, texts = self._codings(code), _texts(code)
         coded = any(c.get("system") == CVX for c in codings)
-        if not coded and not _VACCINATION_WORDS & set(normalize_text(" ".join(texts))):
+        words = set(normalize_text(" ".join(texts)))
+        if not coded and (not VACCINATION_WORDS & words or _IMMUNITY_TEST_WORDS & words):
             return None
         concepts = _recognized_medication(self.k, _code_key(codings), tuple(texts))
         if not any(c.role in _VACCINE_ROLES for c in concepts):

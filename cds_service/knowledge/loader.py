@@ -118,18 +118,36 @@ def normalize_text(text: str) -> tuple[str, ...]:
     return tuple(_NON_WORD.sub(" ", _APOSTROPHES.sub("", text.lower())).split())
 
 
-class PhraseIndex:
-    """Finds whole-word phrases in free text in one pass, keyed by each phrase's first word."""
+# The words an order uses for "a vaccine being given": "Yellow fever vaccination" and "yellow fever immunisation" name
+# the same product as the knowledge's "yellow fever vaccine". Drug names are matched with each read as "vaccine".
+VACCINE_WORD = "vaccine"
+VACCINATION_WORDS = frozenset({
+    "vaccine", "vaccines", "vaccination", "vaccinations",
+    "immunization", "immunizations", "immunisation", "immunisations",
+})
 
-    def __init__(self) -> None:
+
+def as_drug_name_words(words: tuple[str, ...]) -> tuple[str, ...]:
+    """Words as drug names are matched: every vaccination word read as "vaccine" (see VACCINATION_WORDS)."""
+    return tuple(VACCINE_WORD if w in VACCINATION_WORDS else w for w in words)
+
+
+class PhraseIndex:
+    """Finds whole-word phrases in free text in one pass, keyed by each phrase's first word. With `words` (e.g.
+    as_drug_name_words) both the phrases and the text are read through it."""
+
+    def __init__(self, words: Callable[[tuple[str, ...]], tuple[str, ...]] | None = None) -> None:
         self._by_first_word: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
+        self._words = words
 
     def add(self, phrase: str, value: Any) -> None:
         words = normalize_text(phrase)
+        words = self._words(words) if self._words else words
         if words:
             self._by_first_word.setdefault(words[0], []).append((words, value))
 
     def find(self, words: tuple[str, ...]) -> list[Any]:
+        words = self._words(words) if self._words else words
         found = []
         for i, word in enumerate(words):
             for phrase, value in self._by_first_word.get(word, ()):
@@ -436,7 +454,7 @@ class Knowledge:
     def _index_drugs(self, files: Mapping[str, Mapping]) -> None:
         self.rxnorm: dict[str, list[DrugConcept]] = {}
         self.cvx: dict[str, list[DrugConcept]] = {}
-        self.names = PhraseIndex()
+        self.names = PhraseIndex(as_drug_name_words)
         self.concepts: dict[tuple[DrugRole, str], DrugConcept] = {}
 
         def add(role: DrugRole, entry: Mapping, codes: Iterable[str] = (), cvx: Iterable[str] = ()) -> None:
