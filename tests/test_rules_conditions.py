@@ -11,6 +11,7 @@ from snapshots import (
     AML_RECORD,
     ICD10CM,
     NOW,
+    SEGA_RECORD,
     SNOMED,
     TSC_RECORD,
     condition_record,
@@ -183,3 +184,44 @@ def test_latent_past_screened_or_exposure_infections_are_not_active_severe_infec
     assert "severe-infection" not in record.kinds
     assert check_infection(record_snapshot([mtor_order()], [], [record]), K) == []
     assert "severe-infection" in condition_record(None, text="Pulmonary tuberculosis", asserted=NOW_2).kinds
+
+
+# --- the hepatic card cites the label section that holds its advice (a clinical audit: §12.3 for a TSC patient with
+# SEGA, §2 for renal angiomyolipoma). The dose for hepatic impairment is Dosage and Administration (§2): the older
+# Afinitor label's §12.3 restates it and points there ("[see Dosage and Administration (2.2)]", "(2.4, 2.5)") -------
+
+AFINITOR_HEPATIC_SECTION = "§2 Dosage and Administration: hepatic impairment"
+
+
+@pytest.mark.parametrize(
+    "indication",
+    [[TSC_RECORD, SEGA_RECORD], [TSC_RECORD, AML_RECORD], [TSC_RECORD]],
+    ids=["sega-trough-guided", "angiomyolipoma-fixed-dose", "use-unknown"],
+)
+def test_afinitor_hepatic_card_cites_dosage_and_administration_whatever_the_use(indication):
+    snapshot = record_snapshot([mtor_order()], [], [*indication, condition_record("19943007")])
+    [finding] = check_hepatic_impairment(snapshot, K)
+    card = card_for([finding], snapshot)
+    assert finding.section == AFINITOR_HEPATIC_SECTION
+    assert card.detail.rstrip().endswith(f", {AFINITOR_HEPATIC_SECTION}")
+    assert "12.3" not in card.detail and "Pharmacokinetics" not in card.detail
+
+
+def test_every_afinitor_hepatic_dose_and_its_advice_cite_one_section():
+    sections = {d.section for d in K.hepatic_doses if d.drug == "everolimus"}
+    sections |= {a.section for a in K.condition_advice if a.topic == "hepatic-impairment" and a.product == "Afinitor"}
+    assert sections == {AFINITOR_HEPATIC_SECTION}
+
+
+@pytest.mark.parametrize(
+    "order, section",
+    [
+        (mtor_order(*RAPAMUNE, dose=2), "§2.7 Hepatic impairment; §2.1"),
+        (mtor_order("MedicationRequest/zor", "Zortress 0.75 MG Oral Tablet", "977440", dose=0.75), "Highlights: Dosage and Administration"),
+    ],
+    ids=["rapamune", "zortress"],
+)
+def test_rapamune_and_zortress_hepatic_cards_cite_their_own_dosing_section(order, section):
+    snapshot = record_snapshot([order], [], [CIRRHOSIS_C])
+    card = card_for(check_hepatic_impairment(snapshot, K), snapshot)
+    assert card.detail.rstrip().endswith(f", {section}") and "12.3" not in card.detail
