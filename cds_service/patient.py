@@ -125,7 +125,8 @@ class ProcedureEvent:
     is_surgery: bool
     is_draft: bool = False  # a draft order, or an appointment being booked (appointment-book)
     # How the record shows surgery: "category", "service-type", "specialty", "based-on" (an Appointment for a
-    # surgical ServiceRequest), "name"; "" when it does not; NEVER_SURGERY for a non-operative procedure or clinic visit.
+    # surgical ServiceRequest), "name", "code" (a major operation by its SNOMED CT code, procedures.json
+    # surgical_procedures); "" when it does not; NEVER_SURGERY for a non-operative procedure or clinic visit.
     surgery_evidence: str = ""
     based_on: tuple[str, ...] = ()  # Appointment.basedOn ServiceRequest references
     # (system, code) of Procedure.code / ServiceRequest.code (OID systems mapped to FHIR URIs); none for Appointments

@@ -322,3 +322,92 @@ def test_visits_and_referrals_about_surgery_are_not_surgery(text):
 
 def test_an_operation_is_still_surgery_when_its_text_says_nothing_of_a_visit():
     assert surgery(service_requests=[service_request("Kidney transplant", 3)]) != []
+
+
+# --- a major operation by its SNOMED CT code alone (a scenario audit: CABG, caesarean section and total hip
+# replacement ordered by code, with no surgical category and no surgical word, gave no surgery card) -------------
+
+MAJOR_OPERATIONS = [
+    ("232717009", "Coronary artery bypass grafting"),
+    ("11466000", "Cesarean section"),
+    ("52734007", "Total replacement of hip"),
+]
+
+
+@pytest.mark.parametrize("code, name", MAJOR_OPERATIONS, ids=[n for _, n in MAJOR_OPERATIONS])
+def test_a_major_operation_ordered_by_its_snomed_code_alone_warns(code, name):
+    planned = service_request(None, 4, code=coding(SNOMED, code))  # no text, no display, no category
+    [finding] = surgery(service_requests=[planned])
+    assert finding.severity is Severity.WARNING and finding.kind == "planned" and finding.days == 4
+    assert finding.evidence[0].surgery_evidence == "code"
+    assert finding.evidence[0].text == name  # the card names the operation, not "ServiceRequest"
+
+
+@pytest.mark.parametrize("code, name", MAJOR_OPERATIONS, ids=[n for _, n in MAJOR_OPERATIONS])
+def test_a_major_operation_coded_with_its_display_but_no_surgical_word_warns(code, name):
+    [finding] = surgery(service_requests=[service_request(None, 3, code=coding(SNOMED, code, name))])
+    assert finding.severity is Severity.WARNING and finding.evidence[0].text == name
+
+
+def test_a_completed_caesarean_section_by_code_is_recent_surgery():
+    done = procedure(None, -5, code=concept(None, coding(SNOMED, "11466000", "Cesarean section (procedure)")))
+    [finding] = surgery(procedures=[done])
+    assert finding.kind == "recent" and finding.days == 5
+
+
+def test_a_major_operation_by_code_for_a_transplant_patient_gives_the_label_warning_only():
+    planned = service_request(None, 10, code=coding(SNOMED, "52734007"))
+    [finding] = surgery(service_requests=[planned], medications=[zortress()])
+    assert finding.severity is Severity.INFO and finding.caution is not None and finding.caution.product == "Zortress"
+
+
+def test_the_oid_form_of_snomed_is_read_like_its_uri():
+    planned = service_request(None, 4, code=coding("urn:oid:2.16.840.1.113883.6.96", "232717009"))
+    [finding] = surgery(service_requests=[planned])
+    assert finding.evidence[0].surgery_evidence == "code"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "1260009003",  # Removal of supragingival plaque and calculus from all teeth (dental cleaning)
+        "34043003",  # Dental consultation and report
+        "22778000",  # Venipuncture
+        "399208008",  # Plain X-ray of chest
+        "73761001",  # Colonoscopy
+        "171207006",  # Depression screening
+        "10383002",  # Counseling for termination of pregnancy
+        "399014008",  # Administration of vaccine product (DTaP)
+        "85548006",  # Episiotomy
+        "65200003",  # Insertion of intrauterine contraceptive device
+        "236974004",  # Instrumental delivery
+    ],
+)
+def test_a_minor_procedure_by_code_alone_is_never_surgery(code):
+    """Synthea R4 codes (where they were seen): minor procedures, screening, counselling, imaging, vaccination."""
+    planned = service_request(None, 3, code=coding(SNOMED, code))
+    done = procedure(None, -3, code=concept(None, coding(SNOMED, code)))
+    assert surgery(service_requests=[planned], procedures=[done]) == []
+
+
+def test_an_appointment_whose_reason_is_a_major_operation_is_not_itself_surgery():
+    """A follow-up for a past hip replacement is no operation: only a ServiceRequest's or Procedure's own code counts."""
+    visit = appointment("Orthopaedic clinic", 3, reasonCode=[concept(None, coding(SNOMED, "52734007", "Total replacement of hip"))])
+    assert surgery(appointments=[visit]) == []
+
+
+def test_the_major_operations_recognised_by_code_are_the_knowledge_list():
+    listed = {code for (_, code) in knowledge().surgical_procedures}
+    assert listed == {code for code, _ in MAJOR_OPERATIONS}
+    assert all(display.endswith(" (procedure)") for display in knowledge().surgical_procedures.values())
+
+
+def test_the_readme_card_table_states_that_a_major_operation_is_recognised_by_its_snomed_code():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert ("a ServiceRequest or Procedure with the surgical category, a surgical name, or the SNOMED CT code of a listed "
+            "major operation (coronary artery bypass grafting, caesarean section, total hip replacement; `procedures.json`)"
+            in readme)
+    [finding] = surgery(service_requests=[service_request(None, 2, code=coding(SNOMED, "11466000"))])
+    assert finding.severity is Severity.WARNING

@@ -124,3 +124,17 @@ def test_all_shared_synthea_patients_are_read_without_skipping_anything(call_hoo
         if "checks-incomplete" in topics_of(body):
             incomplete.append(path.stem)
     assert incomplete == []
+
+
+@pytest.mark.skipif(not SHARED, reason=f"{SHARED_SYNTHEA} is not available")
+def test_shared_synthea_procedures_recognised_as_surgery_by_code_alone_are_only_real_operations():
+    """Negative control for procedures.json surgical_procedures: across the 36 patients' thousands of Procedures
+    (dental cleanings, screenings, imaging, vaccinations, counselling, IUD insertions, ...), the only ones a SNOMED
+    CT code alone makes surgery are caesarean sections, which are operations."""
+    from snapshots import snapshot_of
+
+    by_code = {}
+    for path in SHARED:
+        snapshot = snapshot_of(add_everolimus(patient_view_request(path)))
+        by_code |= {code: event.text for event in snapshot.procedures if event.surgery_evidence == "code" for code in event.codes}
+    assert by_code == {("http://snomed.info/sct", "11466000"): "Cesarean section (procedure)"}

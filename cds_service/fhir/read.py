@@ -511,10 +511,11 @@ class _Reader:
         else:
             return None
         codes = {(c.get("system"), c.get("code")) for concept in concepts for c in self._codings(concept)}
-        evidence = self._surgery_evidence(resource, codes, texts)
+        evidence = self._surgery_evidence(resource, codes, texts, what_codes)
+        named = next((self.k.surgical_procedures[c] for c in what_codes if c in self.k.surgical_procedures), "")
         return ProcedureEvent(
             ref=f"{rtype}/{resource.get('id')}",
-            text=_display(texts, []) or rtype,
+            text=_display(texts, []) or named.removesuffix(" (procedure)") or rtype,
             when=_datetime(when, keep_offset=True),  # days to surgery count on the hospital's calendar
             is_planned=planned,
             is_surgery=evidence not in ("", NEVER_SURGERY),
@@ -524,9 +525,13 @@ class _Reader:
             codes=what_codes,
         )
 
-    def _surgery_evidence(self, resource: Mapping, codes: set[tuple[Any, Any]], texts: list[str]) -> str:
+    def _surgery_evidence(
+        self, resource: Mapping, codes: set[tuple[Any, Any]], texts: list[str], what: frozenset[tuple[str, str]] = frozenset()
+    ) -> str:
         """How a resource shows surgery (procedures.json): "" when it does not, NEVER_SURGERY when it shows a
-        non-operative procedure (phlebotomy, venipuncture, reconciliation) or a clinic visit, whatever else it says."""
+        non-operative procedure (phlebotomy, venipuncture, reconciliation) or a clinic visit, whatever else it says.
+        `what` is the ServiceRequest's or Procedure's own code: a major operation by its SNOMED CT code alone
+        (surgical_procedures) is surgery; an Appointment's reason never is read so."""
         words = normalize_text(" ".join(texts))
         if codes & self.k.non_surgical_codes or any(contains_phrase(words, p) for p in self.k.non_surgical_phrases):
             return NEVER_SURGERY
@@ -538,6 +543,8 @@ class _Reader:
                 return "service-type"
         if codes & self.k.surgical_categories:
             return "category"
+        if what & self.k.surgical_procedures.keys():
+            return "code"
         if any(w in self.k.surgical_words or w.endswith(self.k.surgical_suffixes) for w in words):
             return "name"
         if is_appointment and self._codes_in(*(resource.get("specialty") or ())) & self.k.surgical_specialties:

@@ -271,6 +271,10 @@ class Knowledge:
         self.condition_advice = tuple(build(ConditionAdvice, a) for a in files["clinical_conditions.json"]["label_advice"])
         procedures = files["procedures.json"]
         self.surgical_categories = _coding_set(procedures["surgical_categories"])
+        # Major operations by their own SNOMED CT code (an order or procedure with no surgical category or word)
+        self.surgical_procedures: Mapping[tuple[str, str], str] = MappingProxyType(
+            {(c["system"], c["code"]): c["display"] for c in procedures.get("surgical_procedures", ())}
+        )
         self.surgical_words = frozenset(procedures["surgical_words"]["words"])
         self.surgical_suffixes = tuple(procedures["surgical_words"]["suffixes"])
         self.non_surgical_codes = _coding_set(procedures["non_surgical_procedures"])
