@@ -375,7 +375,7 @@ def test_unusable_optional_prefetch_gives_findings_and_checks_incomplete(client,
 
 
 def test_werkzeug_errors_are_operation_outcomes_too(client):
-    """Routing (404, 405) and size (413) errors come from Werkzeug, not from our code: same shape."""
+    """Routing (404, 405) errors come from Werkzeug, not from our code: same shape. So does a declared size over the limit."""
     assert_outcome(client.get("/definitely/not/here"), 404)
     assert_outcome(client.delete("/cds-services"), 405)
     huge = client.post(PATIENT_VIEW, data=b"x", content_type="application/json", environ_overrides={"CONTENT_LENGTH": str(10**9)})
