@@ -114,7 +114,12 @@ def read_json_body() -> Any:
     # Werkzeug silently cuts a body without Content-Length (chunked) at the limit; one byte more tells
     # "too large" from "exactly the limit".
     request.max_content_length = limit + 1
-    body = request.get_data(cache=False)
+    try:
+        body = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception:  # raised by the server's reader (gunicorn's InvalidChunkSize, NoMoreData...): the caller's fault
+        raise BadRequest("the body could not be read (malformed chunked encoding, or cut short)") from None
     if len(body) > limit:
         raise PayloadTooLarge(too_large)
     try:
