@@ -45,7 +45,7 @@ sys.path.insert(0, str(BENCH))
 from payloads import order_select_request, patient_view_request, sized_order_select_request  # noqa: E402 (bench/ on the path)
 
 sys.path.insert(0, str(BENCH.parent))
-from cds_service.production import gunicorn_settings  # noqa: E402  (the shipped defaults)
+from cds_service.production import DEFAULT_WORKER_CLASS, gunicorn_settings  # noqa: E402  (the shipped defaults)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WRK_SCRIPT = """
@@ -403,7 +403,7 @@ def machine() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shipped = gunicorn_settings({})
-    parser.add_argument("--configs", default=f"{shipped['worker_class']}:{shipped['workers']}:{shipped['threads']}",
+    parser.add_argument("--configs", default=f"{DEFAULT_WORKER_CLASS}:{shipped['workers']}:{shipped['threads']}",
                         help="worker_class:workers:threads, comma-separated (default: the shipped cds_service/production.py settings)")
     parser.add_argument("--connections", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")],
                         help="concurrent connections, comma-separated (default 1,8,32)")

@@ -5,9 +5,12 @@ This module turns a request into a HookCall or a 4xx; it never looks at clinical
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
+import socket
+import threading
 from importlib import resources
 from typing import Any
 
@@ -105,12 +108,20 @@ def read_json_body() -> Any:
     if request.mimetype not in _JSON_TYPES:
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     limit = state().settings.max_body_bytes
+    too_large = f"the request body is larger than the limit of {limit} bytes"
+    if (request.content_length or 0) > limit:  # refused before reading (Werkzeug's own 413 would not say the limit)
+        raise PayloadTooLarge(too_large)
     # Werkzeug silently cuts a body without Content-Length (chunked) at the limit; one byte more tells
-    # "too large" from "exactly the limit". A declared Content-Length over it is refused before reading.
+    # "too large" from "exactly the limit".
     request.max_content_length = limit + 1
-    body = request.get_data(cache=False)
+    try:
+        body = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception:  # raised by the server's reader (gunicorn's InvalidChunkSize, NoMoreData...): the caller's fault
+        raise BadRequest("the body could not be read (malformed chunked encoding, or cut short)") from None
     if len(body) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        raise PayloadTooLarge(too_large)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -119,6 +130,62 @@ def read_json_body() -> Any:
 
 def _json_error(exc: orjson.JSONDecodeError) -> str:
     return f"line {exc.lineno}, column {exc.colno}" if exc.lineno else "unreadable"
+
+
+# After a 413 the caller has usually sent, or is still sending, the rest of its body. Closing the connection with those
+# bytes unread makes the kernel answer with a reset, and a client that writes its whole body before it reads the answer
+# (http.client, for one) sees "broken pipe" or "connection reset" instead of the 413. So, like nginx's lingering
+# close, the rest of the body is read and thrown away once the 413 is sent, within two bounds; beyond them the
+# connection is just closed. Bytes: a client a few times over the limit (a wrong setting, an oversized bundle) is worth
+# its answer, one sending far more is not worth the bandwidth. Time: a client that drips its body must not hold a sync
+# worker, which serves no one else meanwhile, for longer than this.
+DISCARD_LIMIT_MULTIPLE = 4
+DISCARD_DEADLINE_S = 2.0
+_DISCARD_READ_BYTES = 64 * 1024
+
+
+def _discard_rest_of_body(response: Response) -> None:
+    """Have `response` (a 413) read and throw away what is left of the request body after it is sent.
+
+    Runs only under a server that hands the connection over (gunicorn, Werkzeug's development server): its socket is
+    what enforces the deadline. Reading goes through wsgi.input, which knows where the body ends (Content-Length or
+    the last chunk), so a keep-alive connection stays usable.
+    """
+    environ = request.environ
+    connection = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if not isinstance(connection, socket.socket):
+        return
+    # Declared: nothing of it was read (refused on the header). Chunked: the limit was read, this much more may be.
+    budget = DISCARD_LIMIT_MULTIPLE * state().settings.max_body_bytes
+    declared = request.content_length
+    if declared is not None:
+        if declared > budget:
+            return  # beyond the bound from the start: closing now beats reading a part of it
+        budget = declared
+    response.call_on_close(functools.partial(_read_and_discard, environ["wsgi.input"], connection, budget))
+
+
+def _read_and_discard(stream: Any, connection: socket.socket, budget: int) -> None:
+    # A blocking read honours no deadline of ours (gunicorn reads until it has what was asked for, however slowly the
+    # bytes come): at the deadline, shutting down the reading side ends it at once, and the connection then closes.
+    timer = threading.Timer(DISCARD_DEADLINE_S, _stop_reading, (connection,))
+    timer.daemon = True
+    timer.start()
+    try:
+        while budget > 0:
+            data = stream.read(min(_DISCARD_READ_BYTES, budget))
+            if not data:
+                return
+            budget -= len(data)
+    except Exception:  # a cut or malformed body, a reset: the answer is out, the server closes the connection
+        return
+    finally:
+        timer.cancel()
+
+
+def _stop_reading(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        connection.shutdown(socket.SHUT_RD)
 
 
 def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
@@ -266,7 +333,10 @@ def _cds_error(error: CdsError) -> Response:
             g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in error.fhir_timings]
     if error.status == 401:  # no body, as the CDS Hooks best practices ask; RFC 6750 says why in the header
         return Response(status=401, headers={"WWW-Authenticate": www_authenticate(error)})
-    return operation_outcome(error.status, error.code, error.message)
+    response = operation_outcome(error.status, error.code, error.message)
+    if isinstance(error, PayloadTooLarge):
+        _discard_rest_of_body(response)
+    return response
 
 
 def _http_error(error: HTTPException) -> Response:

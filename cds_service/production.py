@@ -12,7 +12,7 @@ in the ConfigMap):
     MTOR_CDS_BIND             full bind address; wins over PORT (e.g. "0.0.0.0:9000", "unix:/tmp/s")
     PORT                      port to listen on, on all interfaces (the image sets PORT=8080)
     WEB_CONCURRENCY           worker processes (default: 4 x the CPUs this process may use)
-    GUNICORN_WORKER_CLASS     worker class (default: sync)
+    GUNICORN_WORKER_CLASS     worker class (default: sync; sync and gthread answer their own errors in JSON, below)
     GUNICORN_THREADS          threads per gthread worker (default: 1; only with GUNICORN_WORKER_CLASS=gthread)
     GUNICORN_TIMEOUT          seconds a worker may stay silent before it is killed (default: 30)
     GUNICORN_GRACEFUL_TIMEOUT seconds in-flight requests get to finish on shutdown (default: 25)
@@ -31,14 +31,20 @@ the master, before the app is loaded) before anything imports it.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
-__all__ = ["cpu_count", "gunicorn_settings", "run_gunicorn", "serving_settings"]
+from gunicorn import util as gunicorn_util
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
+__all__ = ["JsonErrorSyncWorker", "JsonErrorThreadWorker", "cpu_count", "gunicorn_settings", "run_gunicorn", "serving_settings"]
 
 DEFAULT_BIND = "127.0.0.1:8080"
 _OWN_METRICS_DIR_PREFIX = "mtor-cds-prometheus-"
@@ -67,6 +73,10 @@ _own_metrics_dir: str | None = None  # the directory serving_settings() created 
 DEFAULT_WORKER_CLASS = "sync"
 DEFAULT_THREADS = 1
 WORKERS_PER_CPU = 4
+
+# The worker classes the service runs with, as gunicorn is given them: its own sync and gthread workers, answering the
+# requests gunicorn refuses itself in JSON (_answer_in_json below). Any other GUNICORN_WORKER_CLASS is used as given.
+JSON_ERROR_WORKERS = {"sync": "cds_service.production.JsonErrorSyncWorker", "gthread": "cds_service.production.JsonErrorThreadWorker"}
 
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -112,8 +122,11 @@ def gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
 
     # --- Concurrency (see the comment on DEFAULT_WORKER_CLASS above) ------------------------------
     settings["workers"] = _env_int(env, "WEB_CONCURRENCY", WORKERS_PER_CPU * cpu_count())
-    settings["worker_class"] = env.get("GUNICORN_WORKER_CLASS", DEFAULT_WORKER_CLASS)
     settings["threads"] = _env_int(env, "GUNICORN_THREADS", DEFAULT_THREADS)
+    worker_class = env.get("GUNICORN_WORKER_CLASS", DEFAULT_WORKER_CLASS)
+    if worker_class == "sync" and settings["threads"] > 1:
+        worker_class = "gthread"  # as gunicorn itself does with sync and threads
+    settings["worker_class"] = JSON_ERROR_WORKERS.get(worker_class, worker_class)
 
     # --- Timeouts --------------------------------------------------------------------------------
     # A hook call is bounded by CDS_FHIR_DEADLINE_S (3 s by default) plus rule time, so 30 s only
@@ -179,6 +192,66 @@ def serving_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         _own_metrics_dir = tempfile.mkdtemp(prefix=_OWN_METRICS_DIR_PREFIX, dir=base)
         settings["raw_env"] = [f"PROMETHEUS_MULTIPROC_DIR={_own_metrics_dir}"]
     return settings
+
+
+# --- gunicorn's own error answers, in JSON --------------------------------------------------------
+
+# What a caller is told, by status; never anything of its request (gunicorn's page quotes the request line or header).
+_GUNICORN_ERRORS = {
+    400: ("invalid", "the request is not valid HTTP/1.1 (request line, headers or chunked body)"),
+    414: ("too-costly", "the request line is longer than the server accepts"),
+    431: ("too-costly", "the request headers are more or larger than the server accepts"),
+}
+
+
+class _CapturedAnswer:
+    """Stands for the connection while gunicorn's handle_error runs: keeps what it would send (gettimeout and sendall
+    are all util.write_error uses)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def _answer_in_json(worker: Any, gunicorn_handle_error: Callable[..., None], req, client, addr, exc) -> None:
+    """A request gunicorn refuses before the app sees it (a malformed request line, 414, 431) is answered
+    by gunicorn with an HTML page; CDS Hooks asks for an OperationOutcome with every non-2xx. gunicorn still decides the
+    status and logs as it does; only the page it would write is replaced by an OperationOutcome with that status."""
+    captured = _CapturedAnswer()
+    gunicorn_handle_error(req, captured, addr, exc)
+    try:
+        status = int(captured.data.split(b" ", 2)[1])
+        HTTPStatus(status)
+    except (IndexError, ValueError):
+        status = 400 if captured.data else 500  # not gunicorn's status line: still an answer, never a page
+    code, message = _GUNICORN_ERRORS.get(status, ("exception" if status >= 500 else "invalid", HTTPStatus(status).phrase))
+    issue = {"severity": "fatal" if status >= 500 else "error", "code": code, "diagnostics": message}
+    body = json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+            f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n")
+    try:
+        gunicorn_util.write_nonblock(client, head.encode("ascii") + body)
+    except Exception:  # the client is gone; gunicorn does the same
+        worker.log.debug("Failed to send error message.")
+
+
+class JsonErrorSyncWorker(SyncWorker):
+    """gunicorn's sync worker, answering the requests it refuses itself with an OperationOutcome."""
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        _answer_in_json(self, super().handle_error, req, client, addr, exc)
+
+
+class JsonErrorThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, answering the requests it refuses itself with an OperationOutcome."""
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        _answer_in_json(self, super().handle_error, req, client, addr, exc)
 
 
 # --- gunicorn server hooks (run in the master) ----------------------------------------------------

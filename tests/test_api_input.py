@@ -247,6 +247,23 @@ def test_a_chunked_body_over_the_limit_is_413_even_when_its_first_part_is_valid_
     assert_outcome(chunked(small_client, PATIENT_VIEW, body), 413)
 
 
+def test_a_body_the_server_cannot_read_is_a_400_not_a_500(small_client):
+    """gunicorn raises from wsgi.input on a malformed chunk (InvalidChunkSize) or a body cut short (NoMoreData)."""
+
+    class InvalidChunkSize(Exception):  # like gunicorn's, which Werkzeug's stream wrapper does not turn into a 400
+        pass
+
+    class BrokenChunks(io.BytesIO):
+        def read(self, *args):
+            raise InvalidChunkSize("Invalid chunk size: 'zz'")
+
+        readinto = read
+
+    response = small_client.post(PATIENT_VIEW, input_stream=BrokenChunks(), content_type="application/json",
+                                 headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    assert "zz" not in assert_outcome(response, 400, "could not be read")
+
+
 def test_a_chunked_body_at_the_limit_is_read(small_client):
     body = b'{"hook": "patient-view"}'
     response = chunked(small_client, PATIENT_VIEW, body + b" " * (20_000 - len(body)))
@@ -375,7 +392,7 @@ def test_unusable_optional_prefetch_gives_findings_and_checks_incomplete(client,
 
 
 def test_werkzeug_errors_are_operation_outcomes_too(client):
-    """Routing (404, 405) and size (413) errors come from Werkzeug, not from our code: same shape."""
+    """Routing (404, 405) errors come from Werkzeug, not from our code: same shape. So does a declared size over the limit."""
     assert_outcome(client.get("/definitely/not/here"), 404)
     assert_outcome(client.delete("/cds-services"), 405)
     huge = client.post(PATIENT_VIEW, data=b"x", content_type="application/json", environ_overrides={"CONTENT_LENGTH": str(10**9)})

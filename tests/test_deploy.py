@@ -388,7 +388,7 @@ def test_gunicorn_defaults_are_loopback_and_sane():
     from cds_service.production import WORKERS_PER_CPU
 
     assert conf["workers"] == WORKERS_PER_CPU * conf["_cpu_count"]()
-    assert conf["worker_class"] in {"sync", "gthread", "gevent", "eventlet", "tornado"}
+    assert conf["worker_class"] == "cds_service.production.JsonErrorSyncWorker"  # gunicorn's sync worker, errors in JSON
     assert conf["threads"] >= 1
     assert conf["preload_app"] is True
     assert conf["accesslog"] is None
@@ -400,7 +400,8 @@ def test_gunicorn_bind_and_concurrency_follow_the_environment():
     assert load_gunicorn_conf({"PORT": "9000"})["bind"] == ["0.0.0.0:9000"]
     assert load_gunicorn_conf({"PORT": "9000", "MTOR_CDS_BIND": "unix:/tmp/s"})["bind"] == ["unix:/tmp/s"]
     conf = load_gunicorn_conf({"WEB_CONCURRENCY": "3", "GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "1"})
-    assert (conf["workers"], conf["worker_class"], conf["threads"]) == (3, "sync", 1)
+    assert (conf["workers"], conf["worker_class"], conf["threads"]) == (3, "cds_service.production.JsonErrorSyncWorker", 1)
+    assert load_gunicorn_conf({"GUNICORN_WORKER_CLASS": "gevent"})["worker_class"] == "gevent"
 
 
 def test_gunicorn_worker_tmp_dir_is_dev_shm_only_when_it_exists(monkeypatch):

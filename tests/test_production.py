@@ -71,11 +71,12 @@ def test_settings_come_from_one_place_and_follow_the_environment():
     settings = production.gunicorn_settings({})
     assert settings["bind"] == [production.DEFAULT_BIND]
     assert settings["workers"] == production.WORKERS_PER_CPU * production.cpu_count()
-    assert (settings["worker_class"], settings["threads"]) == (production.DEFAULT_WORKER_CLASS, production.DEFAULT_THREADS)
+    assert (settings["worker_class"], settings["threads"]) == (production.JSON_ERROR_WORKERS[production.DEFAULT_WORKER_CLASS],
+                                                             production.DEFAULT_THREADS)
     assert settings["preload_app"] is True
 
     custom = production.gunicorn_settings({"WEB_CONCURRENCY": "3", "GUNICORN_WORKER_CLASS": "sync", "PORT": "9000"})
-    assert (custom["workers"], custom["worker_class"], custom["bind"]) == (3, "sync", ["0.0.0.0:9000"])
+    assert (custom["workers"], custom["worker_class"], custom["bind"]) == (3, production.JSON_ERROR_WORKERS["sync"], ["0.0.0.0:9000"])
 
     # deploy/gunicorn.conf.py (what the container runs) holds exactly these settings.
     import runpy
