@@ -207,6 +207,29 @@ def test_medication_that_cannot_be_read_is_reported_incomplete(call_hook, fhir):
     assert "checks-incomplete" in core_topics(body)
 
 
+@pytest.mark.parametrize("reference", ["Medication/eve-3/_history/2", f"{BASE}/Medication/eve-3/_history/2"])
+def test_a_version_specific_medication_reference_names_that_medication(call_hook, fhir, reference):
+    """FHIR R4 references may carry /_history/[vid]: the everolimus behind one must not read as "unnamed medication"."""
+    by_reference = clarithromycin()
+    del by_reference["medicationCodeableConcept"]
+    by_reference["medicationReference"] = {"reference": reference}
+    included = {"resourceType": "Medication", "id": "eve-3", "code": {"text": "Afinitor 10 mg tablet"}}
+    request = with_server(hook_request("patient-view"))
+    request["prefetch"]["medications"] = bundle(by_reference, clarithromycin(), included)
+    assert core_topics(ok(call_hook(request))) == ["cyp3a4-interaction"]
+    assert fhir.urls == []
+
+
+@pytest.mark.parametrize("reference", [{"reference": "urn:uuid:6f1c9a3e-0d3b-4f4e-9a59-2d4b8f3f1d11"}, {"reference": "#not-there"},
+                                       {"identifier": {"system": "urn:example:formulary", "value": "eve-10"}}])
+def test_a_medication_reference_no_one_can_follow_says_checks_incomplete(call_hook, fhir, reference):
+    by_reference = clarithromycin()
+    del by_reference["medicationCodeableConcept"]
+    by_reference["medicationReference"] = reference
+    request = hook_request("patient-view", medications=[everolimus(), by_reference])
+    assert "checks-incomplete" in core_topics(ok(call_hook(request)))
+
+
 def test_included_medication_is_not_read_again(call_hook, fhir):
     by_reference = clarithromycin()
     del by_reference["medicationCodeableConcept"]

@@ -211,10 +211,13 @@ def _resolve_medication_references(
         if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str)
     }
     wanted = set()
+    unreadable = 0  # references no one can follow: never a silent "unnamed medication"
     for resource in [*(r for key in MEDICATION_KEYS for r in by_key.get(key, ())), *draft_resources(call)]:
         reference = medication_reference(resource)
         if reference and reference not in known:
             wanted.add(reference)
+        elif reference is None and _unfollowable_medication_reference(resource):
+            unreadable += 1
     if wanted and client:
         refs = sorted(wanted)
         if len(refs) > 1 and client.supports_batch():
@@ -222,7 +225,7 @@ def _resolve_medication_references(
         else:
             results = run_parallel({ref: partial(client.read, ref) for ref in refs}, client.deadline)
         known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
-    return known, len(wanted - known.keys())
+    return known, len(wanted - known.keys()) + unreadable
 
 
 def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None) -> int:
@@ -251,9 +254,24 @@ def medication_reference(resource: Mapping[str, Any]) -> str | None:
     if not isinstance(reference, str) or reference.startswith("#"):
         return None
     parts = reference.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":  # a version-specific reference (FHIR R4 references): that Medication
+        parts = parts[:-2]
     if len(parts) >= 2 and parts[-2] == "Medication" and parts[-1]:
         return f"Medication/{parts[-1]}"
     return None
+
+
+def _unfollowable_medication_reference(resource: Mapping[str, Any]) -> bool:
+    """A medicationReference that names no Medication this service can read: a contained one that is not there, or a
+    reference in another form (urn:uuid, conditional, identifier only). The drug then rests on its display alone."""
+    reference = resource.get("medicationReference")
+    if not isinstance(reference, dict):
+        return False
+    target = reference.get("reference")
+    if isinstance(target, str) and target.startswith("#"):
+        contained = resource.get("contained")
+        return not any(isinstance(c, dict) and c.get("id") == target[1:] for c in (contained if isinstance(contained, list) else ()))
+    return True  # medication_reference() could not read it
 
 
 def draft_resources(call: HookCall) -> list[dict[str, Any]]:
