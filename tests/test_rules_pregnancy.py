@@ -107,6 +107,19 @@ def test_not_pregnant_status_does_not_fire():
     assert pregnancy(observations=[pregnancy_status(False, days_ago=3)]) == []
 
 
+@pytest.mark.parametrize("snomed, loinc_answer, display", [("77386006", "LA15173-0", "Pregnant"), ("60001007", "LA26683-5", "Not pregnant")])
+def test_the_loinc_answers_of_pregnancy_status_read_as_their_snomed_equivalents(snomed, loinc_answer, display):
+    """The HL7 IPS value set for 82810-3 codes the answer in LOINC (LA15173-0 ~ 77386006, LA26683-5 ~ 60001007)."""
+    as_loinc = pregnancy_status(display == "Pregnant", days_ago=1)
+    as_loinc["valueCodeableConcept"] = concept(None, coding("http://loinc.org", loinc_answer, display))
+    if display == "Pregnant":
+        [finding] = pregnancy(observations=[as_loinc])
+        assert finding.severity is Severity.CRITICAL and finding.evidence[0].ref == ref(as_loinc)
+    else:  # a later "Not pregnant" outweighs an earlier positive test, as the SNOMED-coded answer does
+        assert pregnancy(observations=[hcg("positive", days_ago=5), as_loinc]) == []
+        assert pregnancy(observations=[hcg("positive", days_ago=5)]) != []
+
+
 # --- hCG ---------------------------------------------------------------------------------------
 
 
