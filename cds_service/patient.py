@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Generic, TypeVar, overload
 
 from cds_service.knowledge import DrugConcept, DrugRole
 
 _T = TypeVar("_T")
+# A result dated later than this after "now" is a data error (or another time zone's tomorrow): never the newest.
+RESULT_CLOCK_SKEW = timedelta(days=1)
 
 
 class cached(Generic[_T]):  # noqa: N801 -- used like functools.cached_property
@@ -169,9 +171,11 @@ class PatientSnapshot:
         return found
 
     def latest_lab(self, kind: str, analyte: str | None = None) -> LabResult | None:
-        """The newest dated result of a kind (and analyte); undated results never count as newest."""
+        """The newest dated result of a kind (and analyte); undated or future-dated results never count as newest."""
         of_kind = self._labs_by_kind.get(kind, ())
-        dated = [(lab.effective, lab) for lab in of_kind if lab.effective and (analyte is None or lab.analyte == analyte)]
+        latest_possible = self.now + RESULT_CLOCK_SKEW
+        dated = [(lab.effective, lab) for lab in of_kind
+                 if lab.effective and lab.effective <= latest_possible and (analyte is None or lab.analyte == analyte)]
         return max(dated, key=lambda pair: pair[0])[1] if dated else None
 
     # Rules ask the same questions of the same snapshot: indexed on first use (in __dict__, not fields).

@@ -97,6 +97,27 @@ def test_latest_level_by_date_wins_over_an_older_high_one():
     assert findings_for(level("everolimus", 22, days_ago=30), level("everolimus", 9, days_ago=2)) == []
 
 
+@pytest.mark.parametrize("pending", [
+    {"status": "registered", "valueQuantity": None},  # ordered, no result yet
+    {"status": "final", "valueQuantity": None,
+     "dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}},
+], ids=["registered", "data-absent"])
+def test_a_level_with_no_result_never_hides_the_latest_one(pending):
+    """FHIR R4: a registered Observation has no result yet; one with dataAbsentReason has none. Neither is the newest level."""
+    high = level("everolimus", 18.2, days_ago=3)
+    no_result = {k: v for k, v in {**level("everolimus", 0, days_ago=0.5), **pending}.items() if v is not None}
+    [finding] = findings_for(high, no_result)
+    assert finding.evidence[0].ref == ref(high) and finding.severity is Severity.WARNING
+
+
+def test_a_future_dated_level_is_never_the_latest():
+    """A result dated weeks ahead is a data error: it must not hide the real latest level (as pregnancy evidence does)."""
+    high = level("everolimus", 18.2, days_ago=3)
+    [finding] = findings_for(high, level("everolimus", 9, days_ago=-20))
+    assert finding.evidence[0].ref == ref(high)
+    assert findings_for(high, level("everolimus", 9, days_ago=-0.5)) == []  # later today in another time zone still counts
+
+
 def test_latest_high_level_wins_over_an_older_normal_one():
     latest = level("everolimus", 19, days_ago=2)
     [finding] = findings_for(level("everolimus", 9, days_ago=30), latest)

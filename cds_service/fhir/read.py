@@ -340,6 +340,8 @@ class _Reader:
             match = _named_drug_level(self.k, " ".join(texts))
         if match is None:
             return None  # not an observation any rule reads: skip it before any further work
+        if resource.get("status") == "registered" or not _has_result(resource):
+            return None  # no result yet, or none (dataAbsentReason): it must never stand as the newest of its kind
         kind, analyte = match
         effective = _datetime(
             resource.get("effectiveDateTime")
@@ -619,6 +621,12 @@ def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], te
 
 
 # --- small readers ------------------------------------------------------------------------------
+
+
+def _has_result(observation: Mapping[str, Any]) -> bool:
+    """An Observation that carries a result: a value[x] of any type, components, or an interpretation alone (a
+    qualitative test reported only as "POS")."""
+    return bool(observation.get("component") or observation.get("interpretation")) or any(key.startswith("value") for key in observation)
 
 
 def _do_not_perform(resource: Mapping[str, Any]) -> bool:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from cds_service.findings import PregnancyFinding, Severity
 from cds_service.knowledge import Knowledge
-from cds_service.patient import ConditionRecord, LabResult, PatientSnapshot
+from cds_service.patient import RESULT_CLOCK_SKEW, ConditionRecord, LabResult, PatientSnapshot
 from cds_service.rules.common import drug_of, own_label_instead, preferred_mtor, within_reproductive_ages
 
 Evidence = ConditionRecord | LabResult
@@ -51,14 +51,14 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
     now = snapshot.now
     latest_negative = max(
         (lab.effective for lab in snapshot.labs
-         if lab.effective and lab.effective <= now + timedelta(days=1)
+         if lab.effective and lab.effective <= now + RESULT_CLOCK_SKEW
          and lab.result in ("negative", "not-pregnant") and lab.kind in ("hcg", "pregnancy-status")),
         default=None,
     )
     candidates: list[tuple[datetime | None, Evidence]] = []
     unconfirmed: list[tuple[datetime | None, Evidence]] = []  # quantitative hCG not below the cut-off, uninterpreted
     for lab in snapshot.labs:
-        if lab.effective is None or lab.effective > now + timedelta(days=1):
+        if lab.effective is None or lab.effective > now + RESULT_CLOCK_SKEW:
             continue
         if (lab.kind, lab.result) in (("pregnancy-status", "pregnant"), ("hcg", "positive")):
             candidates.append((lab.effective, lab))
