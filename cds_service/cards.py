@@ -259,17 +259,23 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
     drug, mtor = top.drug, _mtor(top)
     evidence = top.evidence[0]
     seen = _evidence_date(evidence)
-    unconfirmed = top.hcg_cutoff_iu_per_l is not None
+    unconfirmed = top.unconfirmed
+    doing = "ordering" if mtor.is_draft else "taking"
     if top.stale_after_days is not None:
         summary = f"Pregnancy evidence from {_human(seen) if seen else 'an unknown date'} is over {top.stale_after_days} days old: confirm status before {drug}"
+    elif top.hcg_cutoff_iu_per_l is not None:
+        summary = f"hCG not below the non-pregnant cut-off while {doing} {drug}: confirm pregnancy status"
     elif unconfirmed:
-        summary = f"hCG not below the non-pregnant cut-off while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm pregnancy status"
+        summary = f"Possible pregnancy (unconfirmed) on record while {doing} {drug}: confirm pregnancy status"
     else:
-        summary = f"Pregnancy on record while {'ordering' if mtor.is_draft else 'taking'} {drug}: confirm it and review the order"
-    if unconfirmed and top.stale_after_days is None:
+        summary = f"Pregnancy on record while {doing} {drug}: confirm it and review the order"
+    if top.hcg_cutoff_iu_per_l is not None and top.stale_after_days is None:
         evidence_line = (f"- Quantitative hCG: {_pregnancy_evidence(evidence)}, at or above the non-pregnant cut-off of "
                          f"{top.hcg_cutoff_iu_per_l:g} IU/L; the lab sent no interpretation or reference range, so it is "
                          "read neither as positive nor as negative.")
+    elif unconfirmed and top.stale_after_days is None:
+        evidence_line = (f"- Possible pregnancy: {_pregnancy_evidence(evidence)}, recorded as not confirmed (unconfirmed, "
+                         "provisional or differential diagnosis).")
     else:
         evidence_line = f"- Evidence of pregnancy: {_pregnancy_evidence(evidence)}."
     lines = [evidence_line,
@@ -294,7 +300,7 @@ def _pregnancy_evidence(evidence: ConditionRecord | LabResult) -> str:
     if isinstance(evidence, LabResult):
         result = {"indeterminate": md_text(evidence.value_as_written or "")}.get(evidence.result or "", evidence.result or "")
         return f"**{md_text(evidence.text)}** {result} on {when}"
-    return f"active condition **{md_text(evidence.text)}** recorded on {when}"
+    return f"{'condition' if evidence.is_unconfirmed else 'active condition'} **{md_text(evidence.text)}** recorded on {when}"
 
 
 def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot: PatientSnapshot) -> CardText:

@@ -161,6 +161,7 @@ class PregnancyFinding(Finding):
     contraception_weeks: int | None
     stale_after_days: int | None = None  # set when the evidence is older than its look-back window: ask to recheck
     hcg_cutoff_iu_per_l: float | None = None  # set when the evidence is a quantitative hCG at or above it, uninterpreted
+    unconfirmed: bool = False  # that hCG, or a pregnancy Condition recorded as unconfirmed: ask to confirm, never remove
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

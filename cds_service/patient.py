@@ -108,9 +108,12 @@ class ConditionRecord:
     ref: str
     text: str
     codes: frozenset[tuple[str, str]]
-    is_active: bool
+    is_active: bool  # clinically active and confirmed (or verification not stated): what every rule counts
     asserted: datetime | None  # onset, else recordedDate
     kinds: frozenset[str] = frozenset()  # what the knowledge recognises: "pregnancy", "tsc-aml", ...
+    # clinically active but verificationStatus unconfirmed, provisional or differential: a candidate diagnosis, never a
+    # basis for a card, except pregnancy, which then asks to confirm it
+    is_unconfirmed: bool = False
 
 
 NEVER_SURGERY = "never"

@@ -14,10 +14,13 @@ from snapshots import (
     SEGA_RECORD,
     SNOMED,
     TSC_RECORD,
+    condition,
     condition_record,
+    everolimus,
     knowledge,
     mtor_order,
     record_snapshot,
+    rule_findings,
 )
 
 K = knowledge()
@@ -38,6 +41,16 @@ def test_resolved_sepsis_does_not_fire_but_active_sepsis_does():
     assert check_infection(record_snapshot([mtor_order()], [], [condition_record("91302008", active=False)]), K) == []
     [finding] = check_infection(record_snapshot([mtor_order()], [], [condition_record("91302008")]), K)
     assert finding.kind == "severe-infection"
+
+
+@pytest.mark.parametrize("verification", ["unconfirmed", "provisional", "differential"])
+def test_a_condition_not_confirmed_is_no_basis_for_the_hepatic_or_infection_card(verification):
+    """FHIR R4 condition-ver-status: a candidate diagnosis must not set a dose or hold the drug; confirmed still does."""
+    for rule, code in ((check_hepatic_impairment, "19943007"), (check_infection, "91302008")):  # cirrhosis, sepsis
+        assert rule_findings(rule, hook="patient-view", medications=[everolimus()],
+                             conditions=[condition(SNOMED, code, verification=verification)]) == []
+        assert rule_findings(rule, hook="patient-view", medications=[everolimus()],
+                             conditions=[condition(SNOMED, code, verification="confirmed")]) != []
 
 
 def test_pneumonitis_fires_with_its_own_advice():

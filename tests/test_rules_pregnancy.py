@@ -86,6 +86,22 @@ def test_pregnancy_condition_that_is_not_current_does_not_fire(status_fields):
     assert pregnancy(conditions=[condition(SNOMED, "72892002", "Normal pregnancy", **status_fields)]) == []
 
 
+@pytest.mark.parametrize("verification", ["unconfirmed", "provisional", "differential"])
+def test_an_unconfirmed_pregnancy_condition_asks_to_confirm_and_offers_no_removal(client, verification):
+    """FHIR R4 condition-ver-status: unconfirmed (and provisional, differential) is not sufficient evidence to treat as
+    confirmed: a warning to confirm pregnancy status, never the critical card with "remove the order"."""
+    possible = condition(SNOMED, "72892002", "Normal pregnancy", verification=verification)
+    [finding] = pregnancy(conditions=[possible], medications=[], drafts=[everolimus(draft=True)])
+    assert finding.severity is Severity.WARNING and finding.unconfirmed and finding.hcg_cutoff_iu_per_l is None
+    body = hook_request("order-sign", drafts=[everolimus(draft=True)], conditions=[possible])
+    [card] = [c for c in client.post("/cds-services/mtor-safety-order-sign", json=body).get_json()["cards"]
+              if c["source"]["topic"]["code"] == "pregnancy"]
+    assert card["indicator"] == "warning" and card["summary"].startswith("Possible pregnancy (unconfirmed)")
+    assert "recorded as not confirmed" in card["detail"] and "suggestions" not in card
+    confirmed = condition(SNOMED, "72892002", "Normal pregnancy", verification="confirmed")
+    assert pregnancy(conditions=[confirmed], medications=[], drafts=[everolimus(draft=True)])[0].severity is Severity.CRITICAL
+
+
 def test_pregnancy_condition_without_clinical_status_or_abatement_counts_as_active():
     [finding] = pregnancy(conditions=[condition(SNOMED, "72892002", "Normal pregnancy", clinical=None)])
     assert finding.severity is Severity.CRITICAL
@@ -340,3 +356,6 @@ def test_the_readme_card_table_states_the_unconfirmed_hcg_warning():
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
     assert "A serum quantitative hCG at or above 5 IU/L that the lab neither interpreted nor gave a range for is not read as positive" in readme
     assert knowledge().quantitative_hcg.negative_below_iu_per_l == 5
+    assert ("So does a pregnancy Condition whose verificationStatus is unconfirmed, provisional or differential (no card of any "
+            "topic rests on a diagnosis recorded so)") in readme
+    assert "`warning` for an uninterpreted quantitative hCG or an unconfirmed pregnancy Condition;" in readme

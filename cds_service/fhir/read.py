@@ -46,6 +46,7 @@ _IMMUNITY_TEST_WORDS = frozenset({"titer", "titre", "titers", "titres", "antibod
                                   "immunity"})
 
 
+_UNCONFIRMED_VERIFICATION = frozenset({"unconfirmed", "provisional", "differential"})
 _ORDER_KINDS = {"MedicationRequest": "request", "MedicationStatement": "statement", "Immunization": "immunization"}
 
 
@@ -467,16 +468,20 @@ class _Reader:
         clinical = {c.get("code") for c in self._codings(resource.get("clinicalStatus"))}
         verification = {c.get("code") for c in self._codings(resource.get("verificationStatus"))}
         abated = any(k.startswith("abatement") for k in resource)
-        is_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not (
+        clinically_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not (
             verification & {"refuted", "entered-in-error"}
         )
+        # FHIR R4 condition-ver-status: unconfirmed, and its children provisional and differential, are "not sufficient
+        # evidence to treat this as a confirmed condition"; confirmed wins when both are coded
+        unconfirmed = bool(verification & _UNCONFIRMED_VERIFICATION) and "confirmed" not in verification
         return ConditionRecord(
             ref=f"Condition/{resource.get('id')}",
             text=_display(texts, codings) or "condition",
             codes=codes,
             kinds=kinds,
-            is_active=is_active,
+            is_active=clinically_active and not unconfirmed,
             asserted=asserted,
+            is_unconfirmed=clinically_active and unconfirmed,
         )
 
     def procedure_event(self, resource: Mapping, *, is_draft: bool) -> ProcedureEvent | None:

@@ -31,7 +31,8 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
     pregnancy = knowledge.pregnancy_advice[drug_of(mtor)]
     own_label = own_label_instead(mtor, knowledge, snapshot)  # Zortress, Fyarro: no Afinitor/Rapamune weeks or section
     window = knowledge.lookback[_window_of(evidence)]
-    unconfirmed = isinstance(evidence, LabResult) and evidence.result == "indeterminate"
+    uninterpreted_hcg = isinstance(evidence, LabResult) and evidence.result == "indeterminate"
+    unconfirmed = uninterpreted_hcg or (isinstance(evidence, ConditionRecord) and evidence.is_unconfirmed)
     return [
         PregnancyFinding(
             severity=Severity.INFO if not current else Severity.WARNING if unconfirmed else Severity.CRITICAL,
@@ -41,7 +42,8 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
             section="" if own_label else pregnancy.section,
             contraception_weeks=None if own_label else pregnancy.contraception_weeks_after_last_dose,
             stale_after_days=None if current else window.max_age_days,
-            hcg_cutoff_iu_per_l=knowledge.quantitative_hcg.negative_below_iu_per_l if unconfirmed else None,
+            hcg_cutoff_iu_per_l=knowledge.quantitative_hcg.negative_below_iu_per_l if uninterpreted_hcg else None,
+            unconfirmed=unconfirmed,
         )
     ]
 
@@ -56,7 +58,8 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
         default=None,
     )
     candidates: list[tuple[datetime | None, Evidence]] = []
-    unconfirmed: list[tuple[datetime | None, Evidence]] = []  # quantitative hCG not below the cut-off, uninterpreted
+    # quantitative hCG not below the cut-off, uninterpreted; a pregnancy Condition recorded as unconfirmed
+    unconfirmed: list[tuple[datetime | None, Evidence]] = []
     for lab in snapshot.labs:
         if lab.effective is None or lab.effective > now + RESULT_CLOCK_SKEW:
             continue
@@ -66,6 +69,7 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
             unconfirmed.append((lab.effective, lab))
     for condition in snapshot.active_conditions("pregnancy"):
         candidates.append((condition.asserted, condition))
+    unconfirmed += [(c.asserted, c) for c in snapshot.conditions if c.is_unconfirmed and "pregnancy" in c.kinds]
     pregnancy_days = knowledge.lookback["pregnancy-condition"].max_age_days or 0
     # Definite evidence first; an unconfirmed result speaks only when nothing definite does (then it asks to confirm),
     # and not for a patient known to be outside reproductive potential (postmenopausal limits reach 7-8 IU/L).
