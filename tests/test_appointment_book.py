@@ -91,6 +91,14 @@ def test_surgical_appointment_being_booked_names_the_date_the_last_dose_and_the_
     assert "Restart no earlier than **19 Dec** (14 days after major surgery)" in card["detail"]
 
 
+def test_a_waitlisted_surgery_with_only_its_requested_window_is_dated_by_its_earliest_day(client):
+    """FHIR R4 (invariant app-3): a proposed or waitlisted Appointment may carry only requestedPeriod, no start."""
+    waiting = surgical(12, status="waitlist")
+    waiting["requestedPeriod"] = [{"start": waiting.pop("start"), "end": waiting.pop("end", None) or "2026-12-20T17:00:00Z"}]
+    card = surgery_card(book(client, waiting))
+    assert card["summary"] == "Surgery on 5 Dec: last everolimus dose 27 Nov, restart no earlier than 19 Dec"
+
+
 def test_booking_offers_a_task_for_the_prescriber_with_selection_behavior(client):
     prescribed = everolimus(requester={"reference": "Practitioner/dr-ng"})
     booked = surgical(12)

@@ -221,6 +221,13 @@ def test_positive_hcg_by_interpretation_fires():
     assert pregnancy(observations=[hcg(None, days_ago=2, interpretation=interpretation)])
 
 
+def test_hcg_reported_as_a_boolean_is_read():
+    """FHIR R4 Observation.valueBoolean: a qualitative test reported as detected (true) or not (false)."""
+    [finding] = pregnancy(observations=[hcg(None, days_ago=2, valueBoolean=True)])
+    assert finding.severity is Severity.CRITICAL
+    assert pregnancy(observations=[hcg("positive", days_ago=5), hcg(None, days_ago=1, valueBoolean=False)]) == []
+
+
 def test_positive_hcg_by_value_string_fires():
     assert pregnancy(observations=[hcg(None, days_ago=2, valueString="Positive")])
 

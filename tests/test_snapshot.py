@@ -229,6 +229,13 @@ def test_a_draft_immunization_entered_in_error_orders_nothing_but_one_not_done_y
     assert not_given_yet["status"] == "not-done" and len(orders_of(everolimus(), drafts=[not_given_yet])) == 2
 
 
+def test_a_draft_immunization_not_done_for_a_reason_orders_nothing():
+    """not-done with a statusReason (immunity, medical precaution, refusal) records a vaccine not given."""
+    not_given = {**immunization("MMR", cvx="03"), "statusReason": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "MEDPREC", "display": "medical precaution"}]}}
+    assert [o.mtor_drug for o in orders_of(everolimus(), drafts=[not_given])] == ["everolimus"]
+
+
 def test_draft_service_request_becomes_a_planned_procedure():
     draft = service_request("Nephrectomy", 3, status="draft")
     [event] = snapshot_of(hook="order-sign", drafts=[draft]).procedures

@@ -94,7 +94,8 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         ref = f"{rtype}/{resource.get('id')}" if rtype else ""
         if rtype in ("MedicationRequest", "Immunization"):
             order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections)
-            if order and (order.status in ENDED_DRAFT_STATUSES[rtype] or _do_not_perform(order.resource)):
+            if order and (order.status in ENDED_DRAFT_STATUSES[rtype] or _do_not_perform(order.resource)
+                          or (rtype == "Immunization" and _not_given_for_a_reason(order.resource))):
                 medications.pop(order.ref, None)
             elif order:
                 medications[order.ref] = order  # a re-signed order replaces its prefetched twin
@@ -444,6 +445,8 @@ class _Reader:
             return "positive"
         if codes & self.k.result_negative:
             return "negative"
+        if isinstance(resource.get("valueBoolean"), bool):  # a qualitative test reported as detected / not detected
+            return "positive" if resource["valueBoolean"] else "negative"
         words = " ".join(normalize_text(str(resource.get("valueString") or _get(resource, "valueCodeableConcept", "text") or "")))
         if words in self.k.result_negative_words:
             return "negative"
@@ -508,7 +511,8 @@ class _Reader:
             concepts = [resource.get("code"), resource.get("category")]
             texts = [t for c in concepts for t in _texts(c)]
         elif rtype == "Appointment":
-            when = resource.get("start")
+            # a proposed or waitlisted one may have only the window asked for (FHIR R4 invariant app-3): its earliest day
+            when = resource.get("start") or _get(_first(resource.get("requestedPeriod")), "start")
             # The specialty is not read as text: "General surgery" names who, not what is booked.
             concepts = [*(resource.get("serviceType") or ()), *(resource.get("serviceCategory") or ()),
                         resource.get("appointmentType"), *(resource.get("reasonCode") or ())]
@@ -632,6 +636,12 @@ def _has_result(observation: Mapping[str, Any]) -> bool:
     """An Observation that carries a result: a value[x] of any type, components, or an interpretation alone (a
     qualitative test reported only as "POS")."""
     return bool(observation.get("component") or observation.get("interpretation")) or any(key.startswith("value") for key in observation)
+
+
+def _not_given_for_a_reason(immunization: Mapping[str, Any]) -> bool:
+    """A not-done Immunization with a statusReason (immunity, medical precaution, refusal) records a vaccine NOT given:
+    only a not-done one without a reason may be the vaccination about to be given."""
+    return immunization.get("status") == "not-done" and bool(immunization.get("statusReason"))
 
 
 def _do_not_perform(resource: Mapping[str, Any]) -> bool:
