@@ -230,6 +230,23 @@ def test_a_medication_reference_no_one_can_follow_says_checks_incomplete(call_ho
     assert "checks-incomplete" in core_topics(ok(call_hook(request)))
 
 
+def outcome_entry(severity: str, code: str) -> dict:
+    return {"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code}]},
+            "search": {"mode": "outcome"}}
+
+
+@pytest.mark.parametrize("severity, code", [("warning", "incomplete"), ("error", "processing"), ("information", "too-costly")])
+def test_a_searchset_whose_outcome_says_it_is_incomplete_is_not_an_all_clear(call_hook, fhir, severity, code):
+    """An OperationOutcome entry in a searchset that reports an error or cut-short results: what came is not all."""
+    request = hook_request("patient-view", medications=[everolimus()])
+    request["prefetch"]["medications"]["entry"].append(outcome_entry(severity, code))
+    body = ok(call_hook(request))
+    assert "checks-incomplete" in core_topics(body)
+    quiet = hook_request("patient-view", medications=[everolimus()])
+    quiet["prefetch"]["medications"]["entry"].append(outcome_entry("information", "informational"))
+    assert "checks-incomplete" not in core_topics(ok(call_hook(quiet)))
+
+
 def test_included_medication_is_not_read_again(call_hook, fhir):
     by_reference = clarithromycin()
     del by_reference["medicationCodeableConcept"]

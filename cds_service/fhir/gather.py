@@ -90,6 +90,9 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         else:
             by_key[key] = result
     _cap_resources(by_key, reasons, drafts)
+    for key, resources in by_key.items():
+        if key not in reasons and _says_incomplete(resources):
+            reasons[key] = "the FHIR server said its results are incomplete"
     timings = client.timings if client else []
     if refusal:
         timings = [QueryTiming("-", QueryOutcome.NOT_ALLOWED, 0.0)]
@@ -112,6 +115,22 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         reasons.setdefault("serviceRequests", f"{missing_orders} ServiceRequest(s) an appointment is based on could not be read")
     unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
     return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons)
+
+
+_INCOMPLETE_ISSUES = frozenset({"incomplete", "too-costly", "throttled", "timeout"})  # FHIR R4 issue-type codes
+
+
+def _says_incomplete(resources: list[dict[str, Any]]) -> bool:
+    """A searchset may carry an OperationOutcome entry (search.mode "outcome"): an error, or an issue saying the results
+    were cut short, means what came is not all there is. Information and warnings (an ignored parameter) do not."""
+    for resource in resources:
+        if resource.get("resourceType") != "OperationOutcome":
+            continue
+        issues = resource.get("issue")
+        for issue in issues if isinstance(issues, list) else ():
+            if isinstance(issue, dict) and (issue.get("severity") in ("error", "fatal") or issue.get("code") in _INCOMPLETE_ISSUES):
+                return True
+    return False
 
 
 def _client_for(call: HookCall, settings: Settings, deadline: Deadline) -> tuple[FhirClient | None, str]:
