@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from cds_assertions import assert_valid_cds_response, topics_of
 from cds_service import limits
 from snapshots import SNOMED, condition, everolimus, hook_request, level, med
@@ -83,6 +85,16 @@ def test_order_select_of_an_interacting_drug_with_an_unresolved_medication_says_
     current = med(None, medicationReference={"reference": "Medication/not-sent"})
     del current["medicationCodeableConcept"]
     body = hook_request("order-select", medications=[current], drafts=[clarithromycin(draft=True)])
+    assert topics_of(client.post(ORDER_SELECT, json=body).get_json()) == ["checks-incomplete"]
+
+
+@pytest.mark.parametrize("current", ["everolimus", "none"])
+def test_order_select_of_a_drug_whose_medication_cannot_be_had_says_checks_incomplete(client, current):
+    """The selected order may be clarithromycin (or the mTOR inhibitor itself): its Medication was neither prefetched nor
+    fetchable, so an empty answer would read as "nothing interacts"."""
+    selected = med(None, draft=True, medicationReference={"reference": "Medication/not-sent/_history/1"})
+    del selected["medicationCodeableConcept"]
+    body = hook_request("order-select", medications=[everolimus()] if current == "everolimus" else [], drafts=[selected])
     assert topics_of(client.post(ORDER_SELECT, json=body).get_json()) == ["checks-incomplete"]
 
 

@@ -38,6 +38,7 @@ class GatheredData:
     fhir_server_refused: bool = False
     malformed_entries: int = 0  # prefetched Bundle entries with no resource object
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # unchecked key -> why, for the 412 and logs
+    unresolved_drafts: frozenset[str] = frozenset()  # draft orders ("MedicationRequest/1") whose Medication could not be had
 
 
 def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> GatheredData:
@@ -103,7 +104,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
             + "; ".join(f"{k} ({reasons.get(k, 'not available')})" for k in missing_required),
             fhir_timings=timings,
         )
-    medications, unresolved = _resolve_medication_references(by_key, call, client)
+    medications, unresolved, unresolved_drafts = _resolve_medication_references(by_key, call, client)
     if unresolved:
         timings = [*timings, *(QueryTiming("Medication", QueryOutcome.UNRESOLVED, 0.0) for _ in range(unresolved))]
         # An order we cannot identify must not read as "nothing interacting".
@@ -114,7 +115,8 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         # Whether the appointment being booked is surgery may rest on the order it is based on.
         reasons.setdefault("serviceRequests", f"{missing_orders} ServiceRequest(s) an appointment is based on could not be read")
     unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
-    return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons)
+    return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons,
+                        unresolved_drafts)
 
 
 _INCOMPLETE_ISSUES = frozenset({"incomplete", "too-costly", "throttled", "timeout"})  # FHIR R4 issue-type codes
@@ -221,8 +223,9 @@ def _outcome_text(value: Any) -> str:
 
 def _resolve_medication_references(
     by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None
-) -> tuple[dict[str, dict[str, Any]], int]:
-    """Medication resources by reference (from any bundle, e.g. _include, else read) and how many stayed unresolved."""
+) -> tuple[dict[str, dict[str, Any]], int, frozenset[str]]:
+    """Medication resources by reference (from any bundle, e.g. _include, else read), how many stayed unresolved, and
+    the draft orders among them."""
     known = {
         f"Medication/{r.get('id')}": r
         for resources in by_key.values()
@@ -244,7 +247,11 @@ def _resolve_medication_references(
         else:
             results = run_parallel({ref: partial(client.read, ref) for ref in refs}, client.deadline)
         known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
-    return known, len(wanted - known.keys()) + unreadable
+    unresolved_drafts = frozenset(
+        f"{r.get('resourceType')}/{r.get('id')}" for r in draft_resources(call)
+        if (ref := medication_reference(r)) not in known and (ref is not None or _unfollowable_medication_reference(r))
+    )
+    return known, len(wanted - known.keys()) + unreadable, unresolved_drafts
 
 
 def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None) -> int:
