@@ -314,7 +314,7 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
         return CardText(_summary(summary, 1), detail)
     graded = [f for f in findings if isinstance(f, LipidGradeFinding)]
     lab: LabResult = top.evidence[0]
-    value = f"{_cap(top.analyte)} {lab.value:.0f} mg/dL on {_lab_day(lab)}"
+    value = f"{_cap(top.analyte)} {_mg_per_dl(lab)} on {_lab_day(lab)}"
     if top.stale_after_days is not None:
         summary = f"{value} (CTCAE grade {top.grade}) is over {top.stale_after_days} days old: recheck a fasting lipid panel"
     elif not top.label_action:
@@ -325,7 +325,7 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
     for f in graded:
         lab = f.evidence[0]
         written = f" (reported as {md_text(lab.value_as_written)})" if not (lab.value_as_written or "").lower().endswith("mg/dl") else ""
-        lines.append(f"- {_cap(f.analyte)}: **{lab.value:.0f} mg/dL**{written} on {_lab_day(lab)}: CTCAE v5 grade {f.grade}.")
+        lines.append(f"- {_cap(f.analyte)}: **{_mg_per_dl(lab)}**{written} on {_lab_day(lab)}: CTCAE v5 grade {f.grade}.")
         if f.stale_after_days is not None:
             lines.append(f"  - Older than the {f.stale_after_days}-day look-back: no grade action is advised on it. "
                          "Order a fasting lipid panel and act on the new result.")
@@ -338,6 +338,12 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
     else:
         lines.append(f"\nSource: {_cite(top.source, top.section) if top.label_action else _cite(top.grade_source)}")
     return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _mg_per_dl(lab: LabResult) -> str:
+    """A lipid value for the card, its comparator kept ("> 1000 mg/dL": a bound, graded just beyond it)."""
+    assert lab.value is not None
+    return f"{lab.comparator + ' ' if lab.comparator else ''}{lab.value:.0f} mg/dL"
 
 
 def _hepatic_card(findings: list[HepaticFinding], snapshot: PatientSnapshot) -> CardText:
@@ -634,7 +640,7 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     proposal = top.proposal
     action = (f"reduce to {proposal.proposed_dose_mg:g} mg once daily" if proposal and proposal.proposed_dose_mg is not None
               else "review the dose")
-    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {when} is above the {limit:g} ng/mL limit: {action}"
+    summary = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {when} is above the {limit:g} ng/mL limit: {action}"
     lines = [_level_line(lab, drug), f"- Order: {md_text(mtor.text)} ({_order_state(mtor)}).", f"- {_target_range(top)}."]
     if top.context is not None and top.context.implied_only:  # no use on record: no dose from an assumed use
         lines.append(f"- {top.context.assumption} No dose is computed; review the dose for the patient's actual use.")
@@ -642,7 +648,7 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
         if top.assumed_indication and proposal and proposal.proposed_dose_mg is not None:
             lines.append(f"- No indication that sets a trough target is on record: the dose below assumes "
                          f"{top.assumed_indication}; it does not apply to fixed-dose TSC-AML, which has no trough target.")
-        lines += _dose_lines(proposal, lab, "reduce")
+        lines += _dose_lines(proposal, lab, "reduce", mtor)
     lines.append(f"- {_cap(_recheck_text(top.recheck, 'the change'))}; confirm the sample was drawn just before a dose.")
     lines.append(f"\nSource: {_cite(top.source, top.section)}.")
     return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, proposal))
@@ -660,10 +666,10 @@ def _trough_low_card(findings: list[TroughLowFinding], snapshot: PatientSnapshot
     proposal = top.proposal
     action = (f"consider {proposal.proposed_dose_mg:g} mg once daily" if proposal and proposal.proposed_dose_mg is not None
               else "check adherence, then review the dose")
-    summary = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)} is below the {low:g}-{high:g} ng/mL target: {action}"
+    summary = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {_lab_date(lab)} is below the {low:g}-{high:g} ng/mL target: {action}"
     lines = [_level_line(lab, drug), f"- Order: {md_text(mtor.text)} ({_order_state(mtor)}).",
              f"- Use: {_indication_text(top.indication)}; the label's trough target is {low:g}-{high:g} ng/mL."]
-    lines += _dose_lines(proposal, lab, "increase")
+    lines += _dose_lines(proposal, lab, "increase", mtor)
     lines.append(f"- Check adherence and interacting drugs first; {_recheck_text(top.recheck, 'any change')}.")
     lines.append(f"\nSource: {_cite(top.source, top.section)}.")
     return CardText(_summary(summary, 1), "\n".join(lines), _dose_suggestions(mtor, proposal))
@@ -683,7 +689,7 @@ def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     assert top.context is not None and lab.value is not None
     context, drug, mtor = top.context, top.drug, _mtor(top)
     product = context.product or drug
-    level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
+    level = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {_lab_date(lab)}"
     target = top.target
     lines = [f"- {level}; order: {md_text(mtor.text)}."]  # FHIR text in one place (md_text() when merged)
     if isinstance(top, TroughHighFinding) and top.target_unverified:
@@ -716,7 +722,7 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     """A level that cannot drive a dose (older than the look-back window, or drawn before steady state)."""
     assert lab.value is not None
     drug, mtor = top.drug, _mtor(top)
-    level = f"{_cap(drug)} trough {lab.value:.3g} ng/mL on {_lab_date(lab)}"
+    level = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {_lab_date(lab)}"
     until = top.not_steady_until
     if until is not None:
         when = "now" if until <= today else f"from {until.isoformat()}"
@@ -950,8 +956,9 @@ def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> 
     """An update of the MedicationRequest to the proposed dose, when the order states its dose in mg."""
     proposed = proposal.proposed_dose_mg if proposal else None
     dosage = (order.resource.get("dosageInstruction") or [None])[0]
-    if proposed is None or not isinstance(dosage, dict) or not order.resource.get("id") or order.doses_per_day not in (None, 1):
-        return []
+    if (proposed is None or not isinstance(dosage, dict) or not order.resource.get("id") or order.doses_per_day not in (None, 1)
+            or order.daily_dose_mg is None):
+        return []  # never a one-click change from an order whose daily dose cannot be read
     if proposal is not None and not proposal.fits_the_ordered_unit:
         return []  # the new dose needs another strength than the one ordered: not a one-click change
     updated = copy.deepcopy(dict(order.resource))
@@ -973,7 +980,13 @@ def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> 
     }]
 
 
-def _dose_lines(proposal: DoseProposal | None, lab: LabResult, verb: str) -> list[str]:
+def _dose_lines(proposal: DoseProposal | None, lab: LabResult, verb: str, order: MedicationOrder) -> list[str]:
+    if lab.comparator:  # the formula needs the level itself: "> 20" may be 21 or 60
+        return [f"- Reported as {lab.comparator} {lab.value:.3g} ng/mL: the dose cannot be computed from a bound; "
+                "review the dose."]
+    if order.frequency_unknown:
+        return ["- The order's daily dose cannot be read (how often it is taken is not stated in a form this service "
+                "reads, or it has several dosage lines): no dose is computed; review the dose."]
     if proposal is None:
         return [f"- {_cap(verb)} the dose as the label's therapeutic drug monitoring guidance says "
                 "(new dose = current dose × target trough / measured trough)."]
@@ -1007,7 +1020,13 @@ def _recheck_text(timing: TroughTiming | None, after: str) -> str:
 
 def _level_line(lab: LabResult, drug: str) -> str:
     written = f" (reported as {md_text(lab.value_as_written)})" if lab.value_as_written and not lab.value_as_written.endswith("ng/mL") else ""
-    return f"- Most recent {drug} level: **{lab.value:.3g} ng/mL**{written} on **{_lab_date(lab)}**."
+    return f"- Most recent {drug} level: **{_ng_per_ml(lab)}**{written} on **{_lab_date(lab)}**."
+
+
+def _ng_per_ml(lab: LabResult) -> str:
+    """A level for the card, its comparator kept: "> 20 ng/mL" is a bound, never the level itself."""
+    assert lab.value is not None
+    return f"{lab.comparator + ' ' if lab.comparator else ''}{lab.value:.3g} ng/mL"
 
 
 def _lab_date(lab: LabResult) -> str:

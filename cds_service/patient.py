@@ -54,6 +54,9 @@ class MedicationOrder:
     authored_on: datetime | None = None
     dose_mg: float | None = None  # per administration
     doses_per_day: float | None = None  # from dosageInstruction timing, when stated
+    # The timing says how often in a way that cannot be read with confidence (a timing.code this service does not map,
+    # a code that contradicts repeat, several dosage lines): the daily dose is unknown, never assumed once daily.
+    frequency_unknown: bool = False
     product_rxnorm: str | None = None  # the mTOR product code when one was recognised
     prior_prescription: str | None = None  # MedicationRequest.priorPrescription (relative reference), for renewals
     resource: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -78,8 +81,9 @@ class MedicationOrder:
 
     @property
     def daily_dose_mg(self) -> float | None:
-        """Dose per day; once daily when the order states no frequency (every mTOR label dose is once daily)."""
-        if self.dose_mg is None:
+        """Dose per day; once daily when the order states no frequency (every mTOR label dose is once daily); None when
+        the dose or how often it is taken cannot be read (no rule may compute a dose from a guessed schedule)."""
+        if self.dose_mg is None or self.frequency_unknown:
             return None
         return self.dose_mg * (self.doses_per_day or 1)
 
@@ -94,7 +98,9 @@ class LabResult:
     text: str
     analyte: str | None = None  # drug levels: "everolimus" | "sirolimus"; lipids: "triglycerides" | "cholesterol"
     value: float | None = None  # ng/mL (drug levels), mg/dL (lipids), cm (height), kg (weight)
-    value_as_written: str = ""  # e.g. "18.2 ug/L", for the card
+    value_as_written: str = ""  # e.g. "18.2 ug/L" or "> 20 ng/mL" (comparator kept), for the card
+    # Quantity.comparator ("<", "<=", ">=", ">"): the value is a bound, read just beyond it; None when exact
+    comparator: str | None = None
     unreadable_unit: str | None = None  # a quantity whose unit could not be converted
     result: str | None = None  # "positive" | "negative" | "pregnant" | "not-pregnant"
 

@@ -67,6 +67,11 @@ class Unreadable(ValueError):
     """A value that is present but cannot be used (out of range, not finite, negative): its resource is skipped."""
 
 
+class UnknownFrequency(ValueError):
+    """A dosage says how often in a form that cannot be read with confidence: the daily dose is unknown (never once
+    daily by default), the medication is still read."""
+
+
 # --- FHIR JSON -> snapshot ---------------------------------------------------------------------
 
 
@@ -229,7 +234,8 @@ class _Reader:
             codings, texts = self._medication_codes(resource)
         else:
             return None
-        dosage = _first(resource.get("dosageInstruction" if rtype != "MedicationStatement" else "dosage"))
+        dosages = resource.get("dosageInstruction" if rtype != "MedicationStatement" else "dosage")
+        dosage = _first(dosages)
         texts_for_exclusions = (*texts, *_texts(dosage), *_texts(dosage.get("route"))) if dosage else tuple(texts)
         when = resource.get("authoredOn") or resource.get("occurrenceDateTime")
         if rtype == "MedicationStatement":
@@ -237,9 +243,18 @@ class _Reader:
         # What the drug is matters more than when or how much (interactions, live vaccines): an out-of-range
         # date or amount reads as unknown here, and is said, rather than dropping the medication.
         unknown: list[str] = []
-        authored_on, dose_mg, doses_per_day = (
-            _or_unknown(_datetime, when, unknown), _or_unknown(_dose_mg, dosage, unknown), _or_unknown(_doses_per_day, dosage, unknown)
-        )
+        authored_on, dose_mg = _or_unknown(_datetime, when, unknown), _or_unknown(_dose_mg, dosage, unknown)
+        try:
+            doses_per_day = _or_unknown(_doses_per_day, dosage, unknown)
+            frequency_unknown = "_doses_per_day" in unknown  # out of range: unknown, never once daily
+        except UnknownFrequency:
+            doses_per_day, frequency_unknown = None, True
+        lines = [d for d in dosages if isinstance(d, dict)] if isinstance(dosages, list) else []
+        if len(lines) > 1:
+            # Several dosage lines (concurrent, or one after another by sequence): the first alone does not give the
+            # daily dose; the dose per administration stands only when every line states the same one.
+            frequency_unknown = True
+            dose_mg = dose_mg if all(_or_unknown(_dose_mg, d, []) == dose_mg for d in lines) else None
         if unknown:
             self.partly_read += 1
         return MedicationOrder(
@@ -253,6 +268,7 @@ class _Reader:
             authored_on=authored_on,
             dose_mg=dose_mg,
             doses_per_day=doses_per_day,
+            frequency_unknown=frequency_unknown,
             product_rxnorm=self._mtor_product_code(codings),
             prior_prescription=_reference(resource.get("priorPrescription")),
             resource=resource,
@@ -375,7 +391,8 @@ class _Reader:
         result = self._test_result(lab.resource)
         quantity = lab.resource.get("valueQuantity")
         written = ""
-        if result is None and isinstance(quantity, dict):
+        # a lower bound ("> 4 mIU/mL") is never negative, whatever its flag says: the value may be above any cut-off
+        if isinstance(quantity, dict) and (result is None or (result == "negative" and _comparator(quantity) in (">", ">="))):
             result = self._quantitative_hcg_result(lab.resource)
             written = _as_written(quantity)
         return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result, value_as_written=written)
@@ -385,26 +402,28 @@ class _Reader:
         referenceRange, then the sourced serum cut-off: below it negative, at or above it "indeterminate" (no sourced
         positive cut-off exists: the pregnancy rule asks to confirm); None when no cut-off applies (urine, molar units)."""
         q = self.k.quantitative_hcg
+        quantity = resource["valueQuantity"]
+        comparator = _comparator(quantity)
         interpretations = {(c.get("system"), c.get("code")) for i in resource.get("interpretation") or () for c in self._codings(i)}
         if interpretations & q.positive_interpretations:
             return "positive"
-        if interpretations & q.negative_interpretations:
+        if interpretations & q.negative_interpretations and comparator not in (">", ">="):
             return "negative"
-        quantity = resource["valueQuantity"]
         value = quantity.get("value")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
         for reference in resource.get("referenceRange") or ():
             high = reference.get("high") if isinstance(reference, dict) else None
             if isinstance(high, dict) and isinstance(high.get("value"), (int, float)) and _same_unit(high, quantity):
-                below = value < high["value"] or (quantity.get("comparator") in ("<", "<=") and value <= high["value"])
-                return "negative" if below else "positive"
+                side = _side_of(value, comparator, high["value"])
+                return {"below": "negative", "at or above": "positive"}.get(side or "")
         loinc = {c.get("code") for c in self._codings(resource.get("code")) if c.get("system") == LOINC}
         factor = next((q.iu_per_l_factor[u.strip().lower()] for u in (quantity.get("code"), quantity.get("unit"))
                        if isinstance(u, str) and u.strip().lower() in q.iu_per_l_factor), None)
         if loinc & q.threshold_loinc and factor is not None:
             # at or above the non-pregnant cut-off, with nothing from the lab to say more: not negative, not proven positive
-            return "negative" if value * factor < q.negative_below_iu_per_l else "indeterminate"
+            side = _side_of(value * factor, comparator, q.negative_below_iu_per_l)
+            return {"below": "negative", "at or above": "indeterminate"}.get(side or "")
         return None
 
     def _lipid(self, lab: _LabFacts) -> LabResult:
@@ -427,15 +446,18 @@ class _Reader:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return LabResult(ref, kind, effective, text, analyte=analyte, unreadable_unit="no numeric value")
         value = _measure(value)
-        if quantity.get("comparator") in ("<", "<="):
+        comparator = _comparator(quantity)
+        if comparator in ("<", "<="):
             value = max(value - 1e-9, 0.0)  # "< 2 ng/mL" is below 2
+        elif comparator in (">", ">="):
+            value += 1e-9  # "> 1000 mg/dL" is above 1000 (CTCAE grade 4, not 3); no dose is computed from a bound
         converted = None
         for unit in dict.fromkeys((quantity.get("code"), quantity.get("unit"))):
             if isinstance(unit, str) and converted is None:
                 converted = convert(value, unit.strip().replace("μ", "µ").lower())
         converted = None if converted is None else _measure(converted)
         return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=_as_written(quantity),
-                         unreadable_unit=None if converted is not None else unit_label or "no unit")
+                         unreadable_unit=None if converted is not None else unit_label or "no unit", comparator=comparator)
 
     def _test_result(self, resource: Mapping) -> str | None:
         codes = {(c.get("system"), c.get("code")) for c in self._codings(resource.get("valueCodeableConcept"))}
@@ -702,11 +724,36 @@ def _display(texts: list[str], codings: list[dict]) -> str:
 
 
 def _as_written(quantity: Mapping) -> str:
-    """A numeric quantity as the lab wrote it ("18.2 ug/L"), for the card; "" when it has no number."""
+    """A numeric quantity as the lab wrote it ("18.2 ug/L", "> 20 ng/mL"), for the card; "" when it has no number."""
     value = quantity.get("value")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return ""
-    return f"{value:g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
+    comparator = _comparator(quantity)
+    return f"{comparator + ' ' if comparator else ''}{value:g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
+
+
+_COMPARATORS = ("<", "<=", ">=", ">")  # FHIR R4 QuantityComparator (a required binding)
+
+
+def _comparator(quantity: Mapping) -> str | None:
+    """Quantity.comparator: how the actual value relates to the stated one (a bound); None for an exact value. Any
+    other code makes the value unreadable (what the number means is unknown)."""
+    comparator = quantity.get("comparator")
+    if comparator is None:
+        return None
+    if not isinstance(comparator, str) or comparator not in _COMPARATORS:
+        raise Unreadable("not a FHIR R4 Quantity comparator")
+    return comparator
+
+
+def _side_of(value: float, comparator: str | None, threshold: float) -> str | None:
+    """Where a reported value lies against a threshold: "below", "at or above", or None when a bound leaves both
+    possible ("> 4" against 5, "< 10" against 5)."""
+    if comparator is None:
+        return "below" if value < threshold else "at or above"
+    if comparator in ("<", "<="):
+        return "below" if value < threshold or (comparator == "<" and value == threshold) else None
+    return "at or above" if value >= threshold else None
 
 
 def _dose_mg(dosage: Mapping) -> float | None:
@@ -737,17 +784,73 @@ def _to_mg_dl(value: float, unit: str, mg_dl_per_mmol_l: float, knowledge: Knowl
 
 
 _PERIOD_DAYS = {"d": 1, "h": 1 / 24, "wk": 7, "mo": 30, "min": 1 / 1440}
+GTS_ABBREVIATION = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
+# Timing.code: the HL7 v3 GTSAbbreviation codes (R4 value set timing-abbreviation) whose definition gives one number of
+# doses a day: QD "Every day", AM "Every morning", PM "Every afternoon", BID/TID/QID "Two/Three/Four times a day",
+# QOD "Every other day", Q4H/Q6H/Q8H "Every 4/6/8 hours". Any other code (BED, WK, MO, the J* calendars, Q12H, which
+# the code system does not have, a local code) says how often in a way this service does not read.
+_GTS_DOSES_PER_DAY = {"QD": 1, "AM": 1, "PM": 1, "BID": 2, "TID": 3, "QID": 4, "QOD": 0.5, "Q4H": 6, "Q6H": 4, "Q8H": 3}
+# Timing.repeat.when events that each come once a day and do not overlap: a dose is given at each listed (R4: "the
+# union of the specified events"). C/AC/PC (every meal) and overlapping ones (MORN with MORN.early, or with ACM)
+# cannot be counted.
+_COUNTABLE_EVENTS = (frozenset({"MORN", "NOON", "AFT", "EVE", "NIGHT"}), frozenset({"ACM", "ACD", "ACV"}),
+                     frozenset({"CM", "CD", "CV"}), frozenset({"PCM", "PCD", "PCV"}))
+_EVERY_MEAL_EVENTS = frozenset({"C", "AC", "PC"})
 
 
 def _doses_per_day(dosage: Mapping) -> float | None:
-    repeat = _get(dosage, "timing", "repeat") if dosage else None
-    if not isinstance(repeat, dict):
+    """Doses a day from Dosage.timing: repeat (frequency per period; timeOfDay or when: one dose at each), or a
+    GTSAbbreviation timing.code, which R4 makes "a complete statement" of the timing (checked against repeat when both
+    say how often). None when the timing says nothing of how often (once daily is assumed: every mTOR label dose is);
+    UnknownFrequency when it says so in a way that cannot be read with confidence."""
+    timing = dosage.get("timing") if dosage else None
+    if not isinstance(timing, dict):
         return None
-    frequency, period, unit = repeat.get("frequency", 1), repeat.get("period"), repeat.get("periodUnit")
-    if not (_is_positive_number(frequency) and _is_positive_number(period)):
+    repeat = timing.get("repeat")
+    from_repeat = _repeat_doses_per_day(repeat) if isinstance(repeat, dict) else None
+    code = timing.get("code")
+    if code is None:
+        return from_repeat
+    codes = [c.get("code") for c in _codings(code) if c.get("system") == GTS_ABBREVIATION]
+    known = {_GTS_DOSES_PER_DAY.get(c) if isinstance(c, str) else None for c in codes}
+    from_code = known.pop() if len(known) == 1 else None  # codings that disagree say nothing for sure
+    if from_code is None:
+        if from_repeat is not None:
+            return from_repeat  # R4: the code and the structured data say the same; either may be read
+        raise UnknownFrequency("a timing code this service does not read")
+    if from_repeat is not None and abs(from_repeat - from_code) > 1e-9:
+        raise UnknownFrequency("the timing code contradicts timing.repeat")
+    return float(from_code)
+
+
+def _repeat_doses_per_day(repeat: Mapping) -> float | None:
+    """Doses a day from Timing.repeat; None when it does not say how often (only bounds, a count)."""
+    if any(repeat.get(k) is not None for k in ("frequencyMax", "periodMax", "dayOfWeek")):
+        raise UnknownFrequency("a range of frequencies or periods, or some days of the week only")
+    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), repeat.get("periodUnit")
+    times, events = repeat.get("timeOfDay"), repeat.get("when")
+    at_each = None  # doses a day given one at each time of day or event (R4: every day, at each)
+    if isinstance(times, list) and times:
+        at_each = len({str(t) for t in times})
+    elif isinstance(events, list) and events:
+        listed = {str(e) for e in events}
+        if any(listed <= day_parts for day_parts in _COUNTABLE_EVENTS) or (len(listed) == 1 and not listed & _EVERY_MEAL_EVENTS):
+            at_each = len(listed)
+        elif frequency is None:
+            raise UnknownFrequency("timing events that cannot be counted, and no frequency")
+    if at_each is not None:
+        if (frequency is not None and frequency != at_each) or (period is not None and (period, unit) != (1, "d")):
+            raise UnknownFrequency("a frequency or period that does not fit the times of day")
+        return float(at_each)
+    if frequency is None and period is None:
         return None
-    days = _measure(period) * _PERIOD_DAYS.get(unit, 0) if isinstance(unit, str) else 0
-    return _measure(_measure(frequency) / days) if days else None
+    frequency = 1 if frequency is None else frequency
+    if not (_is_positive_number(frequency) and _is_positive_number(period) and isinstance(unit, str) and unit in _PERIOD_DAYS):
+        raise UnknownFrequency("a frequency or period that cannot be read")
+    days = _measure(period) * _PERIOD_DAYS[unit]
+    if not days:
+        raise Unreadable("a period too short to be a time")
+    return _measure(_measure(frequency) / days)
 
 
 def _system_codes(codings: list[dict]) -> frozenset[tuple[str, str]]:

@@ -29,6 +29,9 @@ from cds_service.rules.common import (
 from cds_service.rules.indication import infer_indication
 from cds_service.rules.treatment_context import TSC_LAM_USES, TreatmentContext, regimen_for, treatment_context
 
+# Quantity.comparator: a level reported as a bound is on one side of it only ("< 20" may be anything below 20)
+_UPPER_BOUNDS, _LOWER_BOUNDS = ("<", "<="), (">", ">=")
+
 
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[TroughHighFinding]:
     findings = []
@@ -47,8 +50,8 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         limit = knowledge.trough_limits[drug]
         if latest.value is None:
             severity = Severity.INFO  # a level we cannot read must not pass as normal
-        elif latest.value > limit.upper_ng_per_ml:
-            severity = Severity.WARNING
+        elif latest.value > limit.upper_ng_per_ml and latest.comparator not in _UPPER_BOUNDS:
+            severity = Severity.WARNING  # "< 20 ng/mL" may be 3: not known to be above the limit, no card
         else:
             continue
         indication = infer_indication(snapshot, knowledge, drug)
@@ -60,7 +63,7 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         if latest.value is not None and indication.dosing != "fixed" and not (not_steady or stale or context.implied_only):
             # Indication unknown: propose the trough-guided dose and say so (the card names the assumption).
             assumed = indication.key or _trough_guided_indication(knowledge, drug, indication)
-            proposal = _dose_proposal(mtor, latest.value, assumed, knowledge, lower=True)
+            proposal = _dose_proposal(mtor, latest, assumed, knowledge, lower=True)
             target = trough_target(knowledge, drug, assumed)
             if assumed != indication.key and assumed:
                 assumed_display = knowledge.indications[assumed].display
@@ -88,6 +91,8 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
             target = _verified_target(knowledge, context, drug)  # Zortress kidney 3-8 ng/mL; no computed dose
         if latest is None or latest.value is None or target is None or latest.value >= target.low_ng_per_ml:
             continue
+        if latest.comparator in _LOWER_BOUNDS:
+            continue  # "> 3 ng/mL" may be 10: not known to be below the target
         if _is_stale(snapshot, knowledge, latest):
             continue  # an old low level says nothing about today; trough-monitoring asks for a new one
         steady_from = _steady_state_from(snapshot, knowledge, mtor)
@@ -97,7 +102,7 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
             TroughLowFinding(
                 severity=Severity.INFO, mtor=mtor, evidence=(latest,), source=target.source, section=target.section,
                 target=target, indication=indication,
-                proposal=_dose_proposal(mtor, latest.value, indication.key, knowledge, lower=False) if tsc else None,
+                proposal=_dose_proposal(mtor, latest, indication.key, knowledge, lower=False) if tsc else None,
                 recheck=trough_timing(knowledge, drug, "dose-change") if context.allows_tsc_lam_rules else None,
                 context=None if context.allows_tsc_lam_rules else context, not_steady_until=not_steady,
             )
@@ -197,14 +202,14 @@ def _context_trough_high(
     if unverified is not None:
         # The liver target (3-8 ng/mL) was read only in secondary sources: never a number on the card; above it,
         # an info card asks the transplant team to review. Only when it is the sole plausible use.
-        if len(candidates) > 1 or latest.value <= unverified.high_ng_per_ml:
+        if len(candidates) > 1 or latest.value <= unverified.high_ng_per_ml or latest.comparator in _UPPER_BOUNDS:
             return None
         limit = TroughLimit(upper_ng_per_ml=unverified.high_ng_per_ml, source=unverified.source, section=unverified.section)
         return TroughHighFinding(severity=Severity.INFO, mtor=mtor, evidence=(latest,), source=unverified.source,
                                  section=unverified.section, limit=limit, indication=Indication(None, None),
                                  context=context, target_unverified=True)
     upper, limit, target = max(bounds, key=lambda b: b[0])
-    if latest.value <= upper:
+    if latest.value <= upper or latest.comparator in _UPPER_BOUNDS:
         return None
     return TroughHighFinding(severity=Severity.WARNING, mtor=mtor, evidence=(latest,), source=limit.source,
                              section=limit.section, limit=limit, indication=Indication(None, None), target=target,
@@ -291,16 +296,17 @@ def _trough_guided_indication(knowledge: Knowledge, drug: str, indication: Indic
 
 
 def _dose_proposal(
-    mtor: MedicationOrder, measured: float, indication: str | None, knowledge: Knowledge, lower: bool
+    mtor: MedicationOrder, level: LabResult, indication: str | None, knowledge: Knowledge, lower: bool
 ) -> DoseProposal | None:
-    """New daily dose by the label's proportional formula, rounded to doses the product's strengths can make.
+    """New daily dose by the label's proportional formula, rounded to doses the product's strengths can make. None
+    when the level is a bound ("> 20 ng/mL": the formula needs the level itself) or the daily dose is unknown.
 
     The per-step cap and the formula's citation are the drug's own: the +5 mg cap is the Afinitor label's
     (everolimus); a drug with no titration entry cites its trough target's label section and has no cap."""
     target = trough_target(knowledge, drug_of(mtor), indication)
     strengths = product_strengths(mtor, knowledge)
-    current = mtor.daily_dose_mg
-    if target is None or strengths is None or current is None or measured <= 0:
+    current, measured = mtor.daily_dose_mg, level.value
+    if target is None or strengths is None or current is None or measured is None or measured <= 0 or level.comparator:
         return None
     if mtor.doses_per_day not in (None, 1):
         return None  # proposals are once-daily doses (the TSC/LAM labels' schedule); never change the schedule
