@@ -657,7 +657,13 @@ def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], te
 def _has_result(observation: Mapping[str, Any]) -> bool:
     """An Observation that carries a result: a value[x] of any type, components, or an interpretation alone (a
     qualitative test reported only as "POS")."""
-    return bool(observation.get("component") or observation.get("interpretation")) or any(key.startswith("value") for key in observation)
+    return not _OBSERVATION_VALUES.isdisjoint(observation) or bool(observation.get("component") or observation.get("interpretation"))
+
+
+_OBSERVATION_VALUES = frozenset({  # FHIR R4 Observation.value[x], every type
+    "valueQuantity", "valueCodeableConcept", "valueString", "valueBoolean", "valueInteger", "valueRange", "valueRatio",
+    "valueSampledData", "valueTime", "valueDateTime", "valuePeriod",
+})
 
 
 def _not_given_for_a_reason(immunization: Mapping[str, Any]) -> bool:
