@@ -118,6 +118,23 @@ def test_a_future_dated_level_is_never_the_latest():
     assert findings_for(high, level("everolimus", 9, days_ago=-0.5)) == []  # later today in another time zone still counts
 
 
+@pytest.mark.parametrize("drug, loinc", [("everolimus", "77349-9"), ("sirolimus", "115766-8")])
+def test_a_level_coded_with_the_trough_specific_loinc_code_is_read(drug, loinc):
+    high = level(drug, 18.2, days_ago=2)
+    high["code"]["coding"][0]["code"] = loinc
+    medications = [everolimus()] if drug == "everolimus" else [sirolimus()]
+    conditions = () if drug == "everolimus" else (LAM_CONDITION,)
+    [finding] = findings_for(high, medications=medications, conditions=conditions)
+    assert finding.evidence[0].ref == ref(high)
+    assert loinc in services_prefetch_observations_query()
+
+
+def services_prefetch_observations_query() -> str:
+    from cds_service.services import build_services
+
+    return next(iter(build_services(knowledge()).values())).prefetch["observations"]
+
+
 def test_latest_high_level_wins_over_an_older_normal_one():
     latest = level("everolimus", 19, days_ago=2)
     [finding] = findings_for(level("everolimus", 9, days_ago=30), latest)
