@@ -955,7 +955,8 @@ def _trough_order_suggestion(
 def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> list[dict[str, Any]]:
     """An update of the MedicationRequest to the proposed dose, when the order states its dose in mg."""
     proposed = proposal.proposed_dose_mg if proposal else None
-    dosage = (order.resource.get("dosageInstruction") or [None])[0]
+    dosages = order.resource.get("dosageInstruction")
+    dosage = dosages[0] if isinstance(dosages, list) and dosages else None  # any JSON may come here
     if (proposed is None or not isinstance(dosage, dict) or not order.resource.get("id") or order.doses_per_day not in (None, 1)
             or order.daily_dose_mg is None):
         return []  # never a one-click change from an order whose daily dose cannot be read

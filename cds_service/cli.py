@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the service (settings from CDS_* environment variables)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1; with --production and neither --host nor "
+                                      "--port, MTOR_CDS_BIND or PORT when set, as the container does)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--production", action="store_true", help="serve with gunicorn (cds_service/production.py settings)")
     _add_report(commands)
     _add_call(commands)
@@ -67,9 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080  # loopback: a local trial is never exposed to the network
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cds_service import create_app
 
+    if args.production and args.host is None and args.port is None and (os.environ.get("MTOR_CDS_BIND") or os.environ.get("PORT")):
+        from cds_service.production import run_gunicorn
+
+        return run_gunicorn()  # where the environment says, as gunicorn with deploy/gunicorn.conf.py listens
+    args.host = DEFAULT_HOST if args.host is None else args.host
+    args.port = DEFAULT_PORT if args.port is None else args.port
     busy = _port_unavailable(args.host, args.port)
     if busy:  # before anything claims to listen
         print(f"mtor-cds: cannot listen on {args.host}:{args.port}: {busy}", file=sys.stderr)

@@ -13,7 +13,7 @@ in the ConfigMap):
     PORT                      port to listen on, on all interfaces (the image sets PORT=8080)
     WEB_CONCURRENCY           worker processes (default: 4 x the CPUs this process may use)
     GUNICORN_WORKER_CLASS     worker class (default: sync; sync and gthread answer their own errors in JSON, below)
-    GUNICORN_THREADS          threads per gthread worker (default: 1; only with GUNICORN_WORKER_CLASS=gthread)
+    GUNICORN_THREADS          threads per worker (default: 1; more than 1 makes a sync worker gthread, as gunicorn does)
     GUNICORN_TIMEOUT          seconds a worker may stay silent before it is killed (default: 30)
     GUNICORN_GRACEFUL_TIMEOUT seconds in-flight requests get to finish on shutdown (default: 25)
     GUNICORN_KEEPALIVE        seconds an idle keep-alive connection is kept open (default: 75)
@@ -218,12 +218,33 @@ class _CapturedAnswer:
         self.data += data
 
 
+class _WithoutRequestText:
+    """gunicorn's log while it handles a request it refuses: its warning quotes the offending request line or header,
+    which may hold an access token ("Authorization Bearer ..." without its colon) or a patient id. The warning keeps
+    the caller's address and the kind of error, never the text."""
+
+    def __init__(self, log: Any, exc: BaseException) -> None:
+        self._log, self._kind = log, type(exc).__name__
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        ip = msg.partition("Invalid request from ip=")[2].partition(":")[0] if isinstance(msg, str) else ""
+        self._log.warning("Invalid request from ip=%s: %s (its text is not logged)", ip or "?", self._kind)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 def _answer_in_json(worker: Any, gunicorn_handle_error: Callable[..., None], req, client, addr, exc) -> None:
     """A request gunicorn refuses before the app sees it (a malformed request line, 414, 431) is answered
     by gunicorn with an HTML page; CDS Hooks asks for an OperationOutcome with every non-2xx. gunicorn still decides the
     status and logs as it does; only the page it would write is replaced by an OperationOutcome with that status."""
     captured = _CapturedAnswer()
-    gunicorn_handle_error(req, captured, addr, exc)
+    log = worker.log
+    worker.log = _WithoutRequestText(log, exc)
+    try:
+        gunicorn_handle_error(req, captured, addr, exc)
+    finally:
+        worker.log = log
     try:
         status = int(captured.data.split(b" ", 2)[1])
         HTTPStatus(status)
@@ -305,8 +326,8 @@ def on_exit(server) -> None:
 # --- mtor-cds serve --production -----------------------------------------------------------------
 
 
-def run_gunicorn(host: str, port: int) -> int:
-    """Serve the app with gunicorn on host:port (the settings above; the address given wins).
+def run_gunicorn(host: str | None = None, port: int | None = None) -> int:
+    """Serve the app with gunicorn on host:port (the settings above; an address given wins over MTOR_CDS_BIND/PORT).
 
     Returns gunicorn's exit status. Invalid CDS_* settings raise SettingsError from here (the app
     is loaded in this process before any worker starts), which the CLI reports.
@@ -314,7 +335,8 @@ def run_gunicorn(host: str, port: int) -> int:
     from gunicorn.app.base import BaseApplication
 
     settings = serving_settings()
-    settings["bind"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if host is not None and port is not None:
+        settings["bind"] = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
 
     class MtorCdsServer(BaseApplication):
         def load_config(self) -> None:

@@ -186,3 +186,31 @@ def test_workers_that_are_recycled_or_stopped_write_the_cards_of_their_last_call
         assert process.wait(timeout=30) == 0
     with sqlite3.connect(tmp_path / "cards.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM issued_card").fetchone()[0] == calls
+
+
+@pytest.mark.parametrize("variable", ["MTOR_CDS_BIND", "PORT"])
+def test_serve_production_without_an_address_listens_where_the_environment_says(tmp_path, variable):
+    """deploy/README.md: without --host/--port, `serve --production` follows MTOR_CDS_BIND or PORT, as gunicorn with
+    deploy/gunicorn.conf.py does."""
+    assert "without them it follows\nthe variables below" in (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN_", "PROMETHEUS_", "PORT", "MTOR_CDS"))},
+           "PYTHONPATH": str(ROOT), "CDS_REQUIRE_JWT": "false", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3",
+           "WEB_CONCURRENCY": "1", variable: f"127.0.0.1:{port}" if variable == "MTOR_CDS_BIND" else str(port)}
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve", "--production"], cwd=tmp_path, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    assert json.load(answer) == {"status": "ok"}
+                    break
+            except OSError:
+                assert process.poll() is None, (tmp_path / "server.log").read_text()
+                assert time.monotonic() < deadline, "server did not answer on the environment's address"
+                time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -49,6 +49,8 @@ REFUSED = {
                          + b"\r\n", 431),
     "a header too large": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET.encode() + b"b" * 9000 + b"\r\n\r\n",
                            431),
+    "a header without its colon": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization Bearer " + SECRET.encode() + b"\r\n\r\n", 400),
+    "a request line gunicorn quotes": (b"GET /healthz HTTP/1.1" + SECRET.encode() + b"\r\nHost: x\r\n\r\n", 400),
     "a bad chunk": (b"POST /cds-services/mtor-safety-patient-view HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\nzz" + SECRET.encode() + b"\r\n{}\r\n0\r\n\r\n", 400),
 }

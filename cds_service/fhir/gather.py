@@ -130,7 +130,10 @@ def _says_incomplete(resources: list[dict[str, Any]]) -> bool:
             continue
         issues = resource.get("issue")
         for issue in issues if isinstance(issues, list) else ():
-            if isinstance(issue, dict) and (issue.get("severity") in ("error", "fatal") or issue.get("code") in _INCOMPLETE_ISSUES):
+            if not isinstance(issue, dict):
+                continue
+            severity, code = issue.get("severity"), issue.get("code")  # any JSON at all: compared as strings only
+            if (isinstance(severity, str) and severity in ("error", "fatal")) or (isinstance(code, str) and code in _INCOMPLETE_ISSUES):
                 return True
     return False
 

@@ -41,9 +41,11 @@ ENDED_DRAFT_STATUSES = {
 }
 _VACCINE_ROLES = frozenset({DrugRole.LIVE_VACCINE, DrugRole.AMBIGUOUS_VACCINE, DrugRole.NOT_LIVE_VACCINE})
 # A ServiceRequest that tests for immunity is a lab order, whatever vaccine it names ("yellow fever vaccine antibody
-# titer", "varicella immunization status IgG"): never read as a vaccine being given.
+# titer", "varicella immunization status IgG"): never read as a vaccine being given. Unless it says why a vaccine is
+# given: a test's result in the order's text ("non-immune", "no immunity on serology", "IgG negative") is the reason.
 _IMMUNITY_TEST_WORDS = frozenset({"titer", "titre", "titers", "titres", "antibody", "antibodies", "serology", "igg", "igm",
                                   "immunity"})
+_TEST_RESULT_WORDS = frozenset({"no", "non", "not", "negative", "nonimmune"})
 
 
 _UNCONFIRMED_VERIFICATION = frozenset({"unconfirmed", "provisional", "differential"})
@@ -129,6 +131,9 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     if reader.partly_read:
         unavailable.append(f"the start date or dose of {reader.partly_read} medication(s): out of range, read as unknown")
     kept = _bounded(list(medications.values()))
+    unscheduled = sum(1 for m in kept if m.mtor_drug and m.frequency_unknown and m.is_draft)
+    if unscheduled:  # the dose check and a trough card's dose need the daily dose: say it could not be had
+        unavailable.append(f"the daily dose of {unscheduled} mTOR inhibitor order(s): its schedule could not be read")
     # A medication naming another patient may be this patient's own under a wrong reference: with none left, an empty
     # answer would read as "not on an mTOR inhibitor".
     if medication_problems or len(kept) < len(medications) or reader.foreign.keys() & _ORDER_KINDS.keys():
@@ -285,7 +290,8 @@ class _Reader:
         codings, texts = self._codings(code), _texts(code)
         coded = any(c.get("system") == CVX for c in codings)
         words = set(normalize_text(" ".join(texts)))
-        if not coded and (not VACCINATION_WORDS & words or _IMMUNITY_TEST_WORDS & words):
+        immunity_test = _IMMUNITY_TEST_WORDS & words and not _TEST_RESULT_WORDS & words
+        if not coded and (not VACCINATION_WORDS & words or immunity_test):
             return None
         concepts = _recognized_medication(self.k, _code_key(codings), tuple(texts))
         if not any(c.role in _VACCINE_ROLES for c in concepts):
@@ -447,6 +453,9 @@ class _Reader:
             return LabResult(ref, kind, effective, text, analyte=analyte, unreadable_unit="no numeric value")
         value = _measure(value)
         comparator = _comparator(quantity)
+        if comparator == UNKNOWN_COMPARATOR:
+            return LabResult(ref, kind, effective, text, analyte=analyte, value_as_written=_as_written(quantity),
+                             unreadable_unit="a comparator that is not <, <=, >= or >")
         if comparator in ("<", "<="):
             value = max(value - 1e-9, 0.0)  # "< 2 ng/mL" is below 2
         elif comparator in (">", ">="):
@@ -534,7 +543,7 @@ class _Reader:
             texts = [t for c in concepts for t in _texts(c)]
         elif rtype == "Appointment":
             # a proposed or waitlisted one may have only the window asked for (FHIR R4 invariant app-3): its earliest day
-            when = resource.get("start") or _get(_first(resource.get("requestedPeriod")), "start")
+            when = resource.get("start") or _earliest_start(resource.get("requestedPeriod"))
             # The specialty is not read as text: "General surgery" names who, not what is booked.
             concepts = [*(resource.get("serviceType") or ()), *(resource.get("serviceCategory") or ()),
                         resource.get("appointmentType"), *(resource.get("reasonCode") or ())]
@@ -654,6 +663,13 @@ def _condition_kinds(knowledge: Knowledge, codes: frozenset[tuple[Any, Any]], te
 # --- small readers ------------------------------------------------------------------------------
 
 
+def _earliest_start(periods: Any) -> str | None:
+    """The earliest start of a list of Periods (Appointment.requestedPeriod: windows in any order), as written."""
+    starts = [p["start"] for p in periods if isinstance(p, dict) and isinstance(p.get("start"), str)] if isinstance(periods, list) else []
+    dated = [(when, start) for start in starts if (when := _datetime(start)) is not None]
+    return min(dated)[1] if dated else None
+
+
 def _has_result(observation: Mapping[str, Any]) -> bool:
     """An Observation that carries a result: a value[x] of any type, components, or an interpretation alone (a
     qualitative test reported only as "POS")."""
@@ -735,21 +751,24 @@ def _as_written(quantity: Mapping) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return ""
     comparator = _comparator(quantity)
-    return f"{comparator + ' ' if comparator else ''}{value:g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
+    shown = "" if comparator is None else "~" if comparator == UNKNOWN_COMPARATOR else comparator + " "
+    return f"{shown}{value:g} {quantity.get('unit') or quantity.get('code') or ''}".strip()
 
 
 _COMPARATORS = ("<", "<=", ">=", ">")  # FHIR R4 QuantityComparator (a required binding)
 
 
+UNKNOWN_COMPARATOR = "?"
+
+
 def _comparator(quantity: Mapping) -> str | None:
-    """Quantity.comparator: how the actual value relates to the stated one (a bound); None for an exact value. Any
-    other code makes the value unreadable (what the number means is unknown)."""
+    """Quantity.comparator: how the actual value relates to the stated one (a bound); None for an exact value;
+    UNKNOWN_COMPARATOR for any other code ("~", "ca"): the number's meaning is unknown, so it is read as no value, but
+    the result still stands as the newest of its kind (an older one must not speak for it)."""
     comparator = quantity.get("comparator")
     if comparator is None:
         return None
-    if not isinstance(comparator, str) or comparator not in _COMPARATORS:
-        raise Unreadable("not a FHIR R4 Quantity comparator")
-    return comparator
+    return comparator if isinstance(comparator, str) and comparator in _COMPARATORS else UNKNOWN_COMPARATOR
 
 
 def _side_of(value: float, comparator: str | None, threshold: float) -> str | None:
@@ -757,6 +776,8 @@ def _side_of(value: float, comparator: str | None, threshold: float) -> str | No
     possible ("> 4" against 5, "< 10" against 5)."""
     if comparator is None:
         return "below" if value < threshold else "at or above"
+    if comparator == UNKNOWN_COMPARATOR:
+        return None
     if comparator in ("<", "<="):
         return "below" if value < threshold or (comparator == "<" and value == threshold) else None
     return "at or above" if value >= threshold else None

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from cds_service.findings import LipidGradeFinding, LipidPanelMissing, Severity
 from cds_service.knowledge import Knowledge
-from cds_service.patient import PatientSnapshot
+from cds_service.patient import RESULT_CLOCK_SKEW, PatientSnapshot
 from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
 
 
@@ -31,8 +31,8 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
             continue
         grade = knowledge.lipid_analytes[analyte].grade_of(latest.value)
         action = next((a for a in knowledge.lipid_actions if a.grade == grade), None)
-        if grade is None or action is None:
-            continue
+        if grade is None or action is None or latest.comparator in ("<", "<="):
+            continue  # "< 1200 mg/dL" may be any grade up to that bound's, or none: no grade is given from it
         stale = latest.effective < oldest_current
         findings.append(
             LipidGradeFinding(
@@ -53,7 +53,8 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
         return findings
     interval = knowledge.lipid_panel_interval_days
     since = snapshot.now - timedelta(days=interval)
-    if not any(lab.kind == "lipid" and lab.effective and lab.effective >= since for lab in snapshot.labs):
+    latest_possible = snapshot.now + RESULT_CLOCK_SKEW  # a panel dated ahead is a data error, not a recent panel
+    if not any(lab.kind == "lipid" and lab.effective and since <= lab.effective <= latest_possible for lab in snapshot.labs):
         findings.append(
             LipidPanelMissing(severity=Severity.INFO, mtor=mtor, source=knowledge.lipid_panel_interval_source,
                               missing_panel_days=interval, last=snapshot.latest_lab("lipid"))
