@@ -112,3 +112,16 @@ def test_an_appointment_with_several_requested_windows_is_dated_by_the_earliest(
     [event] = snapshot_of(hook="appointment-book", medications=[everolimus()], booking=[waiting]).procedures
     assert event.when is not None and event.when.isoformat().startswith(soon["start"][:10])
 
+
+
+@pytest.mark.parametrize("order", ["old first", "correction first"])
+def test_a_result_that_comes_twice_is_read_once_in_its_newest_version(order):
+    """A resource updated between two page reads comes twice: the superseded 18.2 must not speak for its correction."""
+    old = {**level("everolimus", 18.2, days_ago=3, id="lvl-1"), "meta": {"versionId": "1"}}
+    corrected = {**level("everolimus", 9, days_ago=3, id="lvl-1"), "status": "corrected", "meta": {"versionId": "2"}}
+    twice = [old, corrected] if order == "old first" else [corrected, old]
+    assert rule_findings(check_trough_high, hook="patient-view", medications=[everolimus()], observations=twice) == []
+    unversioned = [level("everolimus", 18.2, days_ago=3, id="lvl-2"), level("everolimus", 9, days_ago=3, id="lvl-2")]
+    assert rule_findings(check_trough_high, hook="patient-view", medications=[everolimus()], observations=unversioned) == []
+    [finding] = rule_findings(check_trough_high, hook="patient-view", medications=[everolimus()], observations=unversioned[::-1])
+    assert finding.evidence[0].ref == "Observation/lvl-2"  # no versions: the later copy wins

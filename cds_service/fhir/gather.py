@@ -90,6 +90,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
             reasons[key] = _reason(result)
         else:
             by_key[key] = result
+    by_key = {key: _one_copy_each(resources) for key, resources in by_key.items()}
     _cap_resources(by_key, reasons, drafts)
     for key, resources in by_key.items():
         if key not in reasons and _says_incomplete(resources):
@@ -117,6 +118,31 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
     unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
     return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons,
                         unresolved_drafts)
+
+
+def _one_copy_each(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One copy of a resource that comes twice (updated between two page reads, or repeated in a prefetch): the later
+    copy, unless the earlier has the higher meta.versionId, in the place of the first. A superseded trough must not
+    speak for its correction."""
+    kept: list[dict[str, Any]] = []
+    place: dict[tuple[str, str], int] = {}
+    for resource in resources:
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if not (isinstance(rtype, str) and isinstance(rid, str)):
+            kept.append(resource)
+        elif (rtype, rid) not in place:
+            place[rtype, rid] = len(kept)
+            kept.append(resource)
+        elif _version(kept[place[rtype, rid]]) <= _version(resource):
+            kept[place[rtype, rid]] = resource
+    return kept
+
+
+def _version(resource: Mapping[str, Any]) -> int:
+    """meta.versionId when it is a number (most servers count versions), else 0: then the later copy wins."""
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return int(version) if isinstance(version, str) and version.isdigit() and len(version) < 19 else 0
 
 
 _INCOMPLETE_ISSUES = frozenset({"incomplete", "too-costly", "throttled", "timeout"})  # FHIR R4 issue-type codes
