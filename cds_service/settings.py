@@ -94,6 +94,9 @@ class Settings:
     allowed_fhir_servers: tuple[str, ...] = _setting(
         _csv, (), "Comma-separated base-URL prefixes the service may call. Required when JWT is verified "
         "(the service refuses to start without it); unset in trials: any https server or loopback.")
+    fhir_without_token: bool = _setting(
+        _bool, False, "Query the `fhirServer` also when a call gives no `fhirAuthorization` (an open test server). CDS Hooks 2.0 "
+        "allows FHIR access only with both, so off: such a call is answered from its prefetch (412 when medications are missing).")
     fhir_deadline_s: float = _setting(
         _positive_float, 3.0, "Overall deadline, in seconds, for all FHIR queries of one hook call.")
     fhir_max_pages: int = _setting(_positive_int, 60, "Most `next` pages followed for one search.")

@@ -140,6 +140,8 @@ def test_the_surgical_order_an_appointment_is_based_on_is_read_when_not_prefetch
     booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": ref(order)}])
     body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
     body["fhirServer"] = FHIR
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+                                 "subject": "mtor-cds"}
     assert topics_of({"cards": cards_of(app.test_client().post(SERVICE, json=body))}) == ["surgery-timing"]
 
 
@@ -150,6 +152,8 @@ def test_a_revoked_order_read_from_the_server_is_not_surgery(app):
     booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": ref(order)}])
     body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
     body["fhirServer"] = FHIR
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+                                 "subject": "mtor-cds"}
     assert cards_of(app.test_client().post(SERVICE, json=body)) == []
 
 

@@ -168,6 +168,10 @@ def _client_for(call: HookCall, settings: Settings, deadline: Deadline) -> tuple
     """The client for the call's fhirServer, or None and why it may not be contacted ("" when none was given)."""
     if not call.fhir_server:
         return None, ""
+    if not call.access_token and not settings.fhir_without_token:
+        # CDS Hooks 2.0 (FHIR Resource Access): the FHIR server may be used only when the client gives both fhirServer
+        # and fhirAuthorization, and each query carries that token; a client that sends none withholds access.
+        return None, "the request gives no fhirAuthorization, so the fhirServer may not be queried"
     try:
         return FhirClient(call.fhir_server, call.access_token, settings, deadline), ""
     except FhirError as exc:

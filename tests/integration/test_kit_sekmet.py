@@ -40,7 +40,7 @@ def loaded_with_server_ids(sekmet):
 
 @pytest.fixture
 def real_clock_service(sekmet, tmp_path):
-    app = create_app(allowed_fhir_servers=(sekmet,), require_jwt=False, fhir_deadline_s=10.0,
+    app = create_app(allowed_fhir_servers=(sekmet,), require_jwt=False, fhir_deadline_s=10.0, fhir_without_token=True,
                      database_url=f"sqlite:///{tmp_path}/cards.sqlite3")
     return app.test_client()
 

@@ -23,6 +23,7 @@ def service(sekmet, tmp_path):
     app = create_app(
         allowed_fhir_servers=(sekmet,),
         require_jwt=False,
+        fhir_without_token=True,  # SEKMET here is an open test server: the kit's calls give no fhirAuthorization
         fhir_deadline_s=10.0,
         database_url=f"sqlite:///{tmp_path}/cards.sqlite3",
     )
@@ -91,6 +92,7 @@ def test_cli_call_with_prefetch_from_sekmet(sekmet, capsys, monkeypatch, tmp_pat
     monkeypatch.setenv("CDS_REQUIRE_JWT", "false")
     monkeypatch.setenv("CDS_DATABASE_URL", f"sqlite:///{tmp_path}/cli.sqlite3")
     monkeypatch.setenv("CDS_ALLOWED_FHIR_SERVERS", sekmet)
+    monkeypatch.setenv("CDS_FHIR_WITHOUT_TOKEN", "true")
     code = main(["call", "patient-view", "--patient", "pt-cyp-2", "--fhir", sekmet, "--prefetch", "--json"])
     cards = json.loads(capsys.readouterr().out)["cards"]
     assert code == 0

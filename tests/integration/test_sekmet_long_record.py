@@ -40,7 +40,7 @@ def test_a_patient_with_hundreds_of_conditions_is_read_whole_from_sekmet(sekmet,
     first_page = requests.get(f"{sekmet}/Condition", params={"patient": PATIENT, "_count": 200}, timeout=10).json()
     assert first_page.get("total", CONDITIONS) == CONDITIONS
     assert len(first_page["entry"]) < CONDITIONS and any(link["relation"] == "next" for link in first_page["link"])  # it pages
-    app = create_app(allowed_fhir_servers=(sekmet,), require_jwt=False, fhir_deadline_s=20.0, database_url=f"sqlite:///{tmp_path}/c.sqlite3")
+    app = create_app(allowed_fhir_servers=(sekmet,), require_jwt=False, fhir_deadline_s=20.0, fhir_without_token=True, database_url=f"sqlite:///{tmp_path}/c.sqlite3")
     app.extensions["mtor_cds"].clock = lambda: FIXTURE_NOW
     body = {"hook": "patient-view", "hookInstance": "0b6f7b0e-5a8e-4a52-9a55-2a3c3c3b7a11", "fhirServer": sekmet,
             "context": {"userId": "Practitioner/dr-lee", "patientId": PATIENT}}
