@@ -56,6 +56,11 @@ SUMMARY_MAX = 139
 FHIR_TEXT_MAX = 120  # characters of one FHIR text (drug name, display, note) a card prints
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}#+\-!|<>~&])")
 _ORDERED_LIST_START = re.compile(r"^(\d+)([.)])")  # "1. " at the start of a line would begin a list
+# GitHub Flavored Markdown also links bare text (its autolink extension): a scheme ("https://", "mailto:"), "www." and
+# e-mail addresses. An escaped ":" or "." ends the first two; an address needs a zero-width space after its "@".
+_AUTOLINK_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|xmpp)(:)")
+_AUTOLINK_WWW = re.compile(r"(?i)\b(www)(\.)")
+_EMAIL_AT = re.compile(r"(?<=\w)@(?=\w)")
 _INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
@@ -1080,11 +1085,12 @@ def plain_text(value: str) -> str:
 def md_text(value: str) -> str:
     """Text from FHIR (a drug name, display, note), safe inside Markdown `detail` and suggestion labels: one line,
     at most FHIR_TEXT_MAX characters, every Markdown control character escaped, so that the EHR's data can never
-    turn into a link, emphasis, heading, list, table or HTML on the card."""
+    turn into a link (GFM's bare-URL and e-mail autolinks included), emphasis, heading, list, table or HTML on the card."""
     text = "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable())  # a newline could start a heading
     if len(text) > FHIR_TEXT_MAX:
         text = text[: FHIR_TEXT_MAX - 1].rstrip() + "…"
-    return _ORDERED_LIST_START.sub(r"\1\\\2", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
+    text = _ORDERED_LIST_START.sub(r"\1\\\2", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
+    return _EMAIL_AT.sub("@\u200b", _AUTOLINK_WWW.sub(r"\1\\\2", _AUTOLINK_SCHEME.sub(r"\1\\\2", text)))
 
 
 def _summary(text: str, count: int = 1) -> str:

@@ -90,3 +90,12 @@ def test_fhir_text_never_becomes_markdown_in_any_card(client):
 def test_the_readme_states_how_fhir_text_is_escaped():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"through `cards.md_text()`: on one line, at most {FHIR_TEXT_MAX} characters" in " ".join(readme.split())
+
+
+def test_bare_urls_and_addresses_in_fhir_text_cannot_become_gfm_autolinks():
+    """GitHub Flavored Markdown (what CDS Hooks `detail` is) links bare "https://", "www." and e-mail addresses; in EHR
+    text they are escaped so nothing is linked (checked by hand against cmark-gfm, GitHub's renderer)."""
+    text = "refill at https://evil.example/pay, WWW.evil.example, ftp://x.y, mailto:q@r.s or a.b@c.org; 0.75 mg"
+    assert md_text(text) == ("refill at https\\://evil.example/pay, WWW\\.evil.example, ftp\\://x.y, mailto\\:q@\u200br.s or "
+                             "a.b@\u200bc.org; 0.75 mg")
+    assert md_text("javascript:alert(1) at 10:30") == r"javascript:alert\(1\) at 10:30"  # other colons stay as written
