@@ -378,3 +378,21 @@ def test_a_long_record_from_a_server_that_pages_at_20_is_read_whole(call_hook, f
     assert "checks-incomplete" not in topics
     assert "hepatic-impairment" in topics  # the cirrhosis on page 11 was read
     assert fhir.paths.count("Condition") == 11
+
+
+@pytest.mark.parametrize("value", [{"resourceType": "Patient", "id": "x"}, {"resourceType": "MedicationRequest", "id": "m"}])
+def test_a_prefetch_that_is_not_the_bundle_its_search_asks_for_is_not_read_as_no_medications(call_hook, value):
+    """A search template's prefetch is a Bundle; a single resource in its place (a Patient for the medications) is not the
+    patient's medications, so without a FHIR server to ask the call cannot be answered (412), never as "none"."""
+    request = hook_request("patient-view", medications=[everolimus()])
+    request["prefetch"]["medications"] = value
+    response = call_hook(request)
+    assert response.status_code == 412
+    assert "not the FHIR Bundle or resource its template asks for" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_a_patient_prefetch_of_another_type_is_not_the_patient(call_hook):
+    request = hook_request("patient-view", medications=[everolimus()])
+    request["prefetch"]["patient"] = {"resourceType": "Practitioner", "id": "dr-lee"}
+    body = ok(call_hook(request))
+    assert "checks-incomplete" in core_topics(body)

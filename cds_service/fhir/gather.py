@@ -67,8 +67,8 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
                     jobs[key] = partial(client.continue_search, value)
                 else:
                     reasons[key] = f"its prefetch has more pages; {no_server}"
-        elif present and isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
-            by_key[key] = [value]  # a single resource, e.g. Patient
+        elif present and isinstance(value, dict) and _read_type(template) not in (None, "") and value.get("resourceType") == _read_type(template):
+            by_key[key] = [value]  # the one resource a read template asks for, e.g. Patient
         elif client:
             queries[key] = _query(template, call.context)
         else:
@@ -243,10 +243,17 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+def _read_type(template: str) -> str | None:
+    """The resource type a read template returns ("Patient/{{context.patientId}}" -> "Patient"); None for a search,
+    whose prefetch must be a Bundle: another resource in its place (a Patient for the medications) is not its data."""
+    path = template.split("?", 1)
+    return None if len(path) > 1 else path[0].split("/", 1)[0]
+
+
 def _outcome_text(value: Any) -> str:
     """A failed prefetch, said with the EHR's own OperationOutcome diagnostics (short, for the 412 and card)."""
     if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
-        return "its prefetch is not a FHIR Bundle or resource"
+        return "its prefetch is not the FHIR Bundle or resource its template asks for"
     issue = value.get("issue")
     issues = issue if isinstance(issue, list) else []
     words = [str(i.get("diagnostics") or i.get("code") or "") for i in issues if isinstance(i, dict)]
