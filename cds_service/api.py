@@ -311,6 +311,8 @@ def _finish_request(response: Response) -> Response:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
         response.headers["Access-Control-Max-Age"] = "600"
+        # a browser client (the CDS Hooks sandbox) may read why a 401 was refused (RFC 6750 puts it in this header)
+        response.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
         if "*" not in origins:
             response.headers["Vary"] = "Origin"
     fields = getattr(g, "log_fields", None)

@@ -54,6 +54,9 @@ def test_actual_responses_carry_cors_headers_so_a_browser_can_read_them(tmp_path
     unauthorised = client.get("/cds-services", headers={"Origin": "https://ehr.example.org"})
     assert unauthorised.status_code == 401
     assert unauthorised.headers["Access-Control-Allow-Origin"] == "*"
+    # a browser script may read why: the 401's reason is in WWW-Authenticate, which CORS hides unless exposed
+    assert "www-authenticate" in unauthorised.headers["Access-Control-Expose-Headers"].lower()
+    assert unauthorised.headers["WWW-Authenticate"].startswith("Bearer")
     bad = make_client(tmp_path, require_jwt=False).post(
         "/cds-services/mtor-safety-patient-view", data=b"{", content_type="application/json", headers={"Origin": "https://ehr.example.org"}
     )
