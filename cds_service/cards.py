@@ -348,7 +348,7 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
 def _mg_per_dl(lab: LabResult) -> str:
     """A lipid value for the card, its comparator kept ("> 1000 mg/dL": a bound, graded just beyond it)."""
     assert lab.value is not None
-    return f"{lab.comparator + ' ' if lab.comparator else ''}{lab.value:.0f} mg/dL"
+    return _as_reported(lab, f"{lab.value:.0f} mg/dL")
 
 
 def _hepatic_card(findings: list[HepaticFinding], snapshot: PatientSnapshot) -> CardText:
@@ -988,8 +988,7 @@ def _dose_suggestions(order: MedicationOrder, proposal: DoseProposal | None) -> 
 
 def _dose_lines(proposal: DoseProposal | None, lab: LabResult, verb: str, order: MedicationOrder) -> list[str]:
     if lab.comparator:  # the formula needs the level itself: "> 20" may be 21 or 60
-        return [f"- Reported as {lab.comparator} {lab.value:.3g} ng/mL: the dose cannot be computed from a bound; "
-                "review the dose."]
+        return [f"- Reported as {_ng_per_ml(lab)}: the dose cannot be computed from a bound; review the dose."]
     if order.frequency_unknown:
         return ["- The order's daily dose cannot be read (how often it is taken is not stated in a form this service "
                 "reads, or it has several dosage lines): no dose is computed; review the dose."]
@@ -1032,7 +1031,12 @@ def _level_line(lab: LabResult, drug: str) -> str:
 def _ng_per_ml(lab: LabResult) -> str:
     """A level for the card, its comparator kept: "> 20 ng/mL" is a bound, never the level itself."""
     assert lab.value is not None
-    return f"{lab.comparator + ' ' if lab.comparator else ''}{lab.value:.3g} ng/mL"
+    return _as_reported(lab, f"{lab.value:.3g} ng/mL")
+
+
+def _as_reported(lab: LabResult, amount: str) -> str:
+    """The amount with the lab's comparator before it when the value is a bound (Quantity.comparator)."""
+    return f"{lab.comparator} {amount}" if lab.comparator else amount
 
 
 def _lab_date(lab: LabResult) -> str:

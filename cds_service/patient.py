@@ -12,6 +12,8 @@ from cds_service.knowledge import DrugConcept, DrugRole
 _T = TypeVar("_T")
 # A result dated later than this after "now" is a data error (or another time zone's tomorrow): never the newest.
 RESULT_CLOCK_SKEW = timedelta(days=1)
+# Quantity.comparator: a value reported as a bound is on one side of it only ("< 20" may be anything below 20)
+UPPER_BOUNDS, LOWER_BOUNDS = frozenset({"<", "<="}), frozenset({">", ">="})
 
 
 class cached(Generic[_T]):  # noqa: N801 -- used like functools.cached_property

@@ -22,7 +22,16 @@ from cds_service.fhir.gather import GatheredData, draft_resources, medication_re
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
 from cds_service.knowledge.loader import CVX, LOINC, RXNORM, VACCINATION_WORDS, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
-from cds_service.patient import NEVER_SURGERY, ConditionRecord, LabResult, MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.patient import (
+    LOWER_BOUNDS,
+    NEVER_SURGERY,
+    UPPER_BOUNDS,
+    ConditionRecord,
+    LabResult,
+    MedicationOrder,
+    PatientSnapshot,
+    ProcedureEvent,
+)
 from cds_service.services import HookCall
 
 _PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?/?$")
@@ -398,7 +407,7 @@ class _Reader:
         quantity = lab.resource.get("valueQuantity")
         written = ""
         # a lower bound ("> 4 mIU/mL") is never negative, whatever its flag says: the value may be above any cut-off
-        if isinstance(quantity, dict) and (result is None or (result == "negative" and _comparator(quantity) in (">", ">="))):
+        if isinstance(quantity, dict) and (result is None or (result == "negative" and _comparator(quantity) in LOWER_BOUNDS)):
             result = self._quantitative_hcg_result(lab.resource)
             written = _as_written(quantity)
         return LabResult(lab.ref, lab.kind, lab.effective, lab.text, result=result, value_as_written=written)
@@ -413,7 +422,7 @@ class _Reader:
         interpretations = {(c.get("system"), c.get("code")) for i in resource.get("interpretation") or () for c in self._codings(i)}
         if interpretations & q.positive_interpretations:
             return "positive"
-        if interpretations & q.negative_interpretations and comparator not in (">", ">="):
+        if interpretations & q.negative_interpretations and comparator not in LOWER_BOUNDS:
             return "negative"
         value = quantity.get("value")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -456,9 +465,9 @@ class _Reader:
         if comparator == UNKNOWN_COMPARATOR:
             return LabResult(ref, kind, effective, text, analyte=analyte, value_as_written=_as_written(quantity),
                              unreadable_unit="a comparator that is not <, <=, >= or >")
-        if comparator in ("<", "<="):
+        if comparator in UPPER_BOUNDS:
             value = max(value - 1e-9, 0.0)  # "< 2 ng/mL" is below 2
-        elif comparator in (">", ">="):
+        elif comparator in LOWER_BOUNDS:
             value += 1e-9  # "> 1000 mg/dL" is above 1000 (CTCAE grade 4, not 3); no dose is computed from a bound
         converted = None
         for unit in dict.fromkeys((quantity.get("code"), quantity.get("unit"))):
@@ -778,7 +787,7 @@ def _side_of(value: float, comparator: str | None, threshold: float) -> str | No
         return "below" if value < threshold else "at or above"
     if comparator == UNKNOWN_COMPARATOR:
         return None
-    if comparator in ("<", "<="):
+    if comparator in UPPER_BOUNDS:
         return "below" if value < threshold or (comparator == "<" and value == threshold) else None
     return "at or above" if value >= threshold else None
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from cds_service.findings import LipidGradeFinding, LipidPanelMissing, Severity
 from cds_service.knowledge import Knowledge
-from cds_service.patient import RESULT_CLOCK_SKEW, PatientSnapshot
+from cds_service.patient import RESULT_CLOCK_SKEW, UPPER_BOUNDS, PatientSnapshot
 from cds_service.rules.common import drug_of, mtor_product, preferred_mtor
 
 
@@ -31,7 +31,7 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
             continue
         grade = knowledge.lipid_analytes[analyte].grade_of(latest.value)
         action = next((a for a in knowledge.lipid_actions if a.grade == grade), None)
-        if grade is None or action is None or latest.comparator in ("<", "<="):
+        if grade is None or action is None or latest.comparator in UPPER_BOUNDS:
             continue  # "< 1200 mg/dL" may be any grade up to that bound's, or none: no grade is given from it
         stale = latest.effective < oldest_current
         findings.append(

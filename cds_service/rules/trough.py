@@ -15,7 +15,7 @@ from cds_service.findings import (
 )
 from cds_service.knowledge import DrugRole, Knowledge
 from cds_service.knowledge.records import TroughLimit, TroughTarget, TroughTiming
-from cds_service.patient import LabResult, MedicationOrder, PatientSnapshot
+from cds_service.patient import LOWER_BOUNDS, UPPER_BOUNDS, LabResult, MedicationOrder, PatientSnapshot
 from cds_service.rules.common import (
     achievable_doses,
     drug_of,
@@ -28,9 +28,6 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.indication import infer_indication
 from cds_service.rules.treatment_context import TSC_LAM_USES, TreatmentContext, regimen_for, treatment_context
-
-# Quantity.comparator: a level reported as a bound is on one side of it only ("< 20" may be anything below 20)
-_UPPER_BOUNDS, _LOWER_BOUNDS = ("<", "<="), (">", ">=")
 
 
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[TroughHighFinding]:
@@ -50,7 +47,7 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
         limit = knowledge.trough_limits[drug]
         if latest.value is None:
             severity = Severity.INFO  # a level we cannot read must not pass as normal
-        elif latest.value > limit.upper_ng_per_ml and latest.comparator not in _UPPER_BOUNDS:
+        elif latest.value > limit.upper_ng_per_ml and latest.comparator not in UPPER_BOUNDS:
             severity = Severity.WARNING  # "< 20 ng/mL" may be 3: not known to be above the limit, no card
         else:
             continue
@@ -91,7 +88,7 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
             target = _verified_target(knowledge, context, drug)  # Zortress kidney 3-8 ng/mL; no computed dose
         if latest is None or latest.value is None or target is None or latest.value >= target.low_ng_per_ml:
             continue
-        if latest.comparator in _LOWER_BOUNDS:
+        if latest.comparator in LOWER_BOUNDS:
             continue  # "> 3 ng/mL" may be 10: not known to be below the target
         if _is_stale(snapshot, knowledge, latest):
             continue  # an old low level says nothing about today; trough-monitoring asks for a new one
@@ -202,14 +199,14 @@ def _context_trough_high(
     if unverified is not None:
         # The liver target (3-8 ng/mL) was read only in secondary sources: never a number on the card; above it,
         # an info card asks the transplant team to review. Only when it is the sole plausible use.
-        if len(candidates) > 1 or latest.value <= unverified.high_ng_per_ml or latest.comparator in _UPPER_BOUNDS:
+        if len(candidates) > 1 or latest.value <= unverified.high_ng_per_ml or latest.comparator in UPPER_BOUNDS:
             return None
         limit = TroughLimit(upper_ng_per_ml=unverified.high_ng_per_ml, source=unverified.source, section=unverified.section)
         return TroughHighFinding(severity=Severity.INFO, mtor=mtor, evidence=(latest,), source=unverified.source,
                                  section=unverified.section, limit=limit, indication=Indication(None, None),
                                  context=context, target_unverified=True)
     upper, limit, target = max(bounds, key=lambda b: b[0])
-    if latest.value <= upper or latest.comparator in _UPPER_BOUNDS:
+    if latest.value <= upper or latest.comparator in UPPER_BOUNDS:
         return None
     return TroughHighFinding(severity=Severity.WARNING, mtor=mtor, evidence=(latest,), source=limit.source,
                              section=limit.section, limit=limit, indication=Indication(None, None), target=target,
