@@ -60,6 +60,8 @@ def answer_hook(
     data = gather(call, service, settings)
     snapshot = build_snapshot(data, call, knowledge, now)
     findings: list[Finding]
+    # a selected order whose Medication could not be had may be the mTOR inhibitor, or what interacts with it
+    unidentified_selection = bool(data.unresolved_drafts & set(call.selections))
     if not snapshot.mtor_orders:
         # Some medications could not be identified (unreadable, unresolved references, pages not fetched): an empty
         # answer would read as "not on an mTOR inhibitor", so say what could not be checked instead. On
@@ -68,7 +70,7 @@ def answer_hook(
         # speaks only about mTOR inhibitors.
         unidentified = "medications" in snapshot.unavailable and (
             call.hook not in _FOCUSED_HOOKS
-            or (call.hook == "order-select" and (_selection_is_checked_drug(call, snapshot) or data.unresolved_drafts & set(call.selections)))
+            or (call.hook == "order-select" and (_selection_is_checked_drug(call, snapshot) or unidentified_selection))
             or (call.hook == "appointment-book" and _books_surgery(snapshot))
         )
         findings = list(check_data_completeness(snapshot, data.fhir_server_refused)) if unidentified else []
@@ -81,8 +83,6 @@ def answer_hook(
         # after the focus, a topic whose card is not full has listed all its findings about the selection
         not_listed = [note for note in notes if isinstance(note, NotListed)
                       and sum(f.topic is note.topic for f in findings) >= MAX_FINDINGS_PER_TOPIC]
-        # a selected order whose Medication could not be had may be what interacts with the mTOR inhibitor
-        unidentified_selection = bool(data.unresolved_drafts & set(call.selections))
         if (call.hook not in _FOCUSED_HOOKS or findings or unidentified_selection or _selection_concerns_mtor(call, snapshot)
                 or _books_surgery(snapshot)):
             # on order-select and appointment-book, speak about the selected orders / booked appointments only

@@ -67,7 +67,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
                     jobs[key] = partial(client.continue_search, value)
                 else:
                     reasons[key] = f"its prefetch has more pages; {no_server}"
-        elif present and isinstance(value, dict) and _read_type(template) not in (None, "") and value.get("resourceType") == _read_type(template):
+        elif present and isinstance(value, dict) and (expected := _read_type(template)) and value.get("resourceType") == expected:
             by_key[key] = [value]  # the one resource a read template asks for, e.g. Patient
         elif client:
             queries[key] = _query(template, call.context)
@@ -274,12 +274,18 @@ def _resolve_medication_references(
     }
     wanted = set()
     unreadable = 0  # references no one can follow: never a silent "unnamed medication"
-    for resource in [*(r for key in MEDICATION_KEYS for r in by_key.get(key, ())), *draft_resources(call)]:
+    drafts_waiting: dict[str, str | None] = {}  # draft order -> the Medication it waits for (None: no one can follow it)
+    current = ((r, False) for key in MEDICATION_KEYS for r in by_key.get(key, ()))
+    for resource, is_draft in [*current, *((r, True) for r in draft_resources(call))]:
         reference = medication_reference(resource)
         if reference and reference not in known:
             wanted.add(reference)
         elif reference is None and _unfollowable_medication_reference(resource):
             unreadable += 1
+        else:
+            continue
+        if is_draft:
+            drafts_waiting[f"{resource.get('resourceType')}/{resource.get('id')}"] = reference
     if wanted and client:
         refs = sorted(wanted)
         if len(refs) > 1 and client.supports_batch():
@@ -287,10 +293,7 @@ def _resolve_medication_references(
         else:
             results = run_parallel({ref: partial(client.read, ref) for ref in refs}, client.deadline)
         known.update({ref: r for ref, r in results.items() if isinstance(r, dict)})
-    unresolved_drafts = frozenset(
-        f"{r.get('resourceType')}/{r.get('id')}" for r in draft_resources(call)
-        if (ref := medication_reference(r)) not in known and (ref is not None or _unfollowable_medication_reference(r))
-    )
+    unresolved_drafts = frozenset(draft for draft, reference in drafts_waiting.items() if reference not in known)
     return known, len(wanted - known.keys()) + unreadable, unresolved_drafts
 
 
