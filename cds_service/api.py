@@ -20,7 +20,15 @@ from werkzeug.exceptions import HTTPException
 
 from cds_service.app_state import AppState
 from cds_service.auth import TokenRefused, expected_audience, www_authenticate
-from cds_service.errors import BadRequest, CdsError, DataUnavailable, PayloadTooLarge, UnknownService, UnsupportedMediaType
+from cds_service.errors import (
+    BadRequest,
+    CdsError,
+    DataUnavailable,
+    PayloadTooLarge,
+    UnknownService,
+    UnsupportedMediaType,
+    operation_outcome_body,
+)
 from cds_service.hooks import Caller, answer_hook
 from cds_service.observability import Stopwatch, log_request
 from cds_service.services import HookCall, ServiceDefinition
@@ -323,9 +331,7 @@ def _finish_request(response: Response) -> Response:
 
 
 def operation_outcome(status: int, code: str, message: str) -> Response:
-    severity = "error" if status < 500 else "fatal"
-    body = {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": message}]}
-    return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+    return Response(orjson.dumps(operation_outcome_body(status, code, message)), status=status, mimetype="application/fhir+json")
 
 
 def _cds_error(error: CdsError) -> Response:

@@ -89,3 +89,9 @@ class FhirUnavailable(FhirError):
 
 class FhirNotAllowed(FhirError):
     """The fhirServer is not on CDS_ALLOWED_FHIR_SERVERS or is not https (loopback excepted)."""
+
+
+def operation_outcome_body(status: int, code: str, message: str) -> dict[str, Any]:
+    """The FHIR OperationOutcome every non-2xx answer carries (the app's own, and gunicorn's refusals)."""
+    severity = "error" if status < 500 else "fatal"
+    return {"resourceType": "OperationOutcome", "issue": [{"severity": severity, "code": code, "diagnostics": message}]}

@@ -44,6 +44,8 @@ from gunicorn import util as gunicorn_util
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from cds_service.errors import operation_outcome_body  # plain data: imports neither prometheus_client nor the app
+
 __all__ = ["JsonErrorSyncWorker", "JsonErrorThreadWorker", "cpu_count", "gunicorn_settings", "run_gunicorn", "serving_settings"]
 
 DEFAULT_BIND = "127.0.0.1:8080"
@@ -251,8 +253,7 @@ def _answer_in_json(worker: Any, gunicorn_handle_error: Callable[..., None], req
     except (IndexError, ValueError):
         status = 400 if captured.data else 500  # not gunicorn's status line: still an answer, never a page
     code, message = _GUNICORN_ERRORS.get(status, ("exception" if status >= 500 else "invalid", HTTPStatus(status).phrase))
-    issue = {"severity": "fatal" if status >= 500 else "error", "code": code, "diagnostics": message}
-    body = json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}).encode()
+    body = json.dumps(operation_outcome_body(status, code, message)).encode()
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
             f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n\r\n")
     try:
