@@ -8,6 +8,9 @@ stubs (bench/fhir_stub.py: every query answered after --fhir-delay-ms; one of th
 batch), then measures with `wrk` (Debian: apt-get install wrk), for 1, 8 and 32 concurrent connections:
 
   healthz             GET /healthz: a constant JSON answer through the same stack (the baseline)
+  floor               POST the order-select body with a wrong hook: read, parsed and refused with 400 before any
+                      record is read. What a call of that size costs in this stack whatever the rules do; its 400s
+                      are expected, not errors
   order-select        POST mtor-safety-order-select with a ~33 KB prefetch (bench/payloads.py): one critical card
   patient-view        POST mtor-safety-patient-view with no prefetch, to a server without batch: 8 parallel GETs
   patient-view-batch  the same, to a server whose CapabilityStatement lists batch: one POST with the 8 queries
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,6 +78,12 @@ PATIENT_VIEW_ROUND_TRIPS = 2.0  # p99 at 8 connections, in FHIR round trips (--f
 GROWTH_SIZES = (10, 60, 300, 1000)  # resources in the record
 GROWTH_STEP = 2.0  # "linear, no step": no segment of the growth table costs more per resource than this × the cheapest
 QUIET_LOAD = 0.5  # load average above which the figures are not valid
+FLOOR = "floor"  # the scenario that measures the stack's own cost of a call of order-select's size
+
+
+def floor_request() -> dict:
+    """The order-select call with a hook the service does not answer: refused with 400 once its JSON is parsed."""
+    return {**order_select_request(), "hook": "patient-view"}
 
 
 @dataclass
@@ -87,6 +97,11 @@ class Result:
     non_2xx: int
     socket_errors: int
     baseline_ratio: float | None = None
+
+    @property
+    def errors(self) -> int:
+        """Answers that were not what the scenario asks for (the floor's 400s are what it asks for)."""
+        return self.socket_errors + (0 if self.scenario == FLOOR else self.non_2xx)
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,13 @@ class Servers:
 def check_answers(servers: Servers, bodies: dict[str, Path]) -> dict[str, str]:
     """Before measuring: each scenario answers what it should (else the numbers would mean nothing)."""
     notes = {}
+    try:
+        http(f"{servers.base}/cds-services/mtor-safety-order-select", json.loads(bodies[FLOOR].read_text()))
+        raise RuntimeError(f"{FLOOR} was answered, not refused")
+    except urllib.error.HTTPError as refused:
+        if refused.code != 400:
+            raise RuntimeError(f"{FLOOR} answered {refused.code}, not 400") from None
+        notes[FLOOR] = "the order-select body with hook patient-view: refused with 400 after its JSON is parsed"
     for name, body in bodies.items():
         if name.startswith(("order-select", "growth-")):
             status, answer = http(f"{servers.base}/cds-services/mtor-safety-order-select", json.loads(body.read_text()))
@@ -276,6 +298,7 @@ def run_config(config: ServerConfig, args: argparse.Namespace, workdir: Path) ->
     try:
         requests = {
             "order-select": order_select_request(),
+            FLOOR: floor_request(),
             "patient-view": patient_view_request(servers.fhir_base),
             "patient-view-batch": patient_view_request(servers.fhir_batch_base),
             **{f"growth-{size}": sized_order_select_request(size) for size in args.growth},
@@ -289,6 +312,7 @@ def run_config(config: ServerConfig, args: argparse.Namespace, workdir: Path) ->
         hook = f"{servers.base}/cds-services/mtor-safety-"
         scenarios = [
             ("healthz", f"{servers.base}/healthz", None),
+            (FLOOR, f"{hook}order-select", bodies[FLOOR]),
             ("order-select", f"{hook}order-select", bodies["order-select"]),
             ("patient-view", f"{hook}patient-view", bodies["patient-view"]),
             ("patient-view-batch", f"{hook}patient-view", bodies["patient-view-batch"]),
@@ -339,13 +363,17 @@ def verdicts(results: list[Result], fhir_delay_ms: float) -> list[str]:
         if (r := by.get((scenario, 8))):
             limit = PATIENT_VIEW_ROUND_TRIPS * fhir_delay_ms
             check(r.p99_ms <= limit, f"{scenario} p99 at 8: {r.p99_ms:.1f} ms (≤ {limit:g}, {PATIENT_VIEW_ROUND_TRIPS:g} round trips)")
+    for c in (8, 32):  # not a target: what the stack leaves of the targets before the record is read
+        if (r := by.get((FLOOR, c))) and r.baseline_ratio is not None:
+            lines.append(f"- floor at {c} (not a target: the same body refused with 400 before its record is read): "
+                         f"{r.cpu_ms_per_request:.2f} ms CPU per request, {r.baseline_ratio:.2f}× baseline, p99 {r.p99_ms:.1f} ms")
     growth = growth_segments(results)
     if growth:
         slopes = [slope for _, _, slope in growth]
         check(max(slopes) <= GROWTH_STEP * max(min(slopes), 1e-6),
               "growth linear, no step: CPU per added resource " + ", ".join(f"{a}→{b}: {s * 1000:.1f} µs" for a, b, s in growth)
               + f" (no segment > {GROWTH_STEP:g}× the cheapest)")
-    errors = sum(r.non_2xx + r.socket_errors for r in results)
+    errors = sum(r.errors for r in results)
     check(errors == 0, f"{errors} non-2xx answers or socket errors in all runs")
     return lines
 
@@ -375,7 +403,7 @@ def table(results: list[Result], config: ServerConfig | None = None) -> list[str
         ratio = f"{r.baseline_ratio:.2f}" if r.baseline_ratio is not None else "-"
         rows.append(
             f"{f'| {config} ' if config else ''}| {r.scenario} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
-            f"| {r.cpu_ms_per_request:.2f} | {ratio} | {r.non_2xx + r.socket_errors} |"
+            f"| {r.cpu_ms_per_request:.2f} | {ratio} | {r.errors} |"
         )
     return rows
 

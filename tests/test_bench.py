@@ -134,3 +134,24 @@ def test_the_readme_figures_are_those_of_the_latest_results():
     growth_quoted = next(r for r in _table_rows(section, "order-select server CPU"))[1:]
     growth_measured = [r[1] for r in _table_rows(latest, "") if len(r) == 3 and r[0].isdigit()]
     assert growth_quoted == growth_measured
+
+
+def test_the_floor_body_is_refused_with_400_once_parsed_and_its_400s_are_not_errors(client):
+    """The floor scenario measures what a call of order-select's size costs before its record is read: the service must
+    refuse it (a wrong hook), after parsing it, never answer it."""
+    answer = client.post("/cds-services/mtor-safety-order-select", json=run_bench.floor_request())
+    assert answer.status_code == 400 and "hook" in answer.get_json()["issue"][0]["diagnostics"]
+    assert run_bench.floor_request()["prefetch"] == run_bench.order_select_request()["prefetch"]
+    floor = run_bench.Result(run_bench.FLOOR, 8, 2000.0, 1.0, 12.0, 0.6, 10_000, 0, 0.5)
+    refused = run_bench.Result("order-select", 8, 500.0, 1.0, 12.0, 2.0, 3, 1, 0.1)
+    assert (floor.errors, refused.errors) == (0, 4)
+    lines = run_bench.verdicts([floor, refused], 50)
+    assert "- MISS: 4 non-2xx answers or socket errors in all runs" in lines
+    assert any(line.startswith("- floor at 8 (not a target") and "0.60 ms CPU per request, 0.50× baseline, p99 12.0 ms" in line
+               for line in lines)
+
+
+def test_the_floor_is_documented_as_measured():
+    flat = " ".join(README.split())
+    assert 'the order-select body below, with `"hook": "patient-view"`: read, parsed and refused with `400`' in flat
+    assert "floor" in cpu_calls.scenarios("http://127.0.0.1:1/fhir")
