@@ -5,6 +5,7 @@ This module turns a request into a HookCall or a 4xx; it never looks at clinical
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import logging
@@ -131,7 +132,8 @@ def read_json_body() -> Any:
     if len(body) > limit:
         raise PayloadTooLarge(too_large)
     try:
-        return orjson.loads(body)
+        # RFC 8259 §8.1: senders must not add a byte order mark, receivers may ignore one; some Windows stacks add it
+        return orjson.loads(body[3:] if body.startswith(codecs.BOM_UTF8) else body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({_json_error(exc)})") from None
 

@@ -67,6 +67,14 @@ def test_malformed_json_is_400(client, raw):
     assert_outcome(client.post(ORDER_SELECT, data=raw, content_type="application/json"), 400, "not valid JSON")
 
 
+def test_a_leading_byte_order_mark_is_ignored_as_rfc_8259_allows(client):
+    raw = b"\xef\xbb\xbf" + orjson.dumps(load_fixture(CLARITHROMYCIN))
+    response = client.post(ORDER_SELECT, data=raw, content_type="application/json")
+    assert response.status_code == 200 and topics_of(response.get_json())[0] == "cyp3a4-interaction"
+    assert_outcome(client.post(ORDER_SELECT, data=b"\xef\xbb\xbf", content_type="application/json"), 400, "not valid JSON")
+    assert_outcome(client.post(ORDER_SELECT, data=b"\xef\xbb\xbf\xef\xbb\xbf{}", content_type="application/json"), 400, "not valid JSON")
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None])
 def test_a_body_not_declared_as_json_is_415(client, content_type):
     response = client.post(ORDER_SELECT, data=b'{"hook": "order-select"}', content_type=content_type)
