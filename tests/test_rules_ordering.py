@@ -6,11 +6,11 @@ from datetime import date, timedelta
 
 import pytest
 
+from cds_service.cards import render_cards
 from cds_service.findings import Severity, Topic
 from cds_service.patient import LabResult
 from cds_service.rules import evaluate
 from cds_service.rules.common import achievable_doses, mosteller_bsa, round_down_to
-from cds_service.cards import render_cards
 from cds_service.rules.ordering import check_contraception, check_dose
 from snapshots import (
     AML_RECORD,
