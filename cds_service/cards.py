@@ -794,7 +794,16 @@ def _dose_card(findings: list[DoseCheckFinding], snapshot: PatientSnapshot) -> C
     label_dose = (f"{start.dose_mg_per_m2:g} mg/m² once daily" if start.dose_mg_per_m2 is not None else f"{start.dose_mg:g} mg once daily")
     lines = [f"- Ordered: {md_text(mtor.text)}, **{top.ordered_mg:g} mg/day**.",
              f"- Use: {_indication_text(top.indication)}; label starting dose {label_dose}."]
-    if top.expected_mg is None:
+    if top.below_label_age_years is not None:
+        age, min_age = _age_text(top.below_label_age_years), start.min_age_years or 0
+        who = "adults" if min_age >= 18 else f"patients {min_age:g} year{'' if min_age == 1 else 's'} and older"
+        summary = f"{_cap(drug)} {top.ordered_mg:g} mg/day for a patient aged {age}: the label's dose for this use is for {who}: review"
+        lines[-1] = f"- Use: {_indication_text(top.indication)}; the label's starting dose {label_dose} is for {who}."
+        lines.append(f"- The patient is **{age}** old: the label gives no dose for this use at this age, so the order was "
+                     "not compared with it. Review the dose and the use with the prescriber.")
+        if start.age_source is not None:
+            lines.append(f"- Age of the indication: {_cite(start.age_source, start.age_section)}.")
+    elif top.expected_mg is None:
         summary = f"Cannot check the {drug} starting dose: record height and weight (the dose is per m²)"
         lines.append("- The dose is per m² of body surface area: record height and weight to check it.")
     else:
@@ -1047,6 +1056,11 @@ def _mtor(finding: Finding) -> MedicationOrder:
     """The mTOR order a topic's finding is about (every topic but checks-incomplete has one)."""
     assert finding.mtor is not None, f"{finding.topic.value} finding without an mTOR order"
     return finding.mtor
+
+
+def _age_text(age_years: float) -> str:
+    """An age as a clinician says it: months under 2 years, else whole years."""
+    return f"{int(age_years * 12)} months" if age_years < 2 else f"{int(age_years)} years"
 
 
 def _indication_text(indication: Indication) -> str:

@@ -329,13 +329,18 @@ class DoseCheckFinding(Finding):
     start: StartingDose
     ordered_mg: float
     pediatric: PediatricNote | None
-    expected_mg: float | None = None  # None when height and weight are missing for a per-m² dose
+    expected_mg: float | None = None  # None when height and weight are missing for a per-m² dose, or below the label's age
     fits: bool = False
     bsa: BodySurface | None = None
+    below_label_age_years: float | None = None  # the patient's age, when younger than the label's indication allows
+
+    @property
+    def below_label_age(self) -> bool:
+        return self.below_label_age_years is not None
 
     @property
     def missing_measurements(self) -> bool:
-        return self.expected_mg is None
+        return self.expected_mg is None and not self.below_label_age
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -6,6 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from cds_service.cards import render_cards
 from cds_service.findings import Severity, Topic
 from cds_service.patient import LabResult
 from cds_service.rules import evaluate
@@ -74,6 +75,34 @@ def test_sega_dose_without_height_and_weight_says_it_cannot_check():
 
 def test_aml_fixed_dose_of_10_mg_fits():
     assert check_dose(record_snapshot([mtor_order(draft=True, dose=10)], [], [TSC_RECORD, AML_RECORD]), K) == []
+
+
+@pytest.mark.parametrize("dose", [10, 5, 2.5])
+def test_a_childs_tsc_aml_order_is_never_compared_with_the_adult_fixed_dose(dose):
+    """The label's 10 mg TSC-AML dose is for adults (§1.4): for a 5-year-old it neither fits nor is "below" it (audit:
+    10 mg read as fitting, 5 mg as below the 10 mg label dose)."""
+    snapshot = record_snapshot([mtor_order(draft=True, dose=dose)], body_measurements(110, 19), [TSC_RECORD, AML_RECORD],
+                               birth=date(2021, 6, 1))
+    [finding] = check_dose(snapshot, K)
+    assert finding.below_label_age and finding.expected_mg is None and not finding.fits
+    assert finding.severity is Severity.INFO and not finding.missing_measurements
+    [card] = render_cards([finding], snapshot)
+    assert "for adults" in card.summary and "5 years" in card.summary and "10 mg once daily is for adults" in card.detail
+    assert "above the label dose" not in card.detail and "below the label dose" not in card.summary
+
+
+def test_an_adult_tsc_aml_order_is_still_checked_against_the_fixed_dose():
+    snapshot = record_snapshot([mtor_order(draft=True, dose=20)], [], [TSC_RECORD, AML_RECORD], birth=date(1990, 1, 1))
+    [finding] = check_dose(snapshot, K)
+    assert finding.severity is Severity.WARNING and finding.expected_mg == 10 and not finding.below_label_age
+
+
+def test_a_sega_order_for_an_infant_under_the_labels_one_year_is_not_given_a_bsa_dose():
+    snapshot = record_snapshot([mtor_order(draft=True, dose=2)], body_measurements(70, 8), SEGA_CHILD, birth=date(2026, 3, 1))
+    [finding] = check_dose(snapshot, K)
+    assert finding.below_label_age and finding.expected_mg is None
+    [card] = render_cards([finding], snapshot)
+    assert "8 months" in card.summary and "patients 1 year and older" in card.summary
 
 
 def test_child_under_the_label_age_gets_the_infection_note_even_when_the_dose_fits():

@@ -66,11 +66,29 @@ def test_oral_typhoid_live_vaccine_is_live_not_ambiguous():
         med("VariZIG (varicella zoster immune globulin)", draft=True),
         med("varicella zoster immune globulin", cvx="36", draft=True),
         med("Typhim Vi typhoid vaccine", draft=True),
+        immunization("JYNNEOS", cvx="206"),
+        immunization("Smallpox and Monkeypox Vaccine, Live, Nonreplicating (JYNNEOS)"),
+        med("Imvanex", draft=True),
     ],
-    ids=["shingrix-cvx", "shingrix-name", "iiv-cvx", "fluzone-name", "varizig-name", "vzig-cvx", "typhim-vi"],
+    ids=["shingrix-cvx", "shingrix-name", "iiv-cvx", "fluzone-name", "varizig-name", "vzig-cvx", "typhim-vi",
+         "jynneos-cvx", "jynneos-name", "imvanex-name"],
 )
 def test_non_live_vaccines_never_fire(vaccine):
+    """JYNNEOS (MVA-BN) is replication-deficient and CDC's orthopoxvirus vaccine for the immunocompromised: it is no live
+    vaccine of the labels' warning, and a record naming it does not leave the product unknown (audit 2026-12-01)."""
     assert vaccine_findings(vaccine) == []
+
+
+def test_acam2000_the_replicating_smallpox_vaccine_still_warns():
+    [finding] = vaccine_findings(immunization("ACAM2000", cvx="75"))
+    assert finding.severity is Severity.WARNING
+
+
+@pytest.mark.parametrize("text", ["Qdenga", "Qdenga powder and solvent for solution for injection", "dengue vaccine (TAK-003)"])
+def test_qdenga_the_eu_live_dengue_vaccine_warns(text):
+    """Qdenga (TAK-003) is a live attenuated dengue vaccine like Dengvaxia (EMA product information): it gave no card."""
+    [finding] = vaccine_findings(med(text, draft=True))
+    assert finding.severity is Severity.WARNING and not finding.ambiguous
 
 
 def test_zoster_unspecified_cvx_188_is_only_info():

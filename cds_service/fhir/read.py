@@ -148,7 +148,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
     if medication_problems or len(kept) < len(medications) or reader.foreign.keys() & _ORDER_KINDS.keys():
         # An unreadable or uncounted current medication may be the mTOR inhibitor or what interacts with it.
         unavailable.append("medications")
-    return PatientSnapshot(
+    snapshot = PatientSnapshot(
         now=now,
         patient_id=call.patient_id,
         birth_date=demographics[0] if demographics else None,
@@ -162,6 +162,13 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         unreadable=tuple(sorted((reader.unreadable + Counter({"Bundle.entry": data.malformed_entries})).items())),
         order_history=tuple(history),
     )
+    # A latest lipid whose unit could not be converted gives no grade: said, so that no card is not read as normal.
+    unconverted = [a for a in ("triglycerides", "cholesterol")
+                   if (lab := snapshot.latest_lab("lipid", a)) is not None and lab.value is None and lab.unreadable_unit]
+    if unconverted:
+        said = [f"the unit of the latest {a} result (not convertible to mg/dL): its CTCAE grade was not checked" for a in unconverted]
+        snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *said))
+    return snapshot
 
 
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
@@ -469,11 +476,13 @@ class _Reader:
             value = max(value - 1e-9, 0.0)  # "< 2 ng/mL" is below 2
         elif comparator in LOWER_BOUNDS:
             value += 1e-9  # "> 1000 mg/dL" is above 1000 (CTCAE grade 4, not 3); no dose is computed from a bound
-        converted = None
-        for unit in dict.fromkeys((quantity.get("code"), quantity.get("unit"))):
-            if isinstance(unit, str) and converted is None:
-                converted = convert(value, unit.strip().replace("μ", "µ").lower())
-        converted = None if converted is None else _measure(converted)
+        # The UCUM code and the printed unit are each read; when both convert but disagree ("mmol/L" printed over the
+        # code "mg/dL"), which one the number is in is unknown: never read (a 38-fold error in cholesterol).
+        readings = {round(c, 9) for u in (quantity.get("code"), quantity.get("unit"))
+                    if isinstance(u, str) and (c := convert(value, u.strip().replace("μ", "µ").lower())) is not None}
+        if len(readings) > 1:
+            unit_label = f"{quantity.get('unit')}, coded {quantity.get('code')}"
+        converted = _measure(readings.pop()) if len(readings) == 1 else None
         return LabResult(ref, kind, effective, text, analyte=analyte, value=converted, value_as_written=_as_written(quantity),
                          unreadable_unit=None if converted is not None else unit_label or "no unit", comparator=comparator)
 

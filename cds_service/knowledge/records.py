@@ -173,6 +173,9 @@ class StartingDose(Cited):
     indication: str
     dose_mg: float | None = None
     dose_mg_per_m2: float | None = None
+    min_age_years: float | None = None  # the label's indication starts at this age (TSC-AML: adults)
+    age_source: Source | None = None
+    age_section: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()

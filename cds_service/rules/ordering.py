@@ -56,6 +56,11 @@ def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseChec
         pediatric = _pediatric_note(snapshot, knowledge, drug)
         finding = functools.partial(DoseCheckFinding, mtor=mtor, source=start.source, section=start.section,
                                     indication=indication, start=start, ordered_mg=ordered, pediatric=pediatric)
+        age = snapshot.age_years
+        if start.min_age_years is not None and age is not None and age < start.min_age_years:
+            # The label dose is for older patients (TSC-AML: adults): never compared with a child's order, never "fits"
+            findings.append(finding(severity=Severity.INFO, below_label_age_years=age))
+            continue
         bsa = None
         if start.dose_mg_per_m2 is not None:
             height, weight = snapshot.latest_lab("height"), snapshot.latest_lab("weight")
