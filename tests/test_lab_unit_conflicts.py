@@ -11,7 +11,7 @@ import pytest
 
 from cds_service.findings import Severity
 from cds_service.rules.trough import check_trough_high
-from snapshots import LOINC, UCUM, everolimus, knowledge, level, observation, snapshot_of
+from snapshots import LOINC, PATIENT_ID, UCUM, everolimus, knowledge, level, observation, snapshot_of
 
 
 def _triglycerides(value: float, unit: str, code: str) -> dict:
@@ -46,3 +46,30 @@ def test_a_unit_and_code_that_agree_are_read():
     [lab] = [lab for lab in snapshot.labs if lab.kind == "drug-level"]
     assert lab.value == pytest.approx(18.2)
     assert LOINC  # the builders code the level in LOINC
+
+
+def _hcg(value: float, unit: str, days_ago: float = 2, **more) -> dict:
+    return observation("21198-7", days_ago, text="hCG beta, serum", valueQuantity={"value": value, "unit": unit, "code": unit}, **more)
+
+
+def test_a_recent_hcg_that_cannot_be_read_either_way_is_said_not_taken_as_no_pregnancy():
+    """1500 mU/mL with no interpretation flag or reference range: the unit has no sourced cut-off, so neither positive nor
+    negative can be read. It used to give no card at all, as if no test were on record."""
+    snapshot = snapshot_of(medications=[everolimus()], observations=[_hcg(1500, "mU/mL")])
+    [note] = [item for item in snapshot.unavailable if "hCG" in item]
+    assert "(1500 mU/mL)" in note and "pregnancy was not checked" in note
+    flagged = _hcg(1500, "mU/mL", interpretation=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "H"}]}])
+    assert not any("hCG" in item for item in snapshot_of(medications=[everolimus()], observations=[flagged]).unavailable)
+    assert not any("hCG" in item for item in snapshot_of(medications=[everolimus()], observations=[_hcg(1500, "mU/mL", days_ago=40)]).unavailable)
+    assert not any("hCG" in item for item in snapshot_of(medications=[everolimus()], observations=[_hcg(3, "mIU/mL")]).unavailable)
+    male = {"patient": {"resourceType": "Patient", "id": PATIENT_ID, "gender": "male", "birthDate": "1990-01-01"}}
+    assert not any("hCG" in item for item in snapshot_of(medications=[everolimus()], observations=[_hcg(1500, "mU/mL")], prefetch=male).unavailable)
+
+
+def test_the_readme_says_unread_latest_lipids_and_hcg_are_named():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert ("A latest lipid result whose unit cannot be converted to mg/dL, and a recent hCG that reads neither positive nor "
+            "negative (no interpretation flag, no reference range, a unit with no sourced cut-off such as \"1500 mU/mL\"), are "
+            "named there too") in readme

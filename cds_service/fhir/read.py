@@ -162,13 +162,25 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         unreadable=tuple(sorted((reader.unreadable + Counter({"Bundle.entry": data.malformed_entries})).items())),
         order_history=tuple(history),
     )
-    # A latest lipid whose unit could not be converted gives no grade: said, so that no card is not read as normal.
-    unconverted = [a for a in ("triglycerides", "cholesterol")
-                   if (lab := snapshot.latest_lab("lipid", a)) is not None and lab.value is None and lab.unreadable_unit]
-    if unconverted:
-        said = [f"the unit of the latest {a} result (not convertible to mg/dL): its CTCAE grade was not checked" for a in unconverted]
-        snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *said))
+    unread = _unread_latest_results(snapshot, knowledge)
+    if unread:
+        snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *unread))
     return snapshot
+
+
+def _unread_latest_results(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[str]:
+    """Latest results a rule needs but could not read: said, so that no card is not read as "normal" or "not pregnant"."""
+    said = [f"the unit of the latest {analyte} result (not convertible to mg/dL): its CTCAE grade was not checked"
+            for analyte in ("triglycerides", "cholesterol")
+            if (lab := snapshot.latest_lab("lipid", analyte)) is not None and lab.value is None and lab.unreadable_unit]
+    hcg = snapshot.latest_lab("hcg")
+    # No interpretation flag, no reference range, no unit with a sourced cut-off ("1500 mU/mL"): a positive test unread.
+    if (hcg is not None and hcg.result is None and snapshot.gender != "male"
+            and hcg.effective is not None and hcg.effective >= knowledge.lookback_start("hcg-test", snapshot.now)):
+        written = f" ({hcg.value_as_written})" if hcg.value_as_written else ""
+        said.append(f"the latest hCG result{written}: neither positive nor negative could be read (no interpretation, "
+                    "reference range or known unit): pregnancy was not checked against it")
+    return said
 
 
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
