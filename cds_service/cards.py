@@ -701,12 +701,14 @@ def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
         summary = f"{level} ({product}, {_use_text(context)}): review the dose with the transplant team"
         lines.append("- This service has not verified the label's trough target for this use, so it shows none and "
                      "computes no dose.")
-    elif isinstance(top, TroughLowFinding) and target is not None:
-        summary = f"{level} is below the {product} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
-        lines.append(f"- {product} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
     elif target is not None:
-        summary = f"{level} is above the {product} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
-        lines.append(f"- {product} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
+        labelled = target.product or product  # Afinitor taken after a kidney transplant: Zortress's target
+        side = "below" if isinstance(top, TroughLowFinding) else "above"
+        summary = f"{level} is {side} the {labelled} target of {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL: review the dose"
+        lines.append(f"- {labelled} label target for {_use_text(context)}: {target.low_ng_per_ml:g}-{target.high_ng_per_ml:g} ng/mL.")
+        if labelled != product:
+            lines.append(f"- The order is for {product}, whose label gives no target for this use: the {labelled} label's "
+                         f"target for {drug} after a {_use_text(context)} is the one shown.")
     elif isinstance(top, TroughHighFinding):
         summary = f"{level} is above the limit of every use on record: review the dose"
         lines.append(f"- Above {top.limit.upper_ng_per_ml:g} ng/mL, the highest limit of the plausible uses.")

@@ -349,9 +349,28 @@ def test_rapamune_with_no_indication_is_quiet_because_the_transplant_target_is_u
 
 
 def test_tsc_and_kidney_transplant_fires_only_above_every_plausible_limit():
-    # candidates tsc-sega (Afinitor 15 ng/mL) and transplant-kidney: generic everolimus 10 mg has no Zortress regimen
+    # candidates tsc-sega (Afinitor 15 ng/mL) and transplant-kidney: generic everolimus 10 mg (read as Afinitor) after a
+    # kidney transplant is judged by the drug's transplant label, Zortress (3-8 ng/mL); until 2026-12-01 no card at all
+    within_tsc = record_snapshot([mtor_order()], [drug_level(14)], [TSC_RECORD, SEGA_RECORD, KIDNEY_TX])
+    assert check_trough_high(within_tsc, knowledge()) == []  # above 8, within 15: not above every plausible limit
     snap = record_snapshot([mtor_order()], [drug_level(16)], [TSC_RECORD, SEGA_RECORD, KIDNEY_TX])
-    assert check_trough_high(snap, knowledge()) == []  # transplant target for non-Zortress everolimus unknown
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.severity is Severity.WARNING and finding.limit.upper_ng_per_ml == 15 and finding.proposal is None
+    [card] = render_cards([finding], snap)
+    assert "above the limit of every use on record" in card.summary and not card.suggestions
+
+
+def test_afinitor_after_a_kidney_transplant_is_judged_by_the_zortress_target_and_says_so():
+    """Found by an audit: Afinitor (or everolimus 10 mg) with only a kidney transplant on record gave no card even at
+    25 ng/mL, because Afinitor's label has no transplant target. The drug's transplant label (Zortress) is the one."""
+    snap = record_snapshot([mtor_order()], [drug_level(12)], [KIDNEY_TX])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.target.product == "Zortress" and finding.target.high_ng_per_ml == 8
+    [card] = render_cards([finding], snap)
+    assert card.summary.endswith("is above the Zortress target of 3-8 ng/mL: review the dose")
+    assert "The order is for Afinitor, whose label gives no target for this use" in card.detail
+    assert card.source.label.startswith("Zortress") and not card.suggestions
+    assert check_trough_high(record_snapshot([mtor_order()], [drug_level(7)], [KIDNEY_TX]), knowledge()) == []
 
 
 def test_trough_drawn_before_steady_state_gives_no_dose_and_a_recheck_date():
@@ -500,3 +519,11 @@ def test_an_everolimus_order_whose_start_and_change_intervals_agree_gives_one():
     mtor = mtor_order(authored=NOW - timedelta(days=20))
     [finding] = check_trough_monitoring(record_snapshot([mtor], [drug_level(8, days_ago=60)], [TSC_RECORD, SEGA_RECORD]), K)
     assert finding.start_timing is None
+
+
+def test_the_readme_says_other_everolimus_after_a_kidney_transplant_is_judged_by_zortress():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert ("other everolimus (Afinitor, 10 mg) after a kidney transplant is judged by the same Zortress target, and the card "
+            "says so") in readme

@@ -91,6 +91,7 @@ class TroughTarget(Cited):
     indication: str
     low_ng_per_ml: float
     high_ng_per_ml: float
+    product: str | None = None  # the label product whose target this is (regimens.json), when a use's label gives it
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -266,9 +266,11 @@ def _prefer_specific_organ(candidates: Iterable[str]) -> list[str]:
     return keys
 
 
-def regimen_for(knowledge: Knowledge, context: TreatmentContext, candidate: str, drug: str | None) -> Mapping[str, Any] | None:
-    """The regimens.json entry governing one plausible use of this order (None when no entry covers it)."""
-    return regimen_entry(knowledge, _regimen(knowledge, context.product, drug, [candidate]))
+def regimen_for(knowledge: Knowledge, context: TreatmentContext, candidate: str, drug: str | None,
+                product: str | None = None) -> Mapping[str, Any] | None:
+    """The regimens.json entry governing one plausible use of this order, or of `product` in its place (None when no
+    entry covers it)."""
+    return regimen_entry(knowledge, _regimen(knowledge, product or context.product, drug, [candidate]))
 
 
 def regimen_entry(knowledge: Knowledge, key: str | None) -> Mapping[str, Any] | None:

@@ -19,6 +19,7 @@ from cds_service.patient import LOWER_BOUNDS, UPPER_BOUNDS, LabResult, Medicatio
 from cds_service.rules.common import (
     achievable_doses,
     drug_of,
+    product_label,
     product_strengths,
     proportional_dose,
     round_down_to,
@@ -28,6 +29,8 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.indication import infer_indication
 from cds_service.rules.treatment_context import TSC_LAM_USES, TreatmentContext, regimen_for, treatment_context
+
+TRANSPLANT_PRODUCTS = {"everolimus": "Zortress", "sirolimus": "Rapamune"}  # each drug's transplant label (regimens.json)
 
 
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[TroughHighFinding]:
@@ -39,7 +42,8 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
             continue
         context = treatment_context(snapshot, knowledge, mtor)
         if not context.allows_tsc_lam_rules:
-            found = _context_trough_high(knowledge, mtor, latest, context)
+            tsc_on_record = bool(snapshot.active_conditions("tsc") or snapshot.active_conditions("lam"))
+            found = _context_trough_high(knowledge, mtor, latest, context, tsc_on_record)
             if found and _is_stale(snapshot, knowledge, latest):  # an old level: a recheck, nothing more
                 found = dataclasses.replace(found, severity=Severity.INFO, stale=True)
             findings += [found] if found else []
@@ -102,6 +106,7 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
                 proposal=_dose_proposal(mtor, latest, indication.key, knowledge, lower=False) if tsc else None,
                 recheck=trough_timing(knowledge, drug, "dose-change") if context.allows_tsc_lam_rules else None,
                 context=None if context.allows_tsc_lam_rules else context, not_steady_until=not_steady,
+                label=product_label(knowledge, target.product) if target.product not in (None, context.product) else None,
             )
         )
     return findings
@@ -171,7 +176,7 @@ def _due_event(
 
 
 def _context_trough_high(
-    knowledge: Knowledge, mtor: MedicationOrder, latest: LabResult, context: TreatmentContext
+    knowledge: Knowledge, mtor: MedicationOrder, latest: LabResult, context: TreatmentContext, tsc_on_record: bool = False
 ) -> TroughHighFinding | None:
     """A transplant or oncology use is plausible: the level is judged against each plausible use's own label and
     fires only when it is above every one of them. No computed dose (the Zortress and Rapamune transplant labels
@@ -182,6 +187,10 @@ def _context_trough_high(
         return None
     candidates = context.candidates or (context.use,)
     bounds: list[tuple[float, TroughLimit, TroughTarget | None]] = []
+    if tsc_on_record and not TSC_LAM_USES & set(candidates):
+        # TSC or LAM on record beside the transplant: a level within the TSC/LAM limit is not called too high either
+        limit = knowledge.trough_limits[drug]
+        bounds.append((limit.upper_ng_per_ml, limit, None))
     unverified: TroughTarget | None = None
     for candidate in candidates:
         if candidate in TSC_LAM_USES:
@@ -208,22 +217,28 @@ def _context_trough_high(
     upper, limit, target = max(bounds, key=lambda b: b[0])
     if latest.value <= upper or latest.comparator in UPPER_BOUNDS:
         return None
+    # judged by another product's label (Afinitor after a transplant: Zortress's target): the card names that label
+    label = product_label(knowledge, target.product) if target and target.product not in (None, context.product) else None
     return TroughHighFinding(severity=Severity.WARNING, mtor=mtor, evidence=(latest,), source=limit.source,
                              section=limit.section, limit=limit, indication=Indication(None, None), target=target,
-                             context=context)
+                             context=context, label=label)
 
 
 def _candidate_target(
     knowledge: Knowledge, context: TreatmentContext, candidate: str, drug: str
 ) -> tuple[TroughTarget | None, bool]:
-    """The governing label's trough target for one transplant use (regimens.json), and whether it is verified."""
+    """The governing label's trough target for one transplant use (regimens.json), and whether it is verified. Another
+    product of the drug taken after a transplant (Afinitor, everolimus 10 mg) is judged by the drug's transplant label,
+    as its card names that label (rules.governing_label)."""
     entry = regimen_for(knowledge, context, candidate, drug)
+    if entry is None and candidate.startswith("transplant-") and drug in TRANSPLANT_PRODUCTS:
+        entry = regimen_for(knowledge, context, candidate, drug, product=TRANSPLANT_PRODUCTS[drug])
     fact = (entry or {}).get("trough_target_ng_per_ml") or {}
     value = fact.get("value")
     if not isinstance(value, dict):
         return None, False
     target = TroughTarget(drug=drug, indication=candidate, low_ng_per_ml=value["low"], high_ng_per_ml=value["high"],
-                          source=fact["source"], section=fact.get("section", ""))
+                          source=fact["source"], section=fact.get("section", ""), product=entry.get("product"))
     return target, bool(fact.get("verified"))
 
 
