@@ -235,7 +235,7 @@ def _candidate_target(
         entry = regimen_for(knowledge, context, candidate, drug, product=TRANSPLANT_PRODUCTS[drug])
     fact = (entry or {}).get("trough_target_ng_per_ml") or {}
     value = fact.get("value")
-    if not isinstance(value, dict):
+    if entry is None or not isinstance(value, dict):
         return None, False
     target = TroughTarget(drug=drug, indication=candidate, low_ng_per_ml=value["low"], high_ng_per_ml=value["high"],
                           source=fact["source"], section=fact.get("section", ""), product=entry.get("product"))
