@@ -46,6 +46,19 @@ def test_a_statement_that_is_not_current_is_not_read(status):
     assert [m.ref for m in snapshot.medications if m.ref.startswith("MedicationStatement/")] == []
 
 
+@pytest.mark.parametrize(("end", "current"), [
+    ("2024-05-31", False), ("2024", False), ("2026-10", False), ("2026-11-22T23:00:00Z", False),  # NOW is 2026-11-23 12:00
+    ("2026-11-23", True), ("2026-11", True), ("2026-12-31", True), ("2026-11-23T18:00:00Z", True), ("9999-12-31", True),
+])
+def test_an_active_statement_whose_period_has_ended_is_not_a_current_medication(end, current):
+    """Found by an audit: St John's wort 'active' with effectivePeriod.end in 2024 still fired the interaction card. A
+    date to the month or year ends with that month or year; an unreadable end date leaves the statement current."""
+    statement = st_johns_wort(effectivePeriod={"start": "2024-01-01", "end": end})
+    del statement["effectiveDateTime"]
+    snapshot = snapshot_of(hook="patient-view", medications=[everolimus()], medication_statements=[statement])
+    assert any(m.ref.startswith("MedicationStatement/") for m in snapshot.medications) is current
+
+
 def test_st_johns_wort_taken_over_the_counter_warns_without_offering_to_delete_it(client):
     response = client.post(PATIENT_VIEW, json=hook_request("patient-view", medications=[everolimus()], medication_statements=[st_johns_wort()]))
     body = response.get_json()
@@ -67,3 +80,10 @@ def test_statements_missing_from_prefetch_are_fetched(client, fhir):  # noqa: F8
     body = client.post(PATIENT_VIEW, json=with_server(request)).get_json()
     assert core_topics(body) == ["cyp3a4-interaction"]
     assert server.paths == ["MedicationStatement"]
+
+
+def test_the_readme_says_an_ended_period_is_not_current():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert "counted as current medications unless their `effectivePeriod.end` has passed, never offered for deletion" in readme

@@ -15,7 +15,7 @@ import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeGuard
 
 from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference, proposed_appointments
@@ -87,7 +87,7 @@ class UnknownFrequency(ValueError):
 
 
 def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now: datetime) -> PatientSnapshot:
-    reader = _Reader(knowledge, call.patient_id, data.medications)
+    reader = _Reader(knowledge, call.patient_id, data.medications, now)
     selections = set(call.selections)
     medications: dict[str, MedicationOrder] = {}
     history: list[MedicationOrder] = []
@@ -197,8 +197,9 @@ def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
 class _Reader:
     """Reads one resource type at a time into snapshot records; counts what it must skip."""
 
-    def __init__(self, knowledge: Knowledge, patient_id: str, medications: Mapping[str, Mapping]):
+    def __init__(self, knowledge: Knowledge, patient_id: str, medications: Mapping[str, Mapping], now: datetime):
         self.k = knowledge
+        self.now = now
         self.patient_id = patient_id
         self._own_reference = f"Patient/{patient_id}"
         self.medications = medications
@@ -347,6 +348,9 @@ class _Reader:
         """A current MedicationStatement (e.g. St John's wort taken over the counter): taken, not an order."""
         if resource.get("resourceType") != "MedicationStatement" or resource.get("status") not in CURRENT_STATEMENT_STATUSES:
             return None
+        ended = _end_of(_get(resource, "effectivePeriod", "end"))
+        if ended is not None and ended <= self.now:
+            return None  # "active" but taken until a day now past: a list not kept up to date, not a drug taken now
         return self.medication_order(resource, is_draft=False, selected=False)
 
     def _medication_codes(self, request: Mapping) -> tuple[list[dict], list[str]]:
@@ -952,6 +956,22 @@ def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
     if not isinstance(value, str) or len(value) < 4:
         return None
     return _parse_datetime(value, keep_offset)
+
+
+def _end_of(value: Any) -> datetime | None:
+    """The instant a FHIR end date has passed: after its whole year, month or day when given to that precision
+    ("2024-05" ends with May), the instant itself when a time is given. None when absent or unreadable."""
+    try:
+        start = _datetime(value)
+    except Unreadable:
+        return None
+    if start is None or not isinstance(value, str) or "T" in value:
+        return start
+    if len(value) == 4:
+        return start.replace(year=start.year + 1)
+    if len(value) == 7:
+        return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return start + timedelta(days=1)
 
 
 @functools.lru_cache(maxsize=4096)
