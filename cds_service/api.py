@@ -71,6 +71,8 @@ def call_service(service_id: str) -> Response:
     answer = answer_hook(call, service, app_state.knowledge, app_state.settings, now, app_state.store, caller)
     g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in answer.fhir_timings]
     g.log_fields["cards"] = [[card.topic.value, card.indicator] for card in answer.cards]
+    if answer.unmatched_selections:  # an EHR's selections should name its draft orders: the integrator can see it here
+        g.log_fields["unmatched_selections"] = answer.unmatched_selections
     if answer.held_back:
         g.log_fields["suppressed"] = answer.suppressed
         app_state.store.record_suppressed(answer.held_back)
