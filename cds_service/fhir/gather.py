@@ -69,6 +69,8 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
                     jobs[key] = partial(client.continue_search, value)
                 else:
                     reasons[key] = f"its prefetch has more pages; {no_server}"
+            elif (short := _short_of_total(value)) is not None:
+                reasons[key] = short
         elif present and isinstance(value, dict) and (expected := _read_type(template)) and value.get("resourceType") == expected:
             by_key[key] = [value]  # the one resource a read template asks for, e.g. Patient
         elif client:
@@ -121,6 +123,25 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
     selected, unmatched = selected_drafts(call)
     return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons,
                         unresolved_drafts, selected, unmatched)
+
+
+def _short_of_total(bundle: Mapping[str, Any]) -> str | None:
+    """A searchset whose `total` (the number of matches) exceeds the matches it carries, with no next page to read the
+    rest from: what came is not all there is (an EHR that cut its prefetch, or sent only a count). Included resources
+    (search.mode "include") and OperationOutcomes ("outcome") are not matches."""
+    total = bundle.get("total")
+    if not isinstance(total, int) or isinstance(total, bool) or bundle.get("type") not in (None, "searchset"):
+        return None
+    entries = bundle.get("entry")
+    matches = sum(1 for e in entries if isinstance(e, dict) and _get_mode(e) not in ("include", "outcome")) if isinstance(entries, list) else 0
+    if total <= matches:
+        return None
+    return f"its prefetch Bundle says {total} matches but carries {matches}, with no next page"
+
+
+def _get_mode(entry: Mapping[str, Any]) -> Any:
+    search = entry.get("search")
+    return search.get("mode") if isinstance(search, dict) else None
 
 
 def _one_copy_each(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
