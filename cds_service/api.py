@@ -228,7 +228,8 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
     if hook == "appointment-book":
         _check_appointments(context.get("appointments"))
     fhir_server = body.get("fhirServer")
-    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server.startswith(("http://", "https://"))):
+    # RFC 3986 §3.1: a scheme is case-insensitive ("HTTPS://ehr.example.org/fhir" is an https URL)
+    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server[:8].lower().startswith(("http://", "https://"))):
         raise BadRequest("fhirServer must be an absolute http(s) URL")
     authorization = body.get("fhirAuthorization")
     access_token = None
