@@ -71,7 +71,7 @@ def answer_hook(
         # speaks only about mTOR inhibitors.
         unidentified = "medications" in snapshot.unavailable and (
             call.hook not in _FOCUSED_HOOKS
-            or (call.hook == "order-select" and (_selection_is_checked_drug(snapshot) or unidentified_selection))
+            or (call.hook == "order-select" and (_selection_is_checked_drug(data.selected, snapshot) or unidentified_selection))
             or (call.hook == "appointment-book" and _books_surgery(snapshot))
         )
         findings = list(check_data_completeness(snapshot, data.fhir_server_refused)) if unidentified else []
@@ -84,7 +84,7 @@ def answer_hook(
         # after the focus, a topic whose card is not full has listed all its findings about the selection
         not_listed = [note for note in notes if isinstance(note, NotListed)
                       and sum(f.topic is note.topic for f in findings) >= MAX_FINDINGS_PER_TOPIC]
-        if (call.hook not in _FOCUSED_HOOKS or findings or unidentified_selection or _selection_concerns_mtor(snapshot)
+        if (call.hook not in _FOCUSED_HOOKS or findings or unidentified_selection or _selection_concerns_mtor(data.selected, snapshot)
                 or _books_surgery(snapshot)):
             # on order-select and appointment-book, speak about the selected orders / booked appointments only
             findings += check_data_completeness(snapshot, data.fhir_server_refused, not_listed)
@@ -156,12 +156,12 @@ def _books_surgery(snapshot: PatientSnapshot) -> bool:
                for p in snapshot.procedures)
 
 
-def _selection_concerns_mtor(snapshot: PatientSnapshot) -> bool:
-    return any(m.is_selected for m in snapshot.mtor_orders)
+def _selection_concerns_mtor(selected: frozenset[str], snapshot: PatientSnapshot) -> bool:
+    return any(m.ref in selected for m in snapshot.mtor_orders)
 
 
-def _selection_is_checked_drug(snapshot: PatientSnapshot) -> bool:
+def _selection_is_checked_drug(selected: frozenset[str], snapshot: PatientSnapshot) -> bool:
     """A selected order the checks weigh against an mTOR inhibitor: one itself, an interacting drug, a live or
     possibly live vaccine, an ACE inhibitor."""
     return any(role is not DrugRole.NOT_LIVE_VACCINE
-               for m in snapshot.medications if m.is_selected for role in (c.role for c in m.concepts))
+               for m in snapshot.medications if m.ref in selected for role in (c.role for c in m.concepts))

@@ -39,7 +39,7 @@ class GatheredData:
     malformed_entries: int = 0  # prefetched Bundle entries with no resource object
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # unchecked key -> why, for the 412 and logs
     unresolved_drafts: frozenset[str] = frozenset()  # draft orders ("MedicationRequest/1") whose Medication could not be had
-    selected: frozenset[str] = frozenset()  # order-select: the draft orders in focus (see selected_drafts)
+    selected: frozenset[str] = frozenset()  # order-select: the references in focus (see selected_drafts)
     unmatched_selections: int = 0  # order-select: selections that name no draft order
 
 
@@ -394,16 +394,17 @@ def draft_orders(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
 
 
 def selected_drafts(call: HookCall) -> tuple[frozenset[str], int]:
-    """order-select: the draft orders its selections name, and how many selections name none. The spec has every
+    """order-select: what is in focus (the selections, and every draft when one of them names no draft order), and how
+    many selections name no draft order. The spec has every
     selection name an order of draftOrders; one that does not (a draft sent without an id, a reference spelled in
     another case) is one of the drafts no selection names, so those are all in focus: a selected interacting order
     must never go unchecked for its name."""
     if call.hook != "order-select":
         return frozenset(), 0
     drafts = frozenset(ref for ref, _ in draft_orders(call))
-    selections = set(call.selections)
+    selections = frozenset(call.selections)
     unmatched = len(selections - drafts)
-    return (drafts if unmatched else drafts & selections), unmatched
+    return (selections | drafts if unmatched else selections), unmatched
 
 
 def proposed_appointments(call: HookCall) -> list[dict[str, Any]]:
