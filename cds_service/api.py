@@ -211,7 +211,11 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
     context = body.get("context")
     if not isinstance(context, dict):
         raise BadRequest("context is required and must be an object")
-    _string(context, "patientId", where="context.")
+    patient_id = _string(context, "patientId", where="context.")
+    if "/" in patient_id or patient_id != patient_id.strip():
+        # Patient.id, not a reference: "Patient/123" would make every resource of the record read as another patient's,
+        # and the call answer nothing
+        raise BadRequest("context.patientId must be the Patient's id (e.g. 123), not a reference (Patient/123) or padded with spaces")
     _string(context, "userId", where="context.")
     if "encounterId" in context and not isinstance(context["encounterId"], str):
         raise BadRequest("context.encounterId must be a string")
