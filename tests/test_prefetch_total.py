@@ -64,3 +64,24 @@ def core_topics_of(call_hook, request):
     response = call_hook(request)
     assert response.status_code == 200
     return core_topics(response.get_json())
+
+
+def test_the_kits_prefetch_counts_matches_not_the_medications_it_adds():
+    """`mtor-cds call --prefetch` reads referenced Medications into the medications Bundle: its total counted them, and
+    the service (rightly) read the Bundle as cut short."""
+    import re
+
+    import responses
+
+    from cds_service.devkit.hook_request import fetch_prefetch
+
+    order = everolimus()
+    order.pop("medicationCodeableConcept")
+    order["medicationReference"] = {"reference": "Medication/eve"}
+    base = "https://ehr.example.org/fhir"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as fhir:
+        fhir.add(responses.GET, re.compile(rf"{base}/MedicationRequest\?.*"), json=bundle(order))
+        fhir.add(responses.GET, f"{base}/Medication/eve", json=medication("eve", "everolimus 10 MG Oral Tablet", rxnorm="845507"))
+        prefetch = fetch_prefetch(base, "pt-1", {"medications": "MedicationRequest?patient={{context.patientId}}"})
+    assert [e["resource"]["resourceType"] for e in prefetch["medications"]["entry"]] == ["MedicationRequest", "Medication"]
+    assert prefetch["medications"]["total"] == 1
