@@ -71,6 +71,8 @@ def call_service(service_id: str) -> Response:
     answer = answer_hook(call, service, app_state.knowledge, app_state.settings, now, app_state.store, caller)
     g.log_fields["fhir_queries"] = [[t.resource_type, t.outcome, t.ms] for t in answer.fhir_timings]
     g.log_fields["cards"] = [[card.topic.value, card.indicator] for card in answer.cards]
+    if answer.unmatched_selections:  # an EHR's selections should name its draft orders: the integrator can see it here
+        g.log_fields["unmatched_selections"] = answer.unmatched_selections
     if answer.held_back:
         g.log_fields["suppressed"] = answer.suppressed
         app_state.store.record_suppressed(answer.held_back)
@@ -209,7 +211,11 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
     context = body.get("context")
     if not isinstance(context, dict):
         raise BadRequest("context is required and must be an object")
-    _string(context, "patientId", where="context.")
+    patient_id = _string(context, "patientId", where="context.")
+    if "/" in patient_id or patient_id != patient_id.strip():
+        # Patient.id, not a reference: "Patient/123" would make every resource of the record read as another patient's,
+        # and the call answer nothing
+        raise BadRequest("context.patientId must be the Patient's id (e.g. 123), not a reference (Patient/123) or padded with spaces")
     _string(context, "userId", where="context.")
     if "encounterId" in context and not isinstance(context["encounterId"], str):
         raise BadRequest("context.encounterId must be a string")
@@ -226,7 +232,8 @@ def parse_hook_call(body: Any, service: ServiceDefinition) -> HookCall:
     if hook == "appointment-book":
         _check_appointments(context.get("appointments"))
     fhir_server = body.get("fhirServer")
-    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server.startswith(("http://", "https://"))):
+    # RFC 3986 §3.1: a scheme is case-insensitive ("HTTPS://ehr.example.org/fhir" is an https URL)
+    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server[:8].lower().startswith(("http://", "https://"))):
         raise BadRequest("fhirServer must be an absolute http(s) URL")
     authorization = body.get("fhirAuthorization")
     access_token = None

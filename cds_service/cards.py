@@ -62,6 +62,7 @@ _AUTOLINK_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|xmpp)(:)")
 _AUTOLINK_WWW = re.compile(r"(?i)\b(www)(\.)")
 _EMAIL_AT = re.compile(r"(?<=\w)@(?=\w)")
 _INDICATOR_ORDER = {"critical": 0, "warning": 1, "info": 2}
+_RELATIVE_REFERENCE = re.compile(r"[A-Z][A-Za-z]+/[^/\s#]+")
 
 
 def _new_uuid() -> str:
@@ -624,7 +625,9 @@ def _surgery_plan_suggestions(findings: list[SurgeryTiming], snapshot: PatientSn
 
 
 def _is_reference(ref: str) -> bool:
-    return "/" in ref and not ref.endswith("/None")
+    """A relative reference "Type/id" that a suggestion may name. A draft order sent without an id is known as its
+    fullUrl (urn:uuid:...) or its place ("MedicationRequest#2"): nothing the EHR could resolve as a resourceId."""
+    return _RELATIVE_REFERENCE.fullmatch(ref) is not None and not ref.endswith("/None")
 
 
 def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -> CardText:
@@ -957,7 +960,7 @@ def _trough_order_suggestion(
         "code": {"coding": [{"system": "http://loinc.org", "code": test.loinc, "display": test.display}], "text": f"{drug} trough level"},
         "subject": {"reference": f"Patient/{snapshot.patient_id}"},
         "occurrenceDateTime": when.isoformat(),
-        "reasonReference": [{"reference": mtor.ref}] if "/" in mtor.ref and not mtor.ref.endswith("/None") else None,
+        "reasonReference": [{"reference": mtor.ref}] if _is_reference(mtor.ref) else None,
         "note": [{"text": "Trough: draw just before the next dose."}],
     }).model_dump(mode="json", exclude_none=True)
     return {
@@ -1080,7 +1083,7 @@ def _indication_text(indication: Indication) -> str:
 def _removal_suggestions(orders: Iterable[MedicationOrder]) -> list[dict]:
     suggestions, seen = [], set()
     for order in orders:
-        if order.ref in seen or order.ref.endswith("/None"):
+        if order.ref in seen or not _is_reference(order.ref):
             continue
         seen.add(order.ref)
         suggestions.append({

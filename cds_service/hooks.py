@@ -40,6 +40,7 @@ class HookAnswer:
     records: list[CardRecord]  # one per card shown: what the card store keeps
     held_back: list[CardRecord]  # cards not shown because an identical one was overridden recently
     fhir_timings: list[QueryTiming]
+    unmatched_selections: int = 0  # order-select: selections naming no draft order (the focus widened to every draft)
 
     @property
     def suppressed(self) -> int:
@@ -61,7 +62,7 @@ def answer_hook(
     snapshot = build_snapshot(data, call, knowledge, now)
     findings: list[Finding]
     # a selected order whose Medication could not be had may be the mTOR inhibitor, or what interacts with it
-    unidentified_selection = bool(data.unresolved_drafts & set(call.selections))
+    unidentified_selection = bool(data.unresolved_drafts & data.selected)
     if not snapshot.mtor_orders:
         # Some medications could not be identified (unreadable, unresolved references, pages not fetched): an empty
         # answer would read as "not on an mTOR inhibitor", so say what could not be checked instead. On
@@ -70,20 +71,20 @@ def answer_hook(
         # speaks only about mTOR inhibitors.
         unidentified = "medications" in snapshot.unavailable and (
             call.hook not in _FOCUSED_HOOKS
-            or (call.hook == "order-select" and (_selection_is_checked_drug(call, snapshot) or unidentified_selection))
+            or (call.hook == "order-select" and (_selection_is_checked_drug(data.selected, snapshot) or unidentified_selection))
             or (call.hook == "appointment-book" and _books_surgery(snapshot))
         )
         findings = list(check_data_completeness(snapshot, data.fhir_server_refused)) if unidentified else []
     else:
         notes: list[str | NotListed] = []  # checks that failed on this data, findings beyond a card's cap
-        findings = _in_focus(evaluate(snapshot, knowledge, notes), call, snapshot)
+        findings = _in_focus(evaluate(snapshot, knowledge, notes), call, snapshot, data.selected)
         failed = [note for note in notes if isinstance(note, str)]
         if failed:
             snapshot = dataclasses.replace(snapshot, unavailable=(*snapshot.unavailable, *failed))
         # after the focus, a topic whose card is not full has listed all its findings about the selection
         not_listed = [note for note in notes if isinstance(note, NotListed)
                       and sum(f.topic is note.topic for f in findings) >= MAX_FINDINGS_PER_TOPIC]
-        if (call.hook not in _FOCUSED_HOOKS or findings or unidentified_selection or _selection_concerns_mtor(call, snapshot)
+        if (call.hook not in _FOCUSED_HOOKS or findings or unidentified_selection or _selection_concerns_mtor(data.selected, snapshot)
                 or _books_surgery(snapshot)):
             # on order-select and appointment-book, speak about the selected orders / booked appointments only
             findings += check_data_completeness(snapshot, data.fhir_server_refused, not_listed)
@@ -95,6 +96,7 @@ def answer_hook(
         [record for record, show in zip(records, shown, strict=True) if show],
         [record for record, show in zip(records, shown, strict=True) if not show],
         data.timings,
+        data.unmatched_selections,
     )
 
 
@@ -135,11 +137,11 @@ def _card_record(card: Card, call: HookCall, service: ServiceDefinition, caller:
 _FOCUSED_HOOKS = ("order-select", "appointment-book")
 
 
-def _in_focus(findings: list[Finding], call: HookCall, snapshot: PatientSnapshot) -> list[Finding]:
+def _in_focus(findings: list[Finding], call: HookCall, snapshot: PatientSnapshot, selections: frozenset[str]) -> list[Finding]:
     """order-select focuses on the selected orders, appointment-book on the appointments being booked: keep
     findings that rest on one of them."""
     if call.hook == "order-select":
-        selected = set(call.selections)
+        selected = set(selections)
     elif call.hook == "appointment-book":
         selected = {p.ref for p in snapshot.procedures if p.is_draft and p.ref.startswith("Appointment/")}
     else:
@@ -154,14 +156,12 @@ def _books_surgery(snapshot: PatientSnapshot) -> bool:
                for p in snapshot.procedures)
 
 
-def _selection_concerns_mtor(call: HookCall, snapshot: PatientSnapshot) -> bool:
-    selected = set(call.selections)
+def _selection_concerns_mtor(selected: frozenset[str], snapshot: PatientSnapshot) -> bool:
     return any(m.ref in selected for m in snapshot.mtor_orders)
 
 
-def _selection_is_checked_drug(call: HookCall, snapshot: PatientSnapshot) -> bool:
+def _selection_is_checked_drug(selected: frozenset[str], snapshot: PatientSnapshot) -> bool:
     """A selected order the checks weigh against an mTOR inhibitor: one itself, an interacting drug, a live or
     possibly live vaccine, an ACE inhibitor."""
-    selected = set(call.selections)
     return any(role is not DrugRole.NOT_LIVE_VACCINE
                for m in snapshot.medications if m.ref in selected for role in (c.role for c in m.concepts))

@@ -185,3 +185,11 @@ def test_the_https_or_loopback_rule_is_written_once():
     for module in (auth, client):
         source = inspect.getsource(module)
         assert "is_secure_url" in source and "is_loopback_host" not in source, module.__name__
+
+
+def test_a_scheme_in_upper_case_is_an_https_url(client, fhir):
+    """Found by the EHR-integration audit: "HTTPS://ehr.example.org/fhir" (RFC 3986: schemes are case-insensitive) was a
+    400 for the whole call, its prefetch unread."""
+    response = client.post(ORDER_SELECT, json=call_to("HTTPS://ehr.example.org/fhir", prefetch_keys=("medications",)))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert fhir.calls and all(c.request.url.startswith("https://ehr.example.org/fhir/") for c in fhir.calls)

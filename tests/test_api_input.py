@@ -110,6 +110,9 @@ def test_a_body_that_is_not_an_object_is_400(client, raw):
         ("context.patientId", None, "context.patientId"),
         ("context.patientId", 7, "context.patientId"),
         ("context.patientId", "  ", "context.patientId"),
+        # Found by the EHR-integration audit: every resource then read as another patient's, and {"cards": []} came back
+        ("context.patientId", "Patient/pt-cyp-1", "not a reference"),
+        ("context.patientId", " pt-cyp-1", "context.patientId"),
         ("context.userId", None, "context.userId"),
         ("context.userId", {"reference": "Practitioner/1"}, "context.userId"),
         ("context.encounterId", 5, "context.encounterId"),

@@ -132,9 +132,12 @@ def fetch_prefetch(
             page = _get(http, page_url, headers) or {}
             entries += page.get("entry") or ()
             next_url, pages = _next(page), pages + 1
+        # Bundle.total counts the matches: never included Medications or OperationOutcomes (the service checks it)
+        matches = sum(1 for e in entries if not (isinstance(e, dict) and isinstance(e.get("search"), dict)
+                                                 and e["search"].get("mode") in ("include", "outcome")))
         if template.startswith("MedicationRequest?"):
             entries += _referenced_medications(http, base, headers, entries)
-        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+        prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": matches, "entry": entries}
     return prefetch
 
 

@@ -39,6 +39,8 @@ class GatheredData:
     malformed_entries: int = 0  # prefetched Bundle entries with no resource object
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # unchecked key -> why, for the 412 and logs
     unresolved_drafts: frozenset[str] = frozenset()  # draft orders ("MedicationRequest/1") whose Medication could not be had
+    selected: frozenset[str] = frozenset()  # order-select: the references in focus (see selected_drafts)
+    unmatched_selections: int = 0  # order-select: selections that name no draft order
 
 
 def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> GatheredData:
@@ -67,6 +69,8 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
                     jobs[key] = partial(client.continue_search, value)
                 else:
                     reasons[key] = f"its prefetch has more pages; {no_server}"
+            elif (short := _short_of_total(value)) is not None:
+                reasons[key] = short
         elif present and isinstance(value, dict) and (expected := _read_type(template)) and value.get("resourceType") == expected:
             by_key[key] = [value]  # the one resource a read template asks for, e.g. Patient
         elif client:
@@ -74,7 +78,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         else:
             failed_prefetch = _outcome_text(value) if present else ""
             reasons[key] = f"{failed_prefetch or 'not prefetched'}; {no_server}"
-    drafts = len(draft_resources(call))
+    drafts = len(draft_orders(call))
     # Several queries to send: the server's CapabilityStatement is worth asking (once per worker process) for batch
     # and for _include of referenced Medications (saves the round trip that would read them after the search).
     capabilities = client.capabilities() if client and len(queries) > 1 else None
@@ -116,8 +120,28 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         # Whether the appointment being booked is surgery may rest on the order it is based on.
         reasons.setdefault("serviceRequests", f"{missing_orders} ServiceRequest(s) an appointment is based on could not be read")
     unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
+    selected, unmatched = selected_drafts(call)
     return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons,
-                        unresolved_drafts)
+                        unresolved_drafts, selected, unmatched)
+
+
+def _short_of_total(bundle: Mapping[str, Any]) -> str | None:
+    """A searchset whose `total` (the number of matches) exceeds the matches it carries, with no next page to read the
+    rest from: what came is not all there is (an EHR that cut its prefetch, or sent only a count). Included resources
+    (search.mode "include") and OperationOutcomes ("outcome") are not matches."""
+    total = bundle.get("total")
+    if not isinstance(total, int) or isinstance(total, bool) or bundle.get("type") not in (None, "searchset"):
+        return None
+    entries = bundle.get("entry")
+    matches = sum(1 for e in entries if isinstance(e, dict) and _get_mode(e) not in ("include", "outcome")) if isinstance(entries, list) else 0
+    if total <= matches:
+        return None
+    return f"its prefetch Bundle says {total} matches but carries {matches}, with no next page"
+
+
+def _get_mode(entry: Mapping[str, Any]) -> Any:
+    search = entry.get("search")
+    return search.get("mode") if isinstance(search, dict) else None
 
 
 def _one_copy_each(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -275,8 +299,8 @@ def _resolve_medication_references(
     wanted = set()
     unreadable = 0  # references no one can follow: never a silent "unnamed medication"
     drafts_waiting: dict[str, str | None] = {}  # draft order -> the Medication it waits for (None: no one can follow it)
-    current = ((r, False) for key in MEDICATION_KEYS for r in by_key.get(key, ()))
-    for resource, is_draft in [*current, *((r, True) for r in draft_resources(call))]:
+    current = [r for key in MEDICATION_KEYS for r in by_key.get(key, ())]
+    for (ref, resource), is_draft in [*((("", r), False) for r in current), *((d, True) for d in draft_orders(call))]:
         reference = medication_reference(resource)
         if reference and reference not in known:
             wanted.add(reference)
@@ -285,7 +309,7 @@ def _resolve_medication_references(
         else:
             continue
         if is_draft:
-            drafts_waiting[f"{resource.get('resourceType')}/{resource.get('id')}"] = reference
+            drafts_waiting[ref] = reference
     if wanted and client:
         refs = sorted(wanted)
         if len(refs) > 1 and client.supports_batch():
@@ -344,8 +368,43 @@ def _unfollowable_medication_reference(resource: Mapping[str, Any]) -> bool:
 
 
 def draft_resources(call: HookCall) -> list[dict[str, Any]]:
-    draft_orders = call.context.get("draftOrders")
-    return entry_resources(draft_orders) if isinstance(draft_orders, dict) else []
+    return [resource for _, resource in draft_orders(call)]
+
+
+def draft_orders(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
+    """(reference, resource) for each draft order in context.draftOrders. A draft is known as "Type/id"; an EHR may
+    send one that is not stored yet without an id: it is then known by its entry's fullUrl (urn:uuid:...) or, with
+    none, by its place ("MedicationRequest#2"). Never "Type/None": two drafts without ids are two orders, not one."""
+    bundle = call.context.get("draftOrders")
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    orders = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        rtype, rid, full_url = resource.get("resourceType"), resource.get("id"), entry.get("fullUrl")
+        if isinstance(rid, str) and rid:
+            ref = f"{rtype}/{rid}"
+        elif isinstance(full_url, str) and full_url.startswith("urn:") and "/" not in full_url:
+            ref = full_url
+        else:
+            ref = f"{rtype}#{index}"
+        orders.append((ref, resource))
+    return orders
+
+
+def selected_drafts(call: HookCall) -> tuple[frozenset[str], int]:
+    """order-select: what is in focus (the selections, and every draft when one of them names no draft order), and how
+    many selections name no draft order. The spec has every
+    selection name an order of draftOrders; one that does not (a draft sent without an id, a reference spelled in
+    another case) is one of the drafts no selection names, so those are all in focus: a selected interacting order
+    must never go unchecked for its name."""
+    if call.hook != "order-select":
+        return frozenset(), 0
+    drafts = frozenset(ref for ref, _ in draft_orders(call))
+    selections = frozenset(call.selections)
+    unmatched = len(selections - drafts)
+    return (selections | drafts if unmatched else selections), unmatched
 
 
 def proposed_appointments(call: HookCall) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeGuard
 
-from cds_service.fhir.gather import GatheredData, draft_resources, medication_reference, proposed_appointments
+from cds_service.fhir.gather import GatheredData, draft_orders, medication_reference, proposed_appointments
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
 from cds_service.knowledge.loader import CVX, LOINC, RXNORM, VACCINATION_WORDS, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
@@ -88,7 +88,7 @@ class UnknownFrequency(ValueError):
 
 def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now: datetime) -> PatientSnapshot:
     reader = _Reader(knowledge, call.patient_id, data.medications, now)
-    selections = set(call.selections)
+    selections = data.selected
     medications: dict[str, MedicationOrder] = {}
     history: list[MedicationOrder] = []
     procedures: list[ProcedureEvent] = []
@@ -105,20 +105,19 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         if statement:
             medications[statement.ref] = statement
     medication_problems = sum(reader.unreadable.values())
-    for resource in draft_resources(call):
-        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-        ref = f"{rtype}/{resource.get('id')}" if rtype else ""
+    for ref, resource in draft_orders(call):
+        rtype = resource.get("resourceType")
         if rtype in ("MedicationRequest", "Immunization"):
-            order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections)
+            order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections, ref=ref)
             if order and (order.status in ENDED_DRAFT_STATUSES[rtype] or _do_not_perform(order.resource)
                           or (rtype == "Immunization" and _not_given_for_a_reason(order.resource))):
                 medications.pop(order.ref, None)
             elif order:
                 medications[order.ref] = order  # a re-signed order replaces its prefetched twin
         elif rtype == "ServiceRequest":
-            event = reader.safely(reader.procedure_event, resource, is_draft=True)
+            event = reader.safely(reader.procedure_event, resource, is_draft=True, ref=ref)
             procedures += [event] if event else []
-            vaccination = reader.safely(reader.vaccination_order, resource, selected=ref in selections)
+            vaccination = reader.safely(reader.vaccination_order, resource, selected=ref in selections, ref=ref)
             if vaccination:
                 medications[vaccination.ref] = vaccination  # a vaccine ordered as a ServiceRequest: weighed as one
     for key in ("procedures", "serviceRequests", "appointments"):
@@ -259,7 +258,7 @@ class _Reader:
             return not patients or self.patient_id in patients
         return match is None or match.group(1) == self.patient_id
 
-    def medication_order(self, resource: Mapping, *, is_draft: bool, selected: bool) -> MedicationOrder | None:
+    def medication_order(self, resource: Mapping, *, is_draft: bool, selected: bool, ref: str = "") -> MedicationOrder | None:
         rtype = resource.get("resourceType")
         if rtype == "Immunization":
             concept_source = resource.get("vaccineCode") or {}
@@ -292,7 +291,7 @@ class _Reader:
         if unknown:
             self.partly_read += 1
         return MedicationOrder(
-            ref=f"{rtype}/{resource.get('id')}",
+            ref=ref or f"{rtype}/{resource.get('id')}",
             kind=_ORDER_KINDS[rtype],
             text=_display(texts, codings) or "unnamed medication",
             concepts=_recognized_medication(self.k, _code_key(codings), texts_for_exclusions),
@@ -308,7 +307,7 @@ class _Reader:
             resource=resource,
         )
 
-    def vaccination_order(self, resource: Mapping, *, selected: bool) -> MedicationOrder | None:
+    def vaccination_order(self, resource: Mapping, *, selected: bool, ref: str = "") -> MedicationOrder | None:
         """A draft ServiceRequest that orders a vaccine, read as that immunization: its code is CVX, or its name says
         vaccine, vaccination or immunization. None for any other ServiceRequest: labs are ServiceRequests too, and "MMR
         immunity panel", "Varicella IgG" or "yellow fever vaccine antibody titer" must never read as a vaccine being
@@ -326,7 +325,7 @@ class _Reader:
         if not any(c.role in _VACCINE_ROLES for c in concepts):
             return None
         return MedicationOrder(
-            ref=f"ServiceRequest/{resource.get('id')}",
+            ref=ref or f"ServiceRequest/{resource.get('id')}",
             kind="immunization",
             text=_display(texts, codings) or "vaccine",
             concepts=tuple(c for c in concepts if c.role in _VACCINE_ROLES),
@@ -552,7 +551,7 @@ class _Reader:
             is_unconfirmed=clinically_active and unconfirmed,
         )
 
-    def procedure_event(self, resource: Mapping, *, is_draft: bool) -> ProcedureEvent | None:
+    def procedure_event(self, resource: Mapping, *, is_draft: bool, ref: str = "") -> ProcedureEvent | None:
         rtype = resource.get("resourceType")
         status = resource.get("status")
         if _do_not_perform(resource):
@@ -590,7 +589,7 @@ class _Reader:
         evidence = self._surgery_evidence(resource, codes, texts, what_codes)
         named = next((self.k.surgical_procedures[c] for c in what_codes if c in self.k.surgical_procedures), "")
         return ProcedureEvent(
-            ref=f"{rtype}/{resource.get('id')}",
+            ref=ref or f"{rtype}/{resource.get('id')}",
             text=_display(texts, []) or named.removesuffix(" (procedure)") or rtype,
             when=_datetime(when, keep_offset=True),  # days to surgery count on the hospital's calendar
             is_planned=planned,

@@ -31,6 +31,17 @@ def shorten(value: object) -> str:
     """repr() of any value, clipped."""
     return clip(repr(value))
 
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def _as_issued(identifier: str) -> str:
+    """A card or suggestion id as this service issued it: UUIDs are issued in lower case, and RFC 9562 §4 has them
+    compared case-insensitively (an EHR that keeps them in a SQL Server uniqueidentifier column returns them in upper
+    case). Any other id is compared as sent."""
+    identifier = identifier.strip()
+    return identifier.lower() if _UUID.fullmatch(identifier) else identifier
+
+
 # RFC 3339 §5.6 date-time: a timezone (Z or ±hh:mm) is required, unlike in ISO 8601.
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z"
@@ -83,7 +94,7 @@ def _parse_entry(item: object, where: str, latest: datetime) -> FeedbackEntry:
     suggestions = _parse_accepted_suggestions(item.get("acceptedSuggestions"), outcome, where)
     reason = _parse_override_reason(item.get("overrideReason"), outcome, where)
     return FeedbackEntry(
-        card_uuid=card.strip(),
+        card_uuid=_as_issued(card),
         outcome=outcome,
         outcome_timestamp=_parse_timestamp(item.get("outcomeTimestamp"), where, latest),
         accepted_suggestions=suggestions,
@@ -110,7 +121,7 @@ def _parse_accepted_suggestions(value: object, outcome: str, where: str) -> tupl
         suggestion_id = suggestion.get("id")
         if not isinstance(suggestion_id, str) or not suggestion_id.strip():
             raise BadRequest(f'{field}[{index}].id is required: the uuid of the suggestion')
-        ids.append(suggestion_id.strip())
+        ids.append(_as_issued(suggestion_id))
     return tuple(ids)
 
 
