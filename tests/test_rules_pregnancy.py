@@ -136,6 +136,17 @@ def test_the_loinc_answers_of_pregnancy_status_read_as_their_snomed_equivalents(
         assert pregnancy(observations=[hcg("positive", days_ago=5)]) != []
 
 
+def test_a_pregnancy_status_coded_with_the_older_loinc_11449_6_is_read_like_82810_3():
+    """EHRs and C-CDA still send pregnancy status as LOINC 11449-6: "Pregnant" fires, "Not pregnant" outweighs a
+    positive test (a scenario audit: a 'Pregnant' status coded 11449-6 gave no pregnancy card)."""
+    pregnant, not_pregnant = pregnancy_status(True, days_ago=2), pregnancy_status(False, days_ago=1)
+    for status in (pregnant, not_pregnant):
+        status["code"] = concept("Pregnancy status", coding("http://loinc.org", "11449-6", "Pregnancy status"))
+    [finding] = pregnancy(observations=[pregnant])
+    assert finding.severity is Severity.CRITICAL and finding.evidence[0].ref == ref(pregnant)
+    assert pregnancy(observations=[hcg("positive", days_ago=5), not_pregnant]) == []
+
+
 # --- hCG ---------------------------------------------------------------------------------------
 
 
