@@ -205,3 +205,15 @@ def test_heart_transplant_status_is_the_heart_context_not_other_transplant():
                             conditions=[condition(ICD10CM, "Z94.2", "Lung transplant status")])
     context = treatment_context(sirolimus, K, sirolimus.mtor_orders[0])
     assert (context.use, context.organ, context.candidates) == ("transplant", "lung", ("transplant-lung",))
+
+
+def test_the_card_names_the_label_whose_restriction_it_states_even_for_a_10_mg_everolimus_order():
+    """Everolimus 10 mg (an Afinitor strength) with a heart transplant on record is read as a transplant use (Zortress
+    label): the card quotes the Zortress restriction, so its source must name Zortress, never Afinitor (a scenario
+    audit: source.label said Afinitor while the detail cited the Zortress MedWatch page)."""
+    request = dict(hook="order-sign", drafts=[med("everolimus 10 MG Oral Tablet", rxnorm="845507", draft=True, dose_mg=10)],
+                   conditions=[condition(ICD10CM, "Z94.1", "Heart transplant status")])
+    snapshot = snapshot_of(**request)
+    [card] = render_cards(check_label_restrictions(snapshot, K), snapshot)
+    assert "Zortress label" in card.summary
+    assert card.source.label.startswith("Zortress") and "e082a024" in (card.source.url or "")

@@ -17,6 +17,7 @@ from datetime import timedelta
 from cds_service.findings import LabelRestrictionFinding, Severity
 from cds_service.knowledge import Knowledge
 from cds_service.patient import ConditionRecord, MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.rules.common import product_label
 from cds_service.rules.treatment_context import NOT_CURRENT, procedure_transplant_contexts, treatment_context
 
 TransplantEvidence = ConditionRecord | ProcedureEvent
@@ -50,6 +51,7 @@ def _not_recommended(
                     severity=Severity.WARNING, mtor=order, evidence=tuple(transplants[key]), source=restriction.source,
                     section=restriction.section, context=key, organ=knowledge.treatment_contexts[key].organ or "",
                     today=snapshot.today, restriction=restriction,
+                    label=product_label(knowledge, restriction.product),  # the card names the label it quotes
                 ))
     return findings
 
@@ -81,7 +83,7 @@ def _too_early(
         findings.append(LabelRestrictionFinding(
             severity=Severity.WARNING, mtor=order, evidence=(latest,), source=earliest.source, section=earliest.section,
             context=earliest.context, organ=organ or "", today=snapshot.today, earliest=earliest, transplant=latest,
-            start=start,
+            start=start, label=product_label(knowledge, earliest.product),
         ))
     return findings
 
