@@ -122,6 +122,7 @@ class ConditionRecord:
     # clinically active but verificationStatus unconfirmed, provisional or differential: a candidate diagnosis, never a
     # basis for a card, except pregnancy, which then asks to confirm it
     is_unconfirmed: bool = False
+    is_refuted: bool = False  # verificationStatus refuted or entered-in-error: says nothing, active or not
 
 
 NEVER_SURGERY = "never"

@@ -26,6 +26,7 @@ from snapshots import (
     patient_resource,
     plain_snapshot,
     pregnancy_status,
+    procedure,
     ref,
     rule_findings,
     sirolimus,
@@ -377,3 +378,52 @@ def test_the_readme_card_table_states_the_unconfirmed_hcg_warning():
     assert ("So does a pregnancy Condition whose verificationStatus is unconfirmed, provisional or differential (no card of any "
             "topic rests on a diagnosis recorded so)") in readme
     assert "`warning` for an uninterpreted quantitative hCG or an unconfirmed pregnancy Condition;" in readme
+
+
+# --- a recorded outcome ends a pregnancy ------------------------------------------------------------
+
+
+def _outcome_findings(*, observations=(), conditions=(), procedures=()):
+    return rule_findings(check_pregnancy, hook="order-sign", medications=[everolimus()], observations=observations,
+                         conditions=conditions, procedures=procedures)
+
+
+@pytest.mark.parametrize(("code", "display"), [
+    ("Z39.2", "Encounter for routine postpartum follow-up"), ("Z37.0", "Single live birth"), ("O80", "Full-term uncomplicated delivery"),
+    ("O03.9", "Complete or unspecified spontaneous abortion without complication"), ("O00.10", "Tubal pregnancy"),
+    ("Z33.2", "Encounter for elective termination of pregnancy"),
+])
+def test_a_recorded_outcome_after_the_pregnancy_outweighs_it(code, display):
+    """Found by an audit: a pregnancy left open on the problem list (Z34.00, 200 days ago) and a positive hCG (20 days
+    ago: hCG stays positive for weeks after a delivery) gave the critical card to a woman who had since delivered."""
+    outcome = condition(ICD10CM, code, display, clinical="resolved", onset_days_ago=10)
+    open_pregnancy = condition(ICD10CM, "Z34.00", "Supervision of normal first pregnancy", onset_days_ago=200)
+    assert _outcome_findings(conditions=[open_pregnancy, outcome]) == []
+    assert _outcome_findings(observations=[hcg("positive", 20)], conditions=[outcome]) == []
+
+
+def test_a_caesarean_section_done_after_a_positive_hcg_ends_it_and_a_later_positive_test_counts_again():
+    caesarean = procedure("Cesarean section", -5, code=concept("Cesarean section", coding(SNOMED, "11466000", "Cesarean section")))
+    assert _outcome_findings(observations=[hcg("positive", 20)], procedures=[caesarean]) == []
+    [finding] = _outcome_findings(observations=[hcg("positive", 2)], procedures=[caesarean])
+    assert finding.severity is Severity.CRITICAL  # a new pregnancy after the outcome
+    planned = procedure("Cesarean section", 5, status="preparation", code=caesarean["code"])
+    assert [f.severity for f in _outcome_findings(observations=[hcg("positive", 20)], procedures=[planned])] == [Severity.CRITICAL]
+
+
+@pytest.mark.parametrize("fields", [{"code": "O07.4", "clinical": "resolved"}, {"code": "Z37.0", "verification": "entered-in-error"},
+                                    {"code": "Z37.0", "verification": "refuted"}])
+def test_a_failed_termination_or_a_refuted_outcome_does_not_end_it(fields):
+    outcome = condition(ICD10CM, fields.pop("code"), "outcome", onset_days_ago=10, **fields)
+    [finding] = _outcome_findings(observations=[hcg("positive", 20)], conditions=[outcome])
+    assert finding.severity is Severity.CRITICAL
+
+
+def test_the_readme_says_a_recorded_outcome_outweighs_earlier_evidence():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert ("not outweighed by a later negative test or a later recorded outcome (delivery, caesarean, abortive outcome, "
+            "postpartum care: ICD-10-CM O00-O04, O08, O80, O82, Z33.2, Z37, Z39; active or resolved)") in readme
+    assert {c["code"] for c in knowledge().files["conditions.json"]["pregnancy_ended"]} == {
+        "O00", "O01", "O02", "O03", "O04", "O08", "O80", "O82", "Z33.2", "Z37", "Z39", "11466000"}

@@ -535,9 +535,8 @@ class _Reader:
         clinical = {c.get("code") for c in self._codings(resource.get("clinicalStatus"))}
         verification = {c.get("code") for c in self._codings(resource.get("verificationStatus"))}
         abated = any(k.startswith("abatement") for k in resource)
-        clinically_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not (
-            verification & {"refuted", "entered-in-error"}
-        )
+        refuted = bool(verification & {"refuted", "entered-in-error"})
+        clinically_active = (bool(clinical & {"active", "recurrence", "relapse"}) or (not clinical and not abated)) and not refuted
         # FHIR R4 condition-ver-status: unconfirmed, and its children provisional and differential, are "not sufficient
         # evidence to treat this as a confirmed condition"; confirmed wins when both are coded
         unconfirmed = bool(verification & _UNCONFIRMED_VERIFICATION) and "confirmed" not in verification
@@ -549,6 +548,7 @@ class _Reader:
             is_active=clinically_active and not unconfirmed,
             asserted=asserted,
             is_unconfirmed=clinically_active and unconfirmed,
+            is_refuted=refuted,
         )
 
     def procedure_event(self, resource: Mapping, *, is_draft: bool, ref: str = "") -> ProcedureEvent | None:

@@ -394,6 +394,7 @@ class Knowledge:
                 self._condition_name_excludes[kind] = tuple(normalize_text(e) for e in excludes)
 
         add("pregnancy", files["conditions.json"]["pregnancy"])
+        add("pregnancy-ended", files["conditions.json"]["pregnancy_ended"])
         indications = files["indications.json"]
         add("tsc", indications["tsc"]["codes"], indications["tsc"].get("names", ()))
         for entry in indications["indications"]:

@@ -3,9 +3,10 @@
 Each kind of evidence has a look-back window (lookback.json): a pregnancy Condition or status for 280 days, a
 positive hCG for 30 days. A quantitative hCG at or above the non-pregnant cut-off with no interpretation or reference
 range from the lab is not proof (no positive cut-off is sourced): it gives a warning asking to confirm, when nothing
-definite is on record. The newest evidence wins: a later negative test (qualitative or quantitative) or a
-'not pregnant' status outweighs an earlier positive. Evidence past its window never drives the critical card: a
-positive hCG or a pregnancy still open on the problem list past its window gives an info card asking to recheck.
+definite is on record. The newest evidence wins: a later negative test (qualitative or quantitative), a
+'not pregnant' status or a recorded outcome (delivery, abortive outcome, postpartum care) outweighs an earlier
+positive. Evidence past its window never drives the critical card: a positive hCG or a pregnancy still open on the
+problem list past its window gives an info card asking to recheck.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
          and lab.result in ("negative", "not-pregnant") and lab.kind in ("hcg", "pregnancy-status")),
         default=None,
     )
+    ended = _latest_outcome(snapshot, knowledge)  # a delivery or abortive outcome outweighs what came before it, too
+    if ended is not None and (latest_negative is None or ended > latest_negative):
+        latest_negative = ended
     candidates: list[tuple[datetime | None, Evidence]] = []
     # quantitative hCG not below the cut-off, uninterpreted; a pregnancy Condition recorded as unconfirmed
     unconfirmed: list[tuple[datetime | None, Evidence]] = []
@@ -82,6 +86,17 @@ def current_pregnancy_evidence(snapshot: PatientSnapshot, knowledge: Knowledge) 
             current = when is None or when >= knowledge.lookback_start(_window_of(item), now)
             return item, current
     return None
+
+
+def _latest_outcome(snapshot: PatientSnapshot, knowledge: Knowledge) -> datetime | None:
+    """When a pregnancy last ended on record (conditions.json pregnancy_ended): a delivery, an abortive outcome or
+    postpartum care as a Condition (active or resolved, not refuted), or a caesarean section done. None when none is."""
+    latest_possible = snapshot.now + RESULT_CLOCK_SKEW
+    dates = [c.asserted for c in snapshot.conditions
+             if "pregnancy-ended" in c.kinds and not (c.is_refuted or c.is_unconfirmed) and c.asserted]
+    dates += [p.when for p in snapshot.procedures
+              if not p.is_planned and p.when and "pregnancy-ended" in knowledge.condition_kinds(p.codes, "")]
+    return max((d for d in dates if d <= latest_possible), default=None)
 
 
 def _window_of(evidence: Evidence) -> str:
