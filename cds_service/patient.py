@@ -100,6 +100,7 @@ class LabResult:
     text: str
     analyte: str | None = None  # drug levels: "everolimus" | "sirolimus"; lipids: "triglycerides" | "cholesterol"
     value: float | None = None  # ng/mL (drug levels), mg/dL (lipids), cm (height), kg (weight)
+    value_mmol_l: float | None = None  # lipids reported in mmol/L: the value as reported (graded on CTCAE's mmol/L scale)
     value_as_written: str = ""  # e.g. "18.2 ug/L" or "> 20 ng/mL" (comparator kept), for the card
     # Quantity.comparator ("<", "<=", ">=", ">"): the value is a bound, read just beyond it; None when exact
     comparator: str | None = None

@@ -68,3 +68,26 @@ def test_stale_lipid_card_asks_for_a_new_panel_and_not_to_discontinue():
     snapshot = record_snapshot([mtor_order()], [lipid_result("triglycerides", 1001, days_ago=120)])
     [card] = render_cards(check_lipids(snapshot, K), snapshot)
     assert card.indicator == "info" and "recheck" in card.summary and "discontinue" not in card.detail.lower()
+
+
+@pytest.mark.parametrize(("loinc", "mmol_l", "grade"), [
+    ("2571-8", 11.4, 3),  # 1009.7 mg/dL converted: grade 4 on the mg/dL scale, a "discontinue" card
+    ("2571-8", 11.5, 4), ("2571-8", 5.7, 2), ("2571-8", 5.8, 3), ("2571-8", 3.42, None), ("2093-3", 7.75, None), ("2093-3", 10.35, 3),
+])
+def test_a_lipid_reported_in_mmol_per_l_is_graded_on_ctcaes_mmol_per_l_scale(loinc, mmol_l, grade):
+    """Found by an audit: CTCAE's mmol/L limits are rounded, so a value reported in mmol/L and converted to mg/dL could
+    land one grade up at a boundary (11.4 mmol/L triglycerides, CTCAE grade 3, got Afinitor's grade-4 'discontinue')."""
+    from snapshots import everolimus, observation, snapshot_of
+
+    result = observation(loinc, 5, text="lipid", valueQuantity={"value": mmol_l, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"})
+    other = observation("2093-3" if loinc == "2571-8" else "2571-8", 5, text="lipid",
+                        valueQuantity={"value": 100, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"})
+    findings = check_lipids(snapshot_of(medications=[everolimus()], observations=[result, other]), K)
+    assert [f.grade for f in findings] == ([grade] if grade else [])
+
+
+def test_the_readme_says_each_unit_is_graded_on_its_own_scale():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "(mg/dL or mmol/L, each graded on CTCAE's own scale for its unit)" in readme

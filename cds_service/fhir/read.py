@@ -465,7 +465,12 @@ class _Reader:
 
     def _lipid(self, lab: _LabFacts) -> LabResult:
         per_mmol = self.k.lipid_analytes[lab.analyte or ""].mg_dl_per_mmol_l  # no analyte: KeyError, unreadable
-        return self._quantity(lab, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
+        result = self._quantity(lab, lambda v, u: _to_mg_dl(v, u, per_mmol, self.k))
+        quantity = lab.resource.get("valueQuantity") or {}
+        if result.value is not None and any(isinstance(u, str) and u.strip().lower() == "mmol/l"
+                                            for u in (quantity.get("code"), quantity.get("unit"))):
+            result = dataclasses.replace(result, value_mmol_l=round(result.value / per_mmol, 9))  # as reported, not x/y*y
+        return result
 
     def _height(self, lab: _LabFacts) -> LabResult:
         return self._quantity(lab, lambda v, u: v * self.k.cm_factor[u] if u in self.k.cm_factor else None, with_analyte=False)

@@ -363,6 +363,7 @@ class Perpetrator(Cited):
 class LipidGrade(Cited):
     grade: int
     above_mg_dl: float
+    above_mmol_l: float | None = None  # CTCAE gives both scales; its mmol/L limits are rounded, not exact conversions
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -374,8 +375,12 @@ class LipidAnalyte(Cited):
     mg_dl_per_mmol_l: float
     grades: tuple[LipidGrade, ...]
 
-    def grade_of(self, mg_dl: float) -> int | None:
-        """The CTCAE grade of a value (above a grade's threshold), None below grade 2's."""
+    def grade_of(self, mg_dl: float, mmol_l: float | None = None) -> int | None:
+        """The CTCAE grade of a value (above a grade's threshold), None below grade 2's. A value the lab reported in
+        mmol/L is graded on CTCAE's mmol/L scale: 11.4 mmol/L triglycerides is grade 3 there, though it converts to
+        just over 1000 mg/dL (grade 4)."""
+        if mmol_l is not None and all(g.above_mmol_l is not None for g in self.grades):
+            return max((g.grade for g in self.grades if g.above_mmol_l is not None and mmol_l > g.above_mmol_l), default=None)
         return max((g.grade for g in self.grades if mg_dl > g.above_mg_dl), default=None)
 
 

@@ -29,7 +29,7 @@ def check_lipids(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[LipidG
         latest = snapshot.latest_lab("lipid", analyte)
         if latest is None or latest.value is None or latest.effective is None:
             continue
-        grade = knowledge.lipid_analytes[analyte].grade_of(latest.value)
+        grade = knowledge.lipid_analytes[analyte].grade_of(latest.value, latest.value_mmol_l)
         action = next((a for a in knowledge.lipid_actions if a.grade == grade), None)
         if grade is None or action is None or latest.comparator in UPPER_BOUNDS:
             continue  # "< 1200 mg/dL" may be any grade up to that bound's, or none: no grade is given from it
