@@ -37,8 +37,10 @@ def test_pages_adding_up_beyond_the_call_cap_fail_the_search(small_cap):
     one_page = len(json.dumps(page(30, f"{BASE}/Observation?page=next")))
     assert one_page < small_cap < 3 * one_page  # each page is small; three are too many
     fhir = FhirClient(BASE, None, Settings(allowed_fhir_servers=(BASE,)), Deadline.after(5))
+    pages = iter(range(2, 100))  # each page links to a new one (a link back to a page read is a loop, said as such)
     with responses.RequestsMock() as mock:
-        mock.get(f"{BASE}/Observation", json=page(30, f"{BASE}/Observation?page=next"))
+        mock.add_callback(responses.GET, f"{BASE}/Observation",
+                          callback=lambda _: (200, {}, json.dumps(page(30, f"{BASE}/Observation?page={next(pages)}"))))
         with pytest.raises(FhirUnavailable, match=fhir_client.CALL_BYTES_EXCEEDED):
             fhir.search("Observation?patient=p1")
     assert [t.outcome for t in fhir.timings][-1] is QueryOutcome.RESPONSE_TOO_LARGE
@@ -58,8 +60,8 @@ def test_the_cap_counts_every_query_of_the_call_not_each_alone(small_cap):
 def test_a_call_over_the_cap_answers_its_cards_and_says_which_data_was_cut(tmp_path, small_cap):
     call, server_data = fallback_call()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as fhir:
-        fhir.add(responses.GET, f"{BASE}/Observation?page=next", json=page(30, f"{BASE}/Observation?page=next"))
-        serve(fhir, server_data, observations={"json": page(30, f"{BASE}/Observation?page=next")})
+        pages = iter(range(2, 100))  # an endless chain of new pages
+        serve(fhir, server_data, observations=lambda _: (200, {}, json.dumps(page(30, f"{BASE}/Observation?page={next(pages)}"))))
         response = make_app(tmp_path).test_client().post(ORDER_SELECT, json=call)
     answer = response.get_json()
     assert response.status_code == 200

@@ -23,6 +23,7 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3.exceptions
 
 from cds_service.errors import FhirNotAllowed, FhirUnavailable
 from cds_service.limits import MAX_FHIR_BYTES_PER_CALL
@@ -98,6 +99,7 @@ class QueryOutcome(enum.StrEnum):
     WRONG_RESOURCE_TYPE = "wrong resource type"
     LEAVES_SERVER = "next link leaves the FHIR server"
     PAGE_LIMIT = "page limit reached"
+    NEXT_LINK_LOOP = "next link loop"  # a `next` link back to a page already read
     INTERNAL_ERROR = "internal error"
     NOT_ALLOWED = "not-allowed"  # no request sent: the server is not on CDS_ALLOWED_FHIR_SERVERS
     UNRESOLVED = "unresolved"  # no request sent or none answered: a Medication reference stays unresolved
@@ -261,31 +263,45 @@ class FhirClient:
 
     def search(self, relative_url: str) -> list[dict[str, Any]]:
         """All resources of a search, following `next` links; more pages than the limit is a failure."""
-        return self.continue_search(self._get(self._join(relative_url)))
+        absolute = self._join(relative_url)
+        searched = self._resource_type(absolute)
+        return self.continue_search(self._get(absolute), searched if searched != "?" else None, absolute)
 
-    def continue_search(self, bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The resources of a (possibly prefetched) Bundle plus those of its following pages."""
+    def continue_search(self, bundle: Mapping[str, Any], searched: str | None = None, url: str | None = None) -> list[dict[str, Any]]:
+        """The resources of a (possibly prefetched) Bundle plus those of its following pages.
+
+        `searched`: the type the search asked for; a page carrying another (not marked as an include or an outcome) is
+        the answer to another query, not this one's data. `url`: where the Bundle came from, against which a relative
+        `next` link resolves (a prefetched one: the base URL). A `next` link back to a page already read is a loop."""
         resources: list[dict[str, Any]] = []
         pages = 0
+        seen = {url} if url else set()
         while True:
             if bundle.get("resourceType") != "Bundle":
                 raise failure(QueryOutcome.WRONG_RESOURCE_TYPE, f"expected a Bundle, got {str(bundle.get('resourceType'))[:40]}")
             if not isinstance(bundle.get("entry", []), list):
                 raise failure(QueryOutcome.NOT_A_RESOURCE, "Bundle.entry is not an array")  # unreadable is not "no data"
+            if searched and (stray := stray_type(bundle, searched)):
+                raise failure(QueryOutcome.WRONG_RESOURCE_TYPE, f"{searched[:40]} search answered with {stray} resources")
             resources += entry_resources(bundle)
             next_url = next_link(bundle)
             pages += 1
             if not next_url:
                 return resources
-            resource_type = _type_of_search(resources)
+            resource_type = searched or _type_of_search(resources)
             if pages >= self._settings.fhir_max_pages:  # cut short is not complete
                 self._record(resource_type, QueryOutcome.PAGE_LIMIT, 0.0)
                 raise failure(QueryOutcome.PAGE_LIMIT, "more pages than CDS_FHIR_MAX_PAGES")
             try:
-                absolute = self._join(next_url)
+                absolute = self._join(next_url, url)
             except FhirUnavailable:  # e.g. another host name for the same server: logged, never sent
                 self._record(resource_type, QueryOutcome.LEAVES_SERVER, 0.0)
                 raise
+            if absolute in seen:  # the same pages again and again until the page limit: never complete
+                self._record(resource_type, QueryOutcome.NEXT_LINK_LOOP, 0.0)
+                raise failure(QueryOutcome.NEXT_LINK_LOOP, "next links that lead back to a page already read")
+            seen.add(absolute)
+            url = absolute
             bundle = self._get(absolute)
 
     # --- batch: every query of a call in one POST, where the server says it can ---------------------
@@ -311,6 +327,12 @@ class FhirClient:
             _LOG.info("FHIR CapabilityStatement not read (%s): parallel GETs", outcome_of(exc).value)
         _capabilities[self.base_url] = (found, now + ttl)
         return found
+
+    def forget_includes(self) -> None:
+        """The server refused an `_include` its CapabilityStatement lists (400): none is sent to it for
+        CAPABILITY_RETRY_S."""
+        known = _capabilities.get(self.base_url, (ServerCapabilities(), 0.0))[0]
+        _capabilities[self.base_url] = (dataclasses.replace(known, includes=frozenset()), time.monotonic() + CAPABILITY_RETRY_S)
 
     def batch(self, queries: Mapping[str, str]) -> dict[str, Any]:
         """Run the queries (`Type?search` or `Type/id`, relative) as one FHIR batch; per key, the resources (a list,
@@ -342,6 +364,10 @@ class FhirClient:
             entries = answer.get("entry") if answer.get("resourceType") == "Bundle" else None
             if answer.get("type") != "batch-response" or not isinstance(entries, list) or len(entries) != len(sent):
                 raise failure(QueryOutcome.NOT_A_RESOURCE, "not a batch-response Bundle with one entry per query")
+            if any(_answers_another_query(entry, url) for url, entry in zip(sent.values(), entries, strict=True)):
+                # Entries are matched to queries by their place: one in another's place (a server that reorders them)
+                # would put one search's data under another's key. None is trusted; the GETs say what each is.
+                raise failure(QueryOutcome.NOT_A_RESOURCE, "batch-response entries out of order")
         except FhirUnavailable as exc:
             outcome = outcome_of(exc)
             if outcome in _BATCH_REFUSED or outcome is QueryOutcome.RESPONSE_TOO_LARGE:
@@ -367,13 +393,14 @@ class FhirClient:
                 results[key] = exc
                 continue
             self._record(resource_type, QueryOutcome.OK, ms)
+            searched = resource_type if resource_type != "?" else None
             if "?" not in url:
                 results[key] = [resource]
             elif next_link(resource):
-                more_pages[key] = partial(self.continue_search, resource)
+                more_pages[key] = partial(self.continue_search, resource, searched, self.base_url + url)
             else:
                 try:
-                    results[key] = self.continue_search(resource)  # checks it is a Bundle; no request
+                    results[key] = self.continue_search(resource, searched)  # checks it is a Bundle; no request
                 except FhirUnavailable as exc:
                     results[key] = exc
         results.update(run_parallel(more_pages, self.deadline) if more_pages else {})
@@ -383,10 +410,11 @@ class FhirClient:
         """One query as a GET: a search's resources (all pages) or the one resource read."""
         return self.search(query) if "?" in query else [self.read(query)]
 
-    def _join(self, url: str) -> str:
-        """The absolute URL, which must stay under base_url: the token is never sent anywhere else."""
+    def _join(self, url: str, relative_to: str | None = None) -> str:
+        """The absolute URL (a relative one resolved against relative_to, else base_url), which must stay under
+        base_url: the token is never sent anywhere else."""
         try:
-            absolute = urljoin(self.base_url, url)
+            absolute = urljoin(relative_to or self.base_url, url)
         except ValueError:
             absolute = ""
         if not is_within(absolute, self.base_url):
@@ -450,10 +478,16 @@ class FhirClient:
                             raise failure(QueryOutcome.RESPONSE_TOO_LARGE, CALL_BYTES_EXCEEDED)
                     if until.remaining() <= 0:
                         raise failure(QueryOutcome.DEADLINE_PASSED)
-        except requests.Timeout as exc:
+        except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:  # urllib3's: a stall while reading the body
             raise failure(QueryOutcome.TIMEOUT) from exc
-        except requests.RequestException as exc:
+        except urllib3.exceptions.DecodeError as exc:  # a Content-Encoding (gzip, deflate) its body does not have
+            raise failure(QueryOutcome.INVALID_JSON, "a body its Content-Encoding does not decode") from exc
+        except requests.RequestException as exc:  # before OSError: requests' exceptions are OSErrors
             raise failure(QueryOutcome.CONNECTION_FAILED) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # Reading the body goes to urllib3 directly (requests does not wrap it there): a body shorter than its
+            # Content-Length, a broken chunk, a connection reset mid-answer.
+            raise failure(QueryOutcome.CONNECTION_FAILED, "the answer was cut short") from exc
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -468,6 +502,39 @@ def entry_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(entries, list):
         return []
     return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+
+
+# Besides the searched type, what a search's Bundle may carry without search.mode saying so: the OperationOutcome a
+# server adds about the search, and the Medications an order search includes (a server may leave out the mode).
+_ALSO_IN_A_SEARCH = {"MedicationRequest": ("Medication",), "MedicationStatement": ("Medication",)}
+
+
+def stray_type(bundle: Mapping[str, Any], searched: str) -> str | None:
+    """A resource type in a search's Bundle that the search did not ask for (an entry not marked as an include or an
+    outcome), or None: such a Bundle answers another query."""
+    allowed = {searched, "OperationOutcome", *_ALSO_IN_A_SEARCH.get(searched, ())}
+    for entry in _list(bundle.get("entry")):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        search = entry.get("search") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or (isinstance(search, dict) and search.get("mode") in ("include", "outcome")):
+            continue
+        rtype = resource.get("resourceType")
+        if rtype not in allowed:
+            return rtype if isinstance(rtype, str) and _RESOURCE_TYPE.fullmatch(rtype) else "resource of no known type"
+    return None
+
+
+def _answers_another_query(entry: Any, url: str) -> bool:
+    """Whether a batch-response entry that answers 200 holds what another query of the batch asked for: a search's
+    Bundle carrying another type, a read answered with another type of resource (an OperationOutcome is its own
+    failure, not another's answer)."""
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(resource, dict):
+        return False
+    asked, rtype = url.split("?", 1)[0].split("/", 1)[0], resource.get("resourceType")
+    if "?" not in url:
+        return rtype not in (asked, "OperationOutcome")
+    return rtype != "OperationOutcome" and (rtype != "Bundle" or stray_type(resource, asked) is not None)
 
 
 def _type_of_search(resources: list[dict[str, Any]]) -> str:

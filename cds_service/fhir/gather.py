@@ -82,6 +82,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
     # Several queries to send: the server's CapabilityStatement is worth asking (once per worker process) for batch
     # and for _include of referenced Medications (saves the round trip that would read them after the search).
     capabilities = client.capabilities() if client and len(queries) > 1 else None
+    template_queries = dict(queries)
     if capabilities is not None:
         queries = {key: _with_medication_include(key, query, capabilities.includes) for key, query in queries.items()}
     if client and capabilities is not None and capabilities.batch:
@@ -89,6 +90,14 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         results.update(run_parallel(jobs, deadline) if jobs else {})
     else:
         results = run_parallel({**jobs, **{key: partial(client.fetch, q) for key, q in queries.items()}}, deadline) if client else {}
+    # A server that lists an _include and then answers its search with 400 (the include not supported after all): the
+    # template's own query is asked again at once, and the server gets no _include for a while. The include only saves
+    # a round trip; it must not cost the medications.
+    refused_include = {key: template_queries[key] for key, query in queries.items()
+                       if query != template_queries[key] and isinstance(results.get(key), FhirError) and str(results[key]) == "http-400"}
+    if client and refused_include:
+        client.forget_includes()
+        results.update(run_parallel({key: partial(client.fetch, q) for key, q in refused_include.items()}, deadline))
     for key, result in sorted(results.items(), key=lambda item: list(service.prefetch).index(item[0])):
         if isinstance(result, FhirError):
             reasons[key] = _reason(result)
