@@ -303,7 +303,7 @@ def test_a_refused_connection_is_412_not_500(tmp_path):
 
 REASONS_412 = {
     "http-401": ({"status": 401, "json": {"resourceType": "OperationOutcome"}}, "answered HTTP 401: the access token was not accepted", "http-401"),
-    "http-403": ({"status": 403}, "answered HTTP 403: the access token was not accepted", "http-403"),
+    "http-403": ({"status": 403}, "answered HTTP 403: the access token does not allow this query (its scopes may not include it)", "http-403"),
     "timeout": ({"body": requests.Timeout("read timed out")}, "did not answer in time", "timeout"),
     "connection-refused": ({"body": requests.ConnectionError(ConnectionRefusedError(111, "Connection refused"))}, "refused the connection",
                            "connection failed"),

@@ -246,8 +246,10 @@ def _reason(error: FhirError) -> str:
     if _caused_by(error, ConnectionRefusedError):
         return "the FHIR server refused the connection"
     text = str(error)
-    if text in ("http-401", "http-403"):
-        return f"the FHIR server answered HTTP {text[5:]}: the access token was not accepted"
+    if text == "http-401":
+        return "the FHIR server answered HTTP 401: the access token was not accepted"
+    if text == "http-403":  # SMART: a valid token whose scopes do not cover this resource type
+        return "the FHIR server answered HTTP 403: the access token does not allow this query (its scopes may not include it)"
     if text.startswith("http-"):
         return f"the FHIR server answered HTTP {text[5:]}"
     if text in ("timeout", "deadline passed"):
