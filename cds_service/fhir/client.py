@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import enum
 import functools
+import http.client
 import logging
 import os
 import re
@@ -155,6 +156,31 @@ def _session() -> requests.Session:
         session.trust_env = False  # never route patient data through a proxy from the environment
         _LOCAL.session = session
     return session
+
+
+def _send(request: requests.PreparedRequest, until: Deadline) -> requests.Response:
+    """Send through the thread's pooled adapter. A GET whose pooled keep-alive connection the server had closed as it
+    was reused (HTTP/1.1 lets a server close an idle connection at any time; the request never reached it) is sent
+    once more, on a fresh connection, within the deadline: never a POST, never after an answer has begun."""
+    adapter = _session().get_adapter(request.url or "")
+    try:
+        return adapter.send(request, stream=True, timeout=until.remaining())
+    except requests.ConnectionError as exc:
+        if request.method != "GET" or not _closed_before_answering(exc) or until.remaining() <= 0.005:
+            raise
+        return adapter.send(request, stream=True, timeout=until.remaining())
+
+
+def _closed_before_answering(exc: BaseException) -> bool:
+    """The connection ended before any byte of an answer (http.client's RemoteDisconnected, a reset or broken pipe on
+    a reused socket), as opposed to a server refusing the connection or a name that does not resolve."""
+    found: list[BaseException] = [exc]
+    for seen in found:  # requests and urllib3 wrap it: in the exception's cause, its context or its arguments
+        if isinstance(seen, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+            return True
+        if len(found) < 12:
+            found += [e for e in (seen.__cause__, seen.__context__, *seen.args) if isinstance(e, BaseException) and e not in found]
+    return False
 
 
 @dataclasses.dataclass
@@ -462,7 +488,7 @@ class FhirClient:
             request.prepare_headers(self._headers if payload is None else {**self._headers, "Content-Type": "application/fhir+json"})
             if payload is not None:
                 request.prepare_body(payload, None)
-            with _session().get_adapter(url).send(request, stream=True, timeout=remaining) as response:
+            with _send(request, until) as response:
                 if response.status_code != 200:
                     raise failure(QueryOutcome.of_status(response.status_code), f"http-{response.status_code}")
                 body = bytearray()
