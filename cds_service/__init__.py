@@ -25,6 +25,9 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False
     app.extensions["mtor_cds"] = AppState.build(settings)
+    # Werkzeug answers a path with doubled slashes by a 308 redirect with an HTML page: a CDS Client re-sending its
+    # POST there gets a 401 (its JWT's aud names the URL it called). Before any route is added: a 404 OperationOutcome.
+    app.url_map.merge_slashes = False
     app.register_blueprint(api.bp)
     api.init_app(app)
     metrics.init_app(app)

@@ -278,7 +278,10 @@ def fetch_json(url: str, timeout_s: float) -> Any:
             if response.status_code != 200:
                 raise Unauthorized(f"JWKS fetch answered HTTP {response.status_code}")
             body = bytearray()
-            for chunk in response.iter_content(65536):
+            # read1: what one read of the socket gave, so the deadline is checked however slowly the server sends
+            # (iter_content waits for a whole chunk; the timeout above bounds each read only, and a server dripping
+            # a byte at a time never trips it: it held a worker for as long as it dripped)
+            while chunk := response.raw.read1(65536, decode_content=True):
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     raise Unauthorized("JWKS response too large")

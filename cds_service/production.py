@@ -232,6 +232,16 @@ class _WithoutRequestText:
         ip = msg.partition("Invalid request from ip=")[2].partition(":")[0] if isinstance(msg, str) else ""
         self._log.warning("Invalid request from ip=%s: %s (its text is not logged)", ip or "?", self._kind)
 
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        # "Error handling request <method> <uri>" with a traceback, for an exception that left the app (a worker
+        # timed out while the request was read or answered): the uri's query may carry anything, and the traceback the
+        # exception's text. Kept: the method, the path (cut, as the request log has it) and the kind of error.
+        method = args[0] if len(args) == 2 and isinstance(args[0], str) else ""
+        uri = args[-1] if args and isinstance(args[-1], str) else ""
+        path = uri.partition("?")[0].partition("#")[0][:120]
+        where = " ".join(part for part in (method[:16], repr(path) if path else "") if part) or "(no request line read)"
+        self._log.error("Error handling request %s: %s (its text is not logged)", where, self._kind)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._log, name)
 

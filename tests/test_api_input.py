@@ -211,6 +211,12 @@ def test_unknown_paths_are_404(client, path):
     assert_outcome(client.options(path), 404)
 
 
+@pytest.mark.parametrize("path", ["/cds-services//mtor-safety-patient-view", "/cds-services/mtor-safety-patient-view//feedback",
+                                  "/cds-services//mtor-safety-patient-view/feedback"])
+def test_doubled_slashes_are_404_not_an_html_redirect(client, path):
+    assert_outcome(client.post(path, json={}), 404)
+
+
 @pytest.mark.parametrize(
     "method, path, allowed",
     [

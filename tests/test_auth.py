@@ -730,3 +730,39 @@ def test_an_offline_issuer_uses_its_inline_jwks_even_when_the_token_names_a_jku(
 def test_ignore_jku_is_validated(entry, problem):
     with pytest.raises(ValueError, match=problem):
         TrustedIssuers.from_dict({"issuers": {ISS: entry}})
+
+
+def test_fetch_json_gives_up_at_its_deadline_on_a_jwks_server_that_drips():
+    """iter_content waited for a whole 64 KB chunk, so a JWKS endpoint sending a byte every 0.2 s (each read well
+    within the timeout) held the worker for as long as it kept dripping; the deadline must hold overall."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(20):  # 4 s of dripping, then the connection closes (a bounded failure without the fix)
+                if stop.is_set():
+                    return
+                try:
+                    connection.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unauthorized, match="timed out"):
+            auth.fetch_json(f"http://127.0.0.1:{port}/jwks.json", 1.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)

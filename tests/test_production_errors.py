@@ -91,3 +91,28 @@ def test_an_answer_gunicorn_could_not_make_is_still_an_operation_outcome():
     assert status_line == b"HTTP/1.1 500 Internal Server Error"
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["issue"][0] == {"severity": "fatal", "code": "exception",
                                                                       "diagnostics": "Internal Server Error"}
+
+
+def test_a_request_a_worker_timed_out_on_is_logged_without_its_query_or_a_traceback(tmp_path):
+    """gunicorn logs an exception that leaves the app (its worker timed out while reading a dripping body) as
+    "Error handling request POST /path?query" with a traceback: the query may carry anything, the traceback the
+    exception's text. The log keeps the method, the path and the kind of error; the caller still gets JSON."""
+    settings = {"CDS_REQUIRE_JWT": "false", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3", "WEB_CONCURRENCY": "1",
+                "GUNICORN_TIMEOUT": "2"}
+    with production_server(tmp_path, settings, lambda base: requests.get(f"{base}/healthz", timeout=5).ok) as (base, _process):
+        url = urllib.parse.urlsplit(base)
+        with socket.create_connection((url.hostname, url.port), timeout=15) as client:
+            client.sendall(b"POST /cds-services/mtor-safety-patient-view?patient=" + SECRET.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            answer = b""
+            try:
+                while chunk := client.recv(65536):
+                    answer += chunk
+            except OSError:
+                pass
+        assert requests.get(f"{base}/healthz", timeout=10).ok  # a new worker took over
+    log = (tmp_path / "server.log").read_text()
+    assert "Error handling request POST '/cds-services/mtor-safety-patient-view': SystemExit" in log, log
+    assert SECRET not in log and "Traceback" not in log
+    if answer:
+        assert b"application/fhir+json" in answer and SECRET.encode() not in answer

@@ -5,6 +5,7 @@ For PostgreSQL run `eval "$(.ci/postgres.sh)"` first; without it those tests are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -401,3 +402,29 @@ def test_the_feedback_rules_state_the_wait_for_cards_not_stored_yet():
     text = " ".join((Path(__file__).resolve().parent.parent / "docs" / "feedback.md").read_text(encoding="utf-8").split())
     assert "the cards of each 100 ms in one transaction" in text and "waits 0.25 s once before it is refused" in text
     assert card_store_module.UNKNOWN_CARD_WAIT_S == 0.25
+
+
+def test_a_nul_character_in_caller_text_loses_no_card_and_is_no_500(store):
+    """PostgreSQL refuses NUL in text: one hookInstance, FHIR id or fhirServer carrying it failed the writer's whole
+    batch (the other calls' cards lost, their feedback then refused), and a feedback entry carrying it was a 500."""
+    nul_card = dataclasses.replace(
+        card("nul-1", trigger="MedicationRequest/a\x00b", fhir_server=FHIR + "\x00"), hook_instance="hi\x00"
+    )
+    store.record_cards([card("clean-1")])
+    store.record_cards([nul_card])  # same batch as clean-1
+    assert store.flush() is True
+    rows = stored_cards(store)
+    assert sorted(rows) == ["clean-1", "nul-1"]
+    assert store.counters()["cards_failed"] == 0
+    assert "\x00" not in json.dumps(rows["nul-1"], default=str)
+    assert rows["nul-1"]["hook_instance"] == "hi\ufffd"
+    with pytest.raises(BadRequest):
+        store.record_feedback(SERVICE, EHR, [overridden("clean-1\x00")])
+    entry = dataclasses.replace(overridden("clean-1"), user_comment="held\x00", reason_display="aware\x00")
+    store.record_feedback(SERVICE, EHR, [entry])
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(card_feedback.c.user_comment)).scalar_one() == "held\ufffd"
+    # suppression still finds the card it stored (its key is compared as stored)
+    assert store.overridden_recently(dataclasses.replace(nul_card, uuid="nul-2"), T0) is False
+    store.record_feedback(SERVICE, EHR, [overridden("nul-1")])
+    assert store.overridden_recently(dataclasses.replace(nul_card, uuid="nul-2"), T0) is True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -77,6 +78,29 @@ def _utc(moment: datetime | None) -> datetime | None:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def _text(value: str) -> str:
+    """Text as the database can hold it: PostgreSQL refuses a NUL character in any text value, and one such value
+    (a hookInstance, a FHIR id in a trigger key, a feedback comment) would fail the whole batch of cards it is written
+    with, or a feedback request with a 500. NUL becomes U+FFFD on every backend, so the same text matches on both."""
+    return value.replace("\x00", "\ufffd")
+
+
+def _storable(entry: FeedbackEntry) -> FeedbackEntry:
+    """The entry with its text as the database can hold it (_text), before it is compared with what cards offered."""
+    def text(value: str | None) -> str | None:
+        return None if value is None else _text(value)
+
+    return dataclasses.replace(
+        entry,
+        card_uuid=_text(entry.card_uuid),
+        accepted_suggestions=tuple(_text(s) for s in entry.accepted_suggestions),
+        reason_code=text(entry.reason_code),
+        reason_system=text(entry.reason_system),
+        reason_display=text(entry.reason_display),
+        user_comment=text(entry.user_comment),
+    )
 
 
 def _error_name(exc: BaseException) -> str:
@@ -251,6 +275,7 @@ class CardStore:
         """
         if not entries:
             return
+        entries = [_storable(entry) for entry in entries]
         wanted = {entry.card_uuid for entry in entries}
         offers = self._offers_to(service_id, issuer, wanted)
         if len(offers) < len(wanted) and self._has_pending():  # the cards may still be in this process's writer queue
@@ -309,11 +334,11 @@ class CardStore:
             sa.select(card_feedback.c.id)
             .join(issued_card, issued_card.c.uuid == card_feedback.c.card_uuid)
             .where(
-                issued_card.c.issuer == card.issuer,
-                issued_card.c.fhir_server == card.fhir_server,
-                issued_card.c.patient_hash == card.patient_hash,
-                issued_card.c.topic == card.topic,
-                issued_card.c.trigger_key == card.trigger_key,
+                issued_card.c.issuer == _text(card.issuer),
+                issued_card.c.fhir_server == _text(card.fhir_server),
+                issued_card.c.patient_hash == _text(card.patient_hash),
+                issued_card.c.topic == _text(card.topic),
+                issued_card.c.trigger_key == _text(card.trigger_key),
                 card_feedback.c.outcome == "overridden",
                 card_feedback.c.reason_code.is_not(None),
                 card_feedback.c.outcome_timestamp > since_utc,
@@ -374,20 +399,20 @@ def _listed(values: list[str], most: int = 5) -> str:
 
 def _card_row(record: CardRecord, suppressed: bool) -> dict:
     return {
-        "uuid": record.uuid,
-        "service_id": record.service_id,
-        "hook": record.hook,
-        "topic": record.topic,
-        "indicator": record.indicator,
-        "hook_instance": record.hook_instance,
-        "patient_hash": record.patient_hash,
-        "trigger_key": record.trigger_key,
+        "uuid": _text(record.uuid),
+        "service_id": _text(record.service_id),
+        "hook": _text(record.hook),
+        "topic": _text(record.topic),
+        "indicator": _text(record.indicator),
+        "hook_instance": _text(record.hook_instance),
+        "patient_hash": _text(record.patient_hash),
+        "trigger_key": _text(record.trigger_key),
         "issued_at": _utc(record.issued_at),
-        "issuer": record.issuer,
-        "fhir_server": record.fhir_server,
-        "topic_display": record.topic_display,
-        "offered_suggestions": json.dumps(list(record.suggestion_ids)),
-        "offered_override_reasons": json.dumps([list(pair) for pair in record.override_reasons]),
+        "issuer": _text(record.issuer),
+        "fhir_server": _text(record.fhir_server),
+        "topic_display": _text(record.topic_display),
+        "offered_suggestions": json.dumps([_text(s) for s in record.suggestion_ids]),
+        "offered_override_reasons": json.dumps([[_text(part) for part in pair] for pair in record.override_reasons]),
         "suppressed": suppressed,
     }
 
