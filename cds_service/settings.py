@@ -92,8 +92,9 @@ class Settings:
         _base_url, "", "Public base URL of the service; the JWT `aud` must equal it + the path called. "
         "Unset: the Host header's URL, and calls with `Forwarded`/`X-Forwarded-*` headers are refused (401).")
     allowed_fhir_servers: tuple[str, ...] = _setting(
-        _csv, (), "Comma-separated base-URL prefixes the service may call. Required when JWT is verified "
-        "(the service refuses to start without it); unset in trials: any https server or loopback.")
+        _csv, (), "Comma-separated base-URL prefixes the service may call. Required when JWT is verified and "
+        "`CDS_TRUSTED_ISSUERS` is set (the service refuses to start without it); unset otherwise: any https server or "
+        "loopback.")
     fhir_without_token: bool = _setting(
         _bool, False, "Query the `fhirServer` also when a call gives no `fhirAuthorization` (an open test server). CDS Hooks 2.0 "
         "allows FHIR access only with both, so off: such a call is answered from its prefetch (412 when medications are missing).")

@@ -601,3 +601,103 @@ def test_the_worker_model_is_stated_the_same_everywhere():
         assert phrase in text, doc
         assert "`gthread`, 2 × CPUs" not in text, doc
     assert "behind the nginx sidecar" in (ROOT / "cds_service" / "production.py").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/README.md: each number it states is the manifests' or the code's
+# ---------------------------------------------------------------------------------------------
+DEPLOY_README = (DEPLOY / "README.md").read_text(encoding="utf-8")
+
+
+def readme_table(heading: str) -> dict[str, list[str]]:
+    """The rows of the first table after `heading`, by their first cell (backticks kept)."""
+    text = DEPLOY_README[DEPLOY_README.index(heading):]
+    rows = {}
+    for line in text.splitlines():
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _cpu(value) -> float:
+    text = str(value)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _mib(value: str) -> int:
+    return int(value[:-2]) * (1024 if value.endswith("Gi") else 1)
+
+
+def test_the_replicas_table_is_the_overlays():
+    """deploy/README.md "How many replicas": replicas, resources and sync workers per overlay, as rendered (the
+    column said "1 × 8" and "4 × 8" workers × threads while the overlays ran 1 and 8 sync workers of one thread)."""
+    rows = readme_table("| overlay | replicas |")
+    assert rows["overlay"] == ["replicas", "per pod", "sync workers (`WEB_CONCURRENCY`)"]
+    shown = {"dev": ("1 (fixed: SQLite cannot be shared)", (1, 1), (0.1, 0.5), (192, 384), "1"),
+             "production": ("3 to 12", (3, 12), (1, 2), (768, 1536), "8")}
+    for overlay, (replicas, counts, cpu, memory, workers) in shown.items():
+        assert rows[overlay][0] == replicas and rows[overlay][2] == workers, overlay
+        objects = render(K8S / "overlays" / overlay)
+        hpa = find(objects, "HorizontalPodAutoscaler")[0]["spec"]
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == counts, overlay
+        resources = pod_spec(find(objects, "Deployment")[0])["containers"][0]["resources"]
+        assert (_cpu(resources["requests"]["cpu"]), _cpu(resources["limits"]["cpu"])) == cpu, overlay
+        assert (_mib(resources["requests"]["memory"]), _mib(resources["limits"]["memory"])) == memory, overlay
+        config = {k: v for c in find(objects, "ConfigMap") if c["metadata"]["name"] == "mtor-cds-config" for k, v in c["data"].items()}
+        assert config["WEB_CONCURRENCY"] == workers and config["GUNICORN_WORKER_CLASS"] == "sync", overlay
+        assert "GUNICORN_THREADS" not in config  # one thread per sync worker (production.DEFAULT_THREADS)
+        conf = load_gunicorn_conf({k: v for k, v in config.items() if k.startswith(GUNICORN_ENV)})
+        assert (conf["workers"], conf["threads"]) == (int(workers), 1), overlay
+    assert "0.1–0.5 CPU, 192–384 MiB" in rows["dev"][1] and "1–2 CPU, 768 MiB–1.5 GiB" in rows["production"][1]
+    assert "It targets 70 % of the CPU *request*." in DEPLOY_README
+    assert find(render(K8S / "overlays" / "production"), "HorizontalPodAutoscaler")[0]["spec"]["metrics"][0]["resource"][
+        "target"]["averageUtilization"] == 70
+
+
+def test_the_gunicorn_table_states_the_defaults():
+    rows = readme_table("| variable | default | meaning |")
+    conf = load_gunicorn_conf({})
+    from cds_service import production
+
+    assert rows["`WEB_CONCURRENCY`"][0] == f"{production.WORKERS_PER_CPU} × usable CPUs (cgroup limit aware)"
+    assert rows["`GUNICORN_WORKER_CLASS`"][0] == f"`{production.DEFAULT_WORKER_CLASS}`" == "`sync`"
+    assert rows["`GUNICORN_THREADS`"][0] == str(conf["threads"]) == "1"
+    assert rows["`GUNICORN_TIMEOUT` / `GUNICORN_GRACEFUL_TIMEOUT`"][0] == f"{conf['timeout']} / {conf['graceful_timeout']} s" == "30 / 25 s"
+    assert rows["`GUNICORN_KEEPALIVE`"][0] == f"{conf['keepalive']} s" == "75 s"
+    assert rows["`GUNICORN_MAX_REQUESTS`"][0] == f"{conf['max_requests']} (+ up to 10 % jitter)" == "2000 (+ up to 10 % jitter)"
+    assert conf["max_requests_jitter"] == conf["max_requests"] // 10
+    assert "listens on **127.0.0.1:8080** only" in DEPLOY_README and conf["bind"] == ["127.0.0.1:8080"]
+
+
+def test_the_shutdown_startup_and_connection_numbers_are_the_manifests():
+    flat = " ".join(DEPLOY_README.split())
+    conf = load_gunicorn_conf({})
+    spec = pod_spec(find(render(K8S / "overlays" / "production"), "Deployment")[0])
+    app = spec["containers"][0]
+    assert "a stopping pod first sleeps 5 s (`preStop`)" in flat and app["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert "drains in-flight requests for up to 25 s, inside the 40 s `terminationGracePeriodSeconds`" in flat
+    assert (conf["graceful_timeout"], spec["terminationGracePeriodSeconds"]) == (25, 40)
+    startup = app["startupProbe"]
+    assert "| startup | `/healthz` | the app has started (up to 60 s) |" in DEPLOY_README
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 60
+    # "replicas × WEB_CONCURRENCY × pool size — 12 × 8 × 4 = 384 ... (2 + 2 overflow per process)"
+    from cds_service.store.card_store import CardStore
+    from cds_service.store.replay_cache import PURGE_INTERVAL_S
+
+    store = CardStore.from_url("postgresql://u:p@127.0.0.1:1/x")  # the engine connects lazily: nothing is reached
+    try:
+        pool = (store.engine.pool.size(), store.engine.pool._max_overflow)
+    finally:
+        store.close()
+    objects = render(K8S / "overlays" / "production")
+    replicas = find(objects, "HorizontalPodAutoscaler")[0]["spec"]["maxReplicas"]
+    workers = int(next(c for c in find(objects, "ConfigMap") if c["metadata"]["name"] == "mtor-cds-config")["data"]["WEB_CONCURRENCY"])
+    assert f"{replicas} × {workers} × {sum(pool)} = {replicas * workers * sum(pool)} at full scale" in flat
+    assert "the card store's pool is 2 + 2 overflow per process" in flat and pool == (2, 2)
+    assert "each process at most once a minute" in flat and PURGE_INTERVAL_S == 60.0
+    nginx = (BASE / "nginx-configmap.yaml").read_text(encoding="utf-8")
+    assert "headers and body each within 5 s" in flat
+    assert "client_header_timeout 5s;" in nginx and "client_body_timeout 5s;" in nginx
