@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 OVERRIDE_SYSTEM = "https://mtor-cds.org/fhir/CodeSystem/override-reason"
 SUMMARY_MAX = 139
 FHIR_TEXT_MAX = 120  # characters of one FHIR text (drug name, display, note) a card prints
+_NOTE_MAX = 400  # characters of one checks-incomplete note (its own words and the FHIR text it may quote)
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}#+\-!|<>~&])")
 _ORDERED_LIST_START = re.compile(r"^(\d+)([.)])")  # "1. " at the start of a line would begin a list
 # GitHub Flavored Markdown also links bare text (its autolink extension): a scheme ("https://", "mailto:"), "www." and
@@ -843,7 +844,8 @@ _DATA_LABELS = {
 
 def _incomplete_card(findings: list[ChecksIncomplete], snapshot: PatientSnapshot) -> CardText:
     top = findings[0]
-    lines = [f"- {_DATA_LABELS.get(key, key)}" for key in top.unavailable]
+    # A note that is not a prefetch key may quote the record (the latest hCG "as written"): escaped like any FHIR text
+    lines = [f"- {_DATA_LABELS.get(key) or md_text(key, limit=_NOTE_MAX)}" for key in top.unavailable]
     if top.unreadable:
         lines.append(f"- {_and_list([_resources_of(rtype, n) for rtype, n in sorted(top.unreadable, key=lambda u: (-u[1], u[0]))])} could not be read")
     elsewhere = top.skipped_resources - sum(n for _, n in top.unreadable)
@@ -1105,13 +1107,13 @@ def plain_text(value: str) -> str:
     return text if len(text) <= FHIR_TEXT_MAX else text[: FHIR_TEXT_MAX - 1].rstrip() + "…"
 
 
-def md_text(value: str) -> str:
+def md_text(value: str, limit: int = FHIR_TEXT_MAX) -> str:
     """Text from FHIR (a drug name, display, note), safe inside Markdown `detail` and suggestion labels: one line,
-    at most FHIR_TEXT_MAX characters, every Markdown control character escaped, so that the EHR's data can never
+    at most `limit` characters, every Markdown control character escaped, so that the EHR's data can never
     turn into a link (GFM's bare-URL and e-mail autolinks included), emphasis, heading, list, table or HTML on the card."""
     text = "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable())  # a newline could start a heading
-    if len(text) > FHIR_TEXT_MAX:
-        text = text[: FHIR_TEXT_MAX - 1].rstrip() + "…"
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
     text = _ORDERED_LIST_START.sub(r"\1\\\2", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
     return _EMAIL_AT.sub("@\u200b", _AUTOLINK_WWW.sub(r"\1\\\2", _AUTOLINK_SCHEME.sub(r"\1\\\2", text)))
 

@@ -10,7 +10,7 @@ from markdown_it import MarkdownIt
 
 from cds_service.cards import FHIR_TEXT_MAX, md_text
 from cds_service.catalogue import render_inline
-from snapshots import SNOMED, condition, everolimus, hook_request, immunization, med
+from snapshots import SNOMED, condition, everolimus, hook_request, immunization, med, observation
 
 EVIL = "**[click](javascript:alert(1))**\n# big"
 EVIL_AS_TEXT = "**[click](javascript:alert(1))** # big"  # what a reader must see: the characters, on one line
@@ -99,3 +99,14 @@ def test_bare_urls_and_addresses_in_fhir_text_cannot_become_gfm_autolinks():
     assert md_text(text) == ("refill at https\\://evil.example/pay, WWW\\.evil.example, ftp\\://x.y, mailto\\:q@\u200br.s or "
                              "a.b@\u200bc.org; 0.75 mg")
     assert md_text("javascript:alert(1) at 10:30") == r"javascript:alert\(1\) at 10:30"  # other colons stay as written
+
+
+def test_an_unread_hcg_unit_quoted_on_the_checks_incomplete_card_is_inert(client):
+    """Review: the note naming an unread hCG quotes its value as written ("1500 mU/mL") from the record; its unit went
+    into the checks-incomplete card unescaped, so an EHR's unit text could become a link, emphasis or a heading."""
+    hcg = observation("21198-7", 2, text="hCG beta, serum", valueQuantity={"value": 1500, "unit": EVIL, "code": "x"})
+    answer = client.post(PATIENT_VIEW, json=hook_request("patient-view", medications=[everolimus()], observations=[hcg])).get_json()
+    [card] = [c for c in answer["cards"] if c["source"]["topic"]["code"] == "checks-incomplete"]
+    note = next(line for line in card["detail"].splitlines() if "hCG" in line)
+    assert "click" in note and "pregnancy was not checked against it" in note
+    assert_inert(note)
