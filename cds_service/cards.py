@@ -321,7 +321,7 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
         return CardText(_summary(summary, 1), detail)
     graded = [f for f in findings if isinstance(f, LipidGradeFinding)]
     lab: LabResult = top.evidence[0]
-    value = f"{_cap(top.analyte)} {_mg_per_dl(lab)} on {_lab_day(lab)}"
+    value = f"{_cap(top.analyte)} {_lipid_value(lab)} on {_lab_day(lab)}"
     if top.stale_after_days is not None:
         summary = f"{value} (CTCAE grade {top.grade}) is over {top.stale_after_days} days old: recheck a fasting lipid panel"
     elif not top.label_action:
@@ -331,8 +331,13 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
     lines = []
     for f in graded:
         lab = f.evidence[0]
-        written = f" (reported as {md_text(lab.value_as_written)})" if not (lab.value_as_written or "").lower().endswith("mg/dl") else ""
-        lines.append(f"- {_cap(f.analyte)}: **{_mg_per_dl(lab)}**{written} on {_lab_day(lab)}: CTCAE v5 grade {f.grade}.")
+        if lab.value_mmol_l is not None:  # graded on CTCAE's mmol/L scale: shown as reported, then in mg/dL
+            shown = f"**{_lipid_value(lab)}** ({_mg_per_dl(lab)})"
+            scale = " (its mmol/L scale)"
+        else:
+            written = f" (reported as {md_text(lab.value_as_written)})" if not (lab.value_as_written or "").lower().endswith("mg/dl") else ""
+            shown, scale = f"**{_mg_per_dl(lab)}**{written}", ""
+        lines.append(f"- {_cap(f.analyte)}: {shown} on {_lab_day(lab)}: CTCAE v5 grade {f.grade}{scale}.")
         if f.stale_after_days is not None:
             lines.append(f"  - Older than the {f.stale_after_days}-day look-back: no grade action is advised on it. "
                          "Order a fasting lipid panel and act on the new result.")
@@ -345,6 +350,11 @@ def _lipids_card(findings: list[LipidGradeFinding | LipidPanelMissing], snapshot
     else:
         lines.append(f"\nSource: {_cite(top.source, top.section) if top.label_action else _cite(top.grade_source)}")
     return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _lipid_value(lab: LabResult) -> str:
+    """A lipid value as it was graded: as reported when in mmol/L (CTCAE's mmol/L scale), else in mg/dL."""
+    return _as_reported(lab, f"{lab.value_mmol_l:g} mmol/L") if lab.value_mmol_l is not None else _mg_per_dl(lab)
 
 
 def _mg_per_dl(lab: LabResult) -> str:

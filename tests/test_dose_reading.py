@@ -165,7 +165,8 @@ def test_plain_triglycerides_keep_their_grade(value, grade):
 
 def test_triglycerides_above_a_bound_in_mmol_per_l_show_the_bound_and_the_lab_value():
     [finding], [card] = lipid_findings(lipid(TG, 11.3, ">", unit="mmol/L"), lipid(CHOL, 150))
-    assert "**> 1001 mg/dL** (reported as \\> 11.3 mmol/L)" in card.detail
+    assert "**> 11.3 mmol/L** (> 1001 mg/dL)" in card.detail and "CTCAE v5 grade 3 (its mmol/L scale)" in card.detail
+    assert finding.grade == 3  # known to be above 5.7 mmol/L (grade 3); whether above 11.4 (grade 4) is not known
 
 
 def serum_hcg(value: float, comparator: str | None, days_ago: float = 1, *, high: float | None = None,

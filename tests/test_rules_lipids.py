@@ -91,3 +91,16 @@ def test_the_readme_says_each_unit_is_graded_on_its_own_scale():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert "(mg/dL or mmol/L, each graded on CTCAE's own scale for its unit)" in readme
+
+
+def test_a_lipid_graded_in_mmol_per_l_shows_the_value_it_was_graded_on():
+    """Found by a review: 11.4 mmol/L triglycerides read "1010 mg/dL ... is CTCAE grade 3", which CTCAE's mg/dL scale
+    calls grade 4. The card shows the value as reported, the scale it was graded on, then the mg/dL conversion."""
+    from cds_service.cards import render_cards
+    from snapshots import everolimus, observation, snapshot_of
+
+    tg = observation("2571-8", 5, text="TG", valueQuantity={"value": 11.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"})
+    snapshot = snapshot_of(medications=[everolimus()], observations=[tg])
+    [card] = render_cards(check_lipids(snapshot, K), snapshot)
+    assert card.summary.startswith("Triglycerides 11.4 mmol/L on ") and "CTCAE grade 3" in card.summary
+    assert "**11.4 mmol/L** (1010 mg/dL)" in card.detail and "CTCAE v5 grade 3 (its mmol/L scale)" in card.detail

@@ -390,7 +390,7 @@ def _outcome_findings(*, observations=(), conditions=(), procedures=()):
 
 @pytest.mark.parametrize(("code", "display"), [
     ("Z39.2", "Encounter for routine postpartum follow-up"), ("Z37.0", "Single live birth"), ("O80", "Full-term uncomplicated delivery"),
-    ("O03.9", "Complete or unspecified spontaneous abortion without complication"), ("O00.10", "Tubal pregnancy"),
+    ("O03.9", "Complete or unspecified spontaneous abortion without complication"),
     ("Z33.2", "Encounter for elective termination of pregnancy"),
 ])
 def test_a_recorded_outcome_after_the_pregnancy_outweighs_it(code, display):
@@ -411,7 +411,8 @@ def test_a_caesarean_section_done_after_a_positive_hcg_ends_it_and_a_later_posit
     assert [f.severity for f in _outcome_findings(observations=[hcg("positive", 20)], procedures=[planned])] == [Severity.CRITICAL]
 
 
-@pytest.mark.parametrize("fields", [{"code": "O07.4", "clinical": "resolved"}, {"code": "Z37.0", "verification": "entered-in-error"},
+@pytest.mark.parametrize("fields", [{"code": "O07.4", "clinical": "resolved"}, {"code": "O00.10"}, {"code": "O02.1"},
+                                    {"code": "Z37.0", "verification": "entered-in-error"},
                                     {"code": "Z37.0", "verification": "refuted"}])
 def test_a_failed_termination_or_a_refuted_outcome_does_not_end_it(fields):
     outcome = condition(ICD10CM, fields.pop("code"), "outcome", onset_days_ago=10, **fields)
@@ -424,6 +425,6 @@ def test_the_readme_says_a_recorded_outcome_outweighs_earlier_evidence():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert ("not outweighed by a later negative test or a later recorded outcome (delivery, caesarean, abortive outcome, "
-            "postpartum care: ICD-10-CM O00-O04, O08, O80, O82, Z33.2, Z37, Z39; active or resolved)") in readme
+            "postpartum care: ICD-10-CM O03, O04, O08, O80, O82, Z33.2, Z37, Z39; active or resolved)") in readme
     assert {c["code"] for c in knowledge().files["conditions.json"]["pregnancy_ended"]} == {
-        "O00", "O01", "O02", "O03", "O04", "O08", "O80", "O82", "Z33.2", "Z37", "Z39", "11466000"}
+        "O03", "O04", "O08", "O80", "O82", "Z33.2", "Z37", "Z39", "11466000"}

@@ -527,3 +527,12 @@ def test_the_readme_says_other_everolimus_after_a_kidney_transplant_is_judged_by
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert ("other everolimus (Afinitor, 10 mg) after a kidney transplant is judged by the same Zortress target, and the card "
             "says so") in readme
+
+
+def test_a_low_level_of_afinitor_after_a_kidney_transplant_is_judged_by_zortress_and_the_readme_says_so():
+    from pathlib import Path
+
+    [finding] = check_trough_low(record_snapshot([mtor_order()], [drug_level(2)], [KIDNEY_TX]), knowledge())
+    assert finding.target.product == "Zortress" and finding.label is not None and finding.label.label.startswith("Zortress")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "Zortress kidney transplant (and other everolimus after a kidney transplant, judged by the same target): below 3-8 ng/mL" in readme
