@@ -124,10 +124,10 @@ def test_the_readme_figures_are_those_of_the_latest_results():
     load = re.search(r"load average \(1 min\) before / after: (\S+) /", latest).group(1)
     assert f"Latest figures: {date}," in " ".join(section.split()) and f"load average {load} before the run" in " ".join(section.split())
     measured = {(r[0], r[1]): r for r in _table_rows(latest, "") if len(r) == 8 and r[1].isdigit()}
-    names = {"baseline `/healthz`": "healthz", "order-select (prefetch)": "order-select",
+    names = {"baseline `/healthz`": "healthz", "floor: the same body refused once parsed": "floor", "order-select (prefetch)": "order-select",
              "patient-view, 8 parallel GETs (50 ms each)": "patient-view", "patient-view, one FHIR batch (50 ms)": "patient-view-batch"}
     quoted = [r for r in _table_rows(section, "") if r[0] in names]
-    assert len(quoted) == 6
+    assert len(quoted) == 8
     for label, conns, rps, share, p50, p99, cpu in quoted:
         scenario, _, rps_m, p50_m, p99_m, cpu_m, share_m, _errors = measured[(names[label], conns)]
         assert (rps, share, p50, p99.split(" ")[0], cpu) == (rps_m, share_m, p50_m, p99_m, cpu_m), label
