@@ -530,7 +530,8 @@ def _surgery_card(findings: list[SurgeryTiming], snapshot: PatientSnapshot) -> C
     if top.caution is not None:
         summary = f"Surgery on {when}: plan {drug} around it with {_plan_with(top)} (wound-healing risk)"
     elif top.kind == "recent":
-        summary = f"Surgery on {when}: no {drug} before {_day(top.earliest_restart, top.today)} and until the wound heals"
+        major = "" if _known_major(top) else "if it was major, "
+        summary = f"Surgery on {when}: {major}no {drug} before {_day(top.earliest_restart, top.today)} and until the wound heals"
     elif top.hold_is_due:
         summary = f"Hold {drug} now: surgery on {when}; restart no earlier than {_day(top.earliest_restart, top.today)} if healed"
     else:
@@ -571,7 +572,11 @@ def _surgery_lines(f: SurgeryTiming) -> list[str]:
     after = (f"**{_day(f.earliest_restart, f.today)}** ({f.window.avoid_after_major_days} days after major surgery) "
              "and only once the wound has healed.")
     if f.kind == "recent":
-        return [head, f"- Give no {f.drug} before {after}"]
+        # The label's interval is for major surgery; only an operation known by its code is known to be one (an EHR's
+        # "surgical procedure" category or an "-ectomy" also covers a skin excision): otherwise it is said as a condition.
+        return [head, f"- Give no {f.drug} before {after}" if _known_major(f) else
+                f"- If it was major surgery, give no {f.drug} before {after} (the label's interval is for major surgery; "
+                "this record does not say how major it was)"]
     restart = f"Restart no earlier than {after}"
     if f.hold_is_due:
         hold = (f"Hold {f.drug} **now**: the label's hold of at least {f.window.withhold_before_days} days before "
@@ -580,6 +585,11 @@ def _surgery_lines(f: SurgeryTiming) -> list[str]:
         hold = (f"Last dose on **{_day(f.last_dose, f.today)}**; hold from {_day(f.hold_from, f.today)} "
                 f"(at least {f.window.withhold_before_days} days before elective surgery).")
     return [head, f"- {hold} {restart}"]
+
+
+def _known_major(finding: SurgeryTiming) -> bool:
+    """A major operation by its code (procedures.json surgical_procedures: each one a major operation)."""
+    return finding.evidence[0].surgery_evidence == "code"
 
 
 def _plan_with(finding: SurgeryTiming) -> str:

@@ -431,3 +431,28 @@ def test_the_known_gaps_the_readme_states_are_still_gaps():
                             occurrenceTiming={"event": ["2026-11-26"]})
     [event] = snapshot_of(hook="patient-view", medications=[everolimus()], service_requests=[timed]).procedures
     assert event.when is None and event.is_surgery
+
+
+def test_recent_surgery_not_known_to_be_major_says_the_interval_as_a_condition():
+    """Found by an audit: a skin biopsy the EHR categorised as a surgical procedure was told "no everolimus before ...
+    (14 days after major surgery)": the label's interval is for major surgery, which only a code here can tell."""
+    from cds_service.cards import render_cards
+    from snapshots import snapshot_of
+
+    biopsy = procedure("Excision of skin lesion", -3)
+    snapshot = snapshot_of(procedures=[biopsy], medications=[everolimus()])
+    [card] = render_cards(surgery(procedures=[biopsy]), snapshot)
+    assert ": if it was major, no everolimus before " in card.summary and len(card.summary) < 140
+    assert "- If it was major surgery, give no everolimus before " in card.detail
+    caesarean = procedure(None, -5, code=concept(None, coding(SNOMED, "11466000", "Cesarean section (procedure)")))
+    snapshot = snapshot_of(procedures=[caesarean], medications=[everolimus()])
+    [card] = render_cards(surgery(procedures=[caesarean]), snapshot)
+    assert "if it was major" not in card.summary and "- Give no everolimus before " in card.detail
+
+
+def test_the_readme_says_recent_surgery_is_conditional_unless_coded_major():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert ('(for surgery done, said as "if it was major" unless a listed major operation\'s code says so: the 14 days are '
+            "for major surgery)") in readme
