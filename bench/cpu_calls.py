@@ -30,7 +30,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
-from payloads import PATIENT_ID, order_select_request, patient_view_request, sized_order_select_request  # noqa: E402
+from payloads import PATIENT_ID, floor_request, order_select_request, patient_view_request, sized_order_select_request  # noqa: E402
 
 GROWTH_SIZES = (10, 60, 300, 1000)  # resources in the record (the growth table)
 
@@ -96,7 +96,7 @@ def scenarios(fhir_base: str) -> dict[str, tuple[str, str, bytes | None]]:
     found = {
         "healthz": ("GET", "/healthz", None),
         "order-select": ("POST", "/cds-services/mtor-safety-order-select", dumps(order_select_request())),
-        "floor": ("POST", "/cds-services/mtor-safety-order-select", dumps({**order_select_request(), "hook": "patient-view"})),
+        "floor": ("POST", "/cds-services/mtor-safety-order-select", dumps(floor_request())),
         "patient-view": ("POST", "/cds-services/mtor-safety-patient-view", dumps(patient_view_request(fhir_base))),
     }
     for size in GROWTH_SIZES:

@@ -211,3 +211,9 @@ def patient_view_request(fhir_server: str) -> dict[str, Any]:
 
 if __name__ == "__main__":  # sizes, for the README
     print("order-select body:", len(json.dumps(order_select_request(), separators=(",", ":"))), "bytes")
+
+
+def floor_request() -> dict[str, Any]:
+    """The order-select call with a hook the service does not answer: refused with 400 once its JSON is parsed (the
+    bench's floor: what a call of that size costs before any record is read)."""
+    return {**order_select_request(), "hook": "patient-view"}

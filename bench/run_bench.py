@@ -46,7 +46,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from payloads import order_select_request, patient_view_request, sized_order_select_request  # noqa: E402 (bench/ on the path)
+from payloads import floor_request, order_select_request, patient_view_request, sized_order_select_request  # noqa: E402 (bench/ on the path)
 
 sys.path.insert(0, str(BENCH.parent))
 from cds_service.production import DEFAULT_WORKER_CLASS, gunicorn_settings  # noqa: E402  (the shipped defaults)
@@ -79,11 +79,6 @@ GROWTH_SIZES = (10, 60, 300, 1000)  # resources in the record
 GROWTH_STEP = 2.0  # "linear, no step": no segment of the growth table costs more per resource than this × the cheapest
 QUIET_LOAD = 0.5  # load average above which the figures are not valid
 FLOOR = "floor"  # the scenario that measures the stack's own cost of a call of order-select's size
-
-
-def floor_request() -> dict:
-    """The order-select call with a hook the service does not answer: refused with 400 once its JSON is parsed."""
-    return {**order_select_request(), "hook": "patient-view"}
 
 
 @dataclass
