@@ -101,4 +101,32 @@ def test_the_integrating_guide_says_what_is_sent_again():
 
     text = " ".join((Path(__file__).resolve().parent.parent / "docs" / "integrating.md").read_text(encoding="utf-8").split())
     assert ("A GET whose kept-alive connection the server closed as it was reused (before any answer) is sent once more on "
-            "a new connection, within the deadline; nothing else is retried.") in text
+            "a new connection, within the deadline; a GET answered `429` or `503` with a `Retry-After` in seconds that the "
+            "deadline can wait out (leaving 0.5 s) is asked once more after it; nothing else is retried.") in text
+    assert fhir_client.RETRY_AFTER_MARGIN_S == 0.5
+
+
+def test_a_429_or_503_with_a_retry_after_the_deadline_can_wait_is_asked_once_more():
+    """Rate limits (Epic, Cerner and cloud FHIR gateways answer 429 with Retry-After): waited out once when the call's
+    deadline allows, else said as the status it is."""
+    import responses as mock
+
+    base = "https://ehr.example.org/fhir"
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    for status in (429, 503):
+        with mock.RequestsMock() as rsps:
+            url = f"{base}/Condition"
+            rsps.add(mock.GET, url, status=status, headers={"Retry-After": "0"})
+            rsps.add(mock.GET, url, json=bundle)
+            assert _client(base).search("Condition?patient=pt-1") == []
+            assert len(rsps.calls) == 2
+    with mock.RequestsMock() as rsps:
+        rsps.add(mock.GET, f"{base}/Condition", status=429, headers={"Retry-After": "30"})  # beyond the 5 s deadline
+        with pytest.raises(fhir_client.FhirUnavailable, match="http-429"):
+            _client(base).search("Condition?patient=pt-1")
+        assert len(rsps.calls) == 1
+    with mock.RequestsMock() as rsps:
+        rsps.add(mock.GET, f"{base}/Condition", status=429, headers={"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})
+        with pytest.raises(fhir_client.FhirUnavailable, match="http-429"):
+            _client(base).search("Condition?patient=pt-1")
+        assert len(rsps.calls) == 1

@@ -164,11 +164,27 @@ def _send(request: requests.PreparedRequest, until: Deadline) -> requests.Respon
     once more, on a fresh connection, within the deadline: never a POST, never after an answer has begun."""
     adapter = _session().get_adapter(request.url or "")
     try:
-        return adapter.send(request, stream=True, timeout=until.remaining())
+        response = adapter.send(request, stream=True, timeout=until.remaining())
     except requests.ConnectionError as exc:
         if request.method != "GET" or not _closed_before_answering(exc) or until.remaining() <= 0.005:
             raise
         return adapter.send(request, stream=True, timeout=until.remaining())
+    # 429 Too Many Requests / 503 with a Retry-After the deadline can wait out (RFC 9110 §10.2.3): asked once more
+    wait = _retry_after_s(response) if response.status_code in (429, 503) and request.method == "GET" else None
+    if wait is None or wait > until.remaining() - RETRY_AFTER_MARGIN_S:
+        return response
+    response.close()
+    time.sleep(wait)
+    return adapter.send(request, stream=True, timeout=until.remaining())
+
+
+RETRY_AFTER_MARGIN_S = 0.5  # what must be left of the deadline after waiting out a Retry-After, for the answer itself
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    """Retry-After in seconds (its delay-seconds form; an HTTP-date is not waited for), or None."""
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() and len(value) < 6 else None
 
 
 def _closed_before_answering(exc: BaseException) -> bool:
