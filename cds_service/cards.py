@@ -583,7 +583,10 @@ def _surgery_lines(f: SurgeryTiming) -> list[str]:
 
 
 def _plan_with(finding: SurgeryTiming) -> str:
-    return "the transplant team" if "transplant" in (finding.use, *finding.plausible_uses) else "the prescriber"
+    """The transplant team when the record shows a transplant (or one among the uses it leaves open); with no use on
+    record, the product's labelled transplant use is no evidence of one: the prescriber."""
+    transplant = finding.use == "transplant" or ("transplant" in finding.plausible_uses and not finding.implied_only)
+    return "the transplant team" if transplant else "the prescriber"
 
 
 def _day(day: date | None, today: date) -> str:

@@ -3,7 +3,7 @@ defect it found, pinned on the response an EHR would get."""
 
 from __future__ import annotations
 
-from snapshots import ICD10CM, SNOMED, coding, condition, hook_request, level, med
+from snapshots import ICD10CM, SNOMED, SURGICAL_PROCEDURE, coding, condition, hook_request, level, med, service_request
 
 
 def cards_of(client, request):
@@ -27,3 +27,19 @@ def test_pancreatic_net_coded_c25_4_is_oncology_so_a_trough_gives_no_tsc_card(cl
     pnet["code"]["coding"].append(coding(SNOMED, "253027008", "Malignant neuroendocrine tumor of pancreas"))
     request = hook_request(medications=[afinitor_10()], observations=[level("everolimus", 18)], conditions=[pnet])
     assert "trough-high" not in topics(cards_of(client, request))
+
+
+def test_surgery_with_oral_sirolimus_and_no_use_on_record_is_planned_with_the_prescriber(client):
+    # generic sirolimus, nothing on record says transplant: the card sent the clinician to "the transplant team"
+    # (Rapamune's labelled kidney use was taken as the patient's); README: LAM or an unknown use -> the prescriber
+    siro = med("sirolimus 1 MG Oral Tablet", rxnorm="349208", dose_mg=2)
+    surgery = service_request("Laparoscopic cholecystectomy", 5, category=SURGICAL_PROCEDURE)
+    hypertension = condition(ICD10CM, "I10", "Essential (primary) hypertension")
+    [card] = [c for c in cards_of(client, hook_request(medications=[siro], service_requests=[surgery], conditions=[hypertension]))
+              if c["source"]["topic"]["code"] == "surgery-timing"]
+    assert "transplant team" not in card["summary"] + card["detail"] and "the prescriber" in card["summary"]
+    # with a kidney transplant on record it is still the transplant team
+    ktx = condition(ICD10CM, "Z94.0", "Kidney transplant status")
+    [card] = [c for c in cards_of(client, hook_request(medications=[siro], service_requests=[surgery], conditions=[ktx]))
+              if c["source"]["topic"]["code"] == "surgery-timing"]
+    assert "the transplant team" in card["summary"]
