@@ -43,3 +43,15 @@ def test_surgery_with_oral_sirolimus_and_no_use_on_record_is_planned_with_the_pr
     [card] = [c for c in cards_of(client, hook_request(medications=[siro], service_requests=[surgery], conditions=[ktx]))
               if c["source"]["topic"]["code"] == "surgery-timing"]
     assert "the transplant team" in card["summary"]
+
+
+def test_high_trough_for_fixed_dose_tsc_aml_does_not_send_to_the_tdm_formula(client):
+    # Afinitor 10 mg for TSC with a renal angiomyolipoma: the label sets no trough target for it (mtor_drugs.json
+    # note: "the card says so"); the card said "Reduce the dose as the label's therapeutic drug monitoring guidance
+    # says (new dose = current dose x target trough / measured trough)" and "The label's upper trough limit is 15"
+    tsc = condition(ICD10CM, "Q85.1", "Tuberous sclerosis")
+    aml = condition(ICD10CM, "D17.71", "Benign lipomatous neoplasm of kidney")
+    request = hook_request(medications=[afinitor_10()], observations=[level("everolimus", 18)], conditions=[tsc, aml])
+    [card] = [c for c in cards_of(client, request) if c["source"]["topic"]["code"] == "trough-high"]
+    assert "×" not in card["detail"] and "guidance says" not in card["detail"] and not card.get("suggestions")
+    assert "sets no trough target" in card["detail"] and "No dose is computed" in card["detail"]
