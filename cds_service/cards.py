@@ -593,7 +593,10 @@ def _known_major(finding: SurgeryTiming) -> bool:
 
 
 def _plan_with(finding: SurgeryTiming) -> str:
-    return "the transplant team" if "transplant" in (finding.use, *finding.plausible_uses) else "the prescriber"
+    """The transplant team when the record shows a transplant (or one among the uses it leaves open); with no use on
+    record, the product's labelled transplant use is no evidence of one: the prescriber."""
+    transplant = finding.use == "transplant" or ("transplant" in finding.plausible_uses and not finding.implied_only)
+    return "the transplant team" if transplant else "the prescriber"
 
 
 def _day(day: date | None, today: date) -> str:
@@ -673,6 +676,10 @@ def _trough_card(findings: list[TroughHighFinding], snapshot: PatientSnapshot) -
     lines = [_level_line(lab, drug), f"- Order: {md_text(mtor.text)} ({_order_state(mtor)}).", f"- {_target_range(top)}."]
     if top.context is not None and top.context.implied_only:  # no use on record: no dose from an assumed use
         lines.append(f"- {top.context.assumption} No dose is computed; review the dose for the patient's actual use.")
+    elif top.indication.dosing == "fixed":  # TSC-AML: a fixed dose; the label's TDM formula is for SEGA and seizures
+        lines[-1] = (f"- The use on record is fixed-dose (TSC-AML): the label sets no trough target for it; {limit:g} ng/mL "
+                     "is its upper target for the trough-guided TSC uses (SEGA, seizures).")
+        lines.append("- No dose is computed: review the dose and look for adverse reactions with the prescriber.")
     else:
         if top.assumed_indication and proposal and proposal.proposed_dose_mg is not None:
             lines.append(f"- No indication that sets a trough target is on record: the dose below assumes "

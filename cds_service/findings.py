@@ -179,6 +179,7 @@ class SurgeryTiming(Finding):
     use: str = "unknown"  # treatment context: "transplant", "lam", "tsc-aml", "oncology", ...
     plausible_uses: frozenset[str] = frozenset()  # every use the record leaves plausible (TreatmentContext.kinds)
     assumption: str | None = None  # what was assumed about the use, when the record does not settle it
+    implied_only: bool = False  # no use on record: the plausible uses are only the product's labelled ones
 
     @property
     def hold_from(self) -> date | None:

@@ -63,4 +63,4 @@ def _judge(
     return SurgeryTiming(severity=Severity.INFO, source=caution.source, section=caution.section,
                          label=context.label or caution.source, kind="planned", days=days, caution=caution,
                          mtor=mtor, evidence=(event,), surgery_date=surgery_date, today=today, use=context.use,
-                         plausible_uses=context.kinds, assumption=context.assumption)
+                         plausible_uses=context.kinds, assumption=context.assumption, implied_only=context.implied_only)
