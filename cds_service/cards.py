@@ -272,6 +272,8 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
         summary = f"Pregnancy evidence from {_human(seen) if seen else 'an unknown date'} is over {top.stale_after_days} days old: confirm status before {drug}"
     elif top.hcg_cutoff_iu_per_l is not None:
         summary = f"hCG not below the non-pregnant cut-off while {doing} {drug}: confirm pregnancy status"
+    elif top.outside_ages_years is not None:
+        summary = f"Positive pregnancy test at age {int(top.outside_ages_years)} while {doing} {drug}: confirm pregnancy status"
     elif unconfirmed:
         summary = f"Possible pregnancy (unconfirmed) on record while {doing} {drug}: confirm pregnancy status"
     else:
@@ -280,6 +282,10 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
         evidence_line = (f"- Quantitative hCG: {_pregnancy_evidence(evidence)}, at or above the non-pregnant cut-off of "
                          f"{top.hcg_cutoff_iu_per_l:g} IU/L; the lab sent no interpretation or reference range, so it is "
                          "read neither as positive nor as negative.")
+    elif top.outside_ages_years is not None and top.stale_after_days is None:
+        evidence_line = (f"- Positive test: {_pregnancy_evidence(evidence)}, for a patient aged {int(top.outside_ages_years)}, "
+                         "outside the ages this service treats as of reproductive potential (project policy): pregnancy "
+                         "is unlikely, and hCG is also a tumour marker.")
     elif unconfirmed and top.stale_after_days is None:
         evidence_line = (f"- Possible pregnancy: {_pregnancy_evidence(evidence)}, recorded as not confirmed (unconfirmed, "
                          "provisional or differential diagnosis).")

@@ -428,3 +428,32 @@ def test_the_readme_says_a_recorded_outcome_outweighs_earlier_evidence():
             "postpartum care: ICD-10-CM O03, O04, O08, O80, O82, Z33.2, Z37, Z39; active or resolved)") in readme
     assert {c["code"] for c in knowledge().files["conditions.json"]["pregnancy_ended"]} == {
         "O03", "O04", "O08", "O80", "O82", "Z33.2", "Z37", "Z39", "11466000"}
+
+
+@pytest.mark.parametrize(("birth_date", "age"), [("2020-05-01", 6), ("1965-01-01", 61)])
+def test_a_positive_hcg_outside_the_reproductive_ages_asks_to_confirm_and_offers_no_removal(client, birth_date, age):
+    """Found by the per-use audit: a positive urine hCG for a 6-year-old on Afinitor Disperz gave the critical
+    "pregnancy on record: remove the order" card. Outside dosing.json's reproductive-potential ages (12-55, policy) a
+    positive hCG asks to confirm (warning, no removal); a pregnancy diagnosis or status still gives the critical card."""
+    patient = {"resourceType": "Patient", "id": "pt-1", "gender": "female", "birthDate": birth_date}
+    body = hook_request("order-sign", drafts=[everolimus(draft=True)], observations=[hcg("positive", 3)],
+                        prefetch={"patient": patient})
+    answer = client.post("/cds-services/mtor-safety-order-sign", json=body).get_json()
+    [card] = [c for c in answer["cards"] if c["source"]["topic"]["code"] == "pregnancy"]
+    assert card["indicator"] == "warning" and not card.get("suggestions")
+    assert card["summary"].startswith(f"Positive pregnancy test at age {age} while ordering everolimus: confirm")
+    assert "hCG is also a tumour marker" in card["detail"]
+    condition_body = hook_request("order-sign", drafts=[everolimus(draft=True)], prefetch={"patient": patient},
+                                  conditions=[condition(ICD10CM, "Z33.1", "Pregnant state, incidental", onset_days_ago=10)])
+    answer = client.post("/cds-services/mtor-safety-order-sign", json=condition_body).get_json()
+    assert [c["indicator"] for c in answer["cards"] if c["source"]["topic"]["code"] == "pregnancy"] == ["critical"]
+
+
+def test_the_readme_says_a_positive_hcg_outside_the_ages_asks_to_confirm():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert ("a positive hCG for a patient aged under 12 or over 55 (policy) asks to confirm (`warning`, no removal: hCG is "
+            "also a tumour marker);") in readme
+    potential = knowledge().dosing["reproductive_potential"]
+    assert (potential["female_min_age_years"], potential["female_max_age_years"]) == (12, 55)
