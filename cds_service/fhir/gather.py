@@ -39,6 +39,7 @@ class GatheredData:
     malformed_entries: int = 0  # prefetched Bundle entries with no resource object
     reasons: dict[str, str] = dataclasses.field(default_factory=dict)  # unchecked key -> why, for the 412 and logs
     unresolved_drafts: frozenset[str] = frozenset()  # draft orders ("MedicationRequest/1") whose Medication could not be had
+    drafts: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)  # (reference, resource): draft_orders
     selected: frozenset[str] = frozenset()  # order-select: the references in focus (see selected_drafts)
     unmatched_selections: int = 0  # order-select: selections that name no draft order
 
@@ -78,7 +79,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         else:
             failed_prefetch = _outcome_text(value) if present else ""
             reasons[key] = f"{failed_prefetch or 'not prefetched'}; {no_server}"
-    drafts = len(draft_orders(call))
+    drafts = draft_orders(call)
     # Several queries to send: the server's CapabilityStatement is worth asking (once per worker process) for batch
     # and for _include of referenced Medications (saves the round trip that would read them after the search).
     capabilities = client.capabilities() if client and len(queries) > 1 else None
@@ -104,7 +105,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         else:
             by_key[key] = result
     by_key = {key: _one_copy_each(resources) for key, resources in by_key.items()}
-    _cap_resources(by_key, reasons, drafts)
+    _cap_resources(by_key, reasons, len(drafts))
     for key, resources in by_key.items():
         if key not in reasons and _says_incomplete(resources):
             reasons[key] = "the FHIR server said its results are incomplete"
@@ -118,7 +119,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
             + "; ".join(f"{k} ({reasons.get(k, 'not available')})" for k in missing_required),
             fhir_timings=timings,
         )
-    medications, unresolved, unresolved_drafts = _resolve_medication_references(by_key, call, client)
+    medications, unresolved, unresolved_drafts = _resolve_medication_references(by_key, drafts, client)
     if unresolved:
         timings = [*timings, *(QueryTiming("Medication", QueryOutcome.UNRESOLVED, 0.0) for _ in range(unresolved))]
         # An order we cannot identify must not read as "nothing interacting".
@@ -129,9 +130,9 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         # Whether the appointment being booked is surgery may rest on the order it is based on.
         reasons.setdefault("serviceRequests", f"{missing_orders} ServiceRequest(s) an appointment is based on could not be read")
     unchecked = [key for key in (*service.prefetch, *reasons) if key in reasons]
-    selected, unmatched = selected_drafts(call)
+    selected, unmatched = selected_drafts(call, drafts)
     return GatheredData(by_key, list(dict.fromkeys(unchecked)), medications, timings, bool(refusal), malformed, reasons,
-                        unresolved_drafts, selected, unmatched)
+                        unresolved_drafts, drafts, selected, unmatched)
 
 
 def _short_of_total(bundle: Mapping[str, Any]) -> str | None:
@@ -297,7 +298,7 @@ def _outcome_text(value: Any) -> str:
 
 
 def _resolve_medication_references(
-    by_key: dict[str, list[dict[str, Any]]], call: HookCall, client: FhirClient | None
+    by_key: dict[str, list[dict[str, Any]]], drafts: list[tuple[str, dict[str, Any]]], client: FhirClient | None
 ) -> tuple[dict[str, dict[str, Any]], int, frozenset[str]]:
     """Medication resources by reference (from any bundle, e.g. _include, else read), how many stayed unresolved, and
     the draft orders among them."""
@@ -311,7 +312,7 @@ def _resolve_medication_references(
     unreadable = 0  # references no one can follow: never a silent "unnamed medication"
     drafts_waiting: dict[str, str | None] = {}  # draft order -> the Medication it waits for (None: no one can follow it)
     current = [r for key in MEDICATION_KEYS for r in by_key.get(key, ())]
-    for (ref, resource), is_draft in [*((("", r), False) for r in current), *((d, True) for d in draft_orders(call))]:
+    for (ref, resource), is_draft in [*((("", r), False) for r in current), *((d, True) for d in drafts)]:
         reference = medication_reference(resource)
         if reference and reference not in known:
             wanted.add(reference)
@@ -378,10 +379,6 @@ def _unfollowable_medication_reference(resource: Mapping[str, Any]) -> bool:
     return True  # medication_reference() could not read it
 
 
-def draft_resources(call: HookCall) -> list[dict[str, Any]]:
-    return [resource for _, resource in draft_orders(call)]
-
-
 def draft_orders(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     """(reference, resource) for each draft order in context.draftOrders. A draft is known as "Type/id"; an EHR may
     send one that is not stored yet without an id: it is then known by its entry's fullUrl (urn:uuid:...) or, with
@@ -404,7 +401,7 @@ def draft_orders(call: HookCall) -> list[tuple[str, dict[str, Any]]]:
     return orders
 
 
-def selected_drafts(call: HookCall) -> tuple[frozenset[str], int]:
+def selected_drafts(call: HookCall, drafts: list[tuple[str, dict[str, Any]]]) -> tuple[frozenset[str], int]:
     """order-select: what is in focus (the selections, and every draft when one of them names no draft order), and how
     many selections name no draft order. The spec has every
     selection name an order of draftOrders; one that does not (a draft sent without an id, a reference spelled in
@@ -412,10 +409,10 @@ def selected_drafts(call: HookCall) -> tuple[frozenset[str], int]:
     must never go unchecked for its name."""
     if call.hook != "order-select":
         return frozenset(), 0
-    drafts = frozenset(ref for ref, _ in draft_orders(call))
+    refs = frozenset(ref for ref, _ in drafts)
     selections = frozenset(call.selections)
-    unmatched = len(selections - drafts)
-    return (selections | drafts if unmatched else selections), unmatched
+    unmatched = len(selections - refs)
+    return (selections | refs if unmatched else selections), unmatched
 
 
 def proposed_appointments(call: HookCall) -> list[dict[str, Any]]:

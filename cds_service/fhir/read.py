@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeGuard
 
-from cds_service.fhir.gather import GatheredData, draft_orders, medication_reference, proposed_appointments
+from cds_service.fhir.gather import GatheredData, medication_reference, proposed_appointments
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
 from cds_service.knowledge.loader import CVX, LOINC, RXNORM, VACCINATION_WORDS, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
@@ -105,7 +105,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         if statement:
             medications[statement.ref] = statement
     medication_problems = sum(reader.unreadable.values())
-    for ref, resource in draft_orders(call):
+    for ref, resource in data.drafts:
         rtype = resource.get("resourceType")
         if rtype in ("MedicationRequest", "Immunization"):
             order = reader.safely(reader.medication_order, resource, is_draft=True, selected=ref in selections, ref=ref)

@@ -3,7 +3,7 @@ fhir/read.py). Kept as the one import for callers that need both."""
 
 from __future__ import annotations
 
-from cds_service.fhir.gather import GatheredData, draft_resources, gather
+from cds_service.fhir.gather import GatheredData, gather
 from cds_service.fhir.read import build_snapshot
 
-__all__ = ["GatheredData", "build_snapshot", "draft_resources", "gather"]
+__all__ = ["GatheredData", "build_snapshot", "gather"]
