@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote, urljoin, urlsplit
 
 import requests
 
-from cds_service.fhir.client import is_within
+from cds_service.fhir.client import is_match, is_within
 
 ORDER_HOOKS = ("order-select", "order-sign")
 HOOKS = ("patient-view", *ORDER_HOOKS, "appointment-book")
@@ -133,8 +133,7 @@ def fetch_prefetch(
             entries += page.get("entry") or ()
             next_url, pages = _next(page), pages + 1
         # Bundle.total counts the matches: never included Medications or OperationOutcomes (the service checks it)
-        matches = sum(1 for e in entries if not (isinstance(e, dict) and isinstance(e.get("search"), dict)
-                                                 and e["search"].get("mode") in ("include", "outcome")))
+        matches = sum(1 for e in entries if is_match(e))
         if template.startswith("MedicationRequest?"):
             entries += _referenced_medications(http, base, headers, entries)
         prefetch[key] = {"resourceType": "Bundle", "type": "searchset", "total": matches, "entry": entries}

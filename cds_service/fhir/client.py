@@ -546,6 +546,13 @@ def entry_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [e["resource"] for e in entries if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
 
 
+def is_match(entry: Any) -> bool:
+    """A searchset entry that is one of the search's matches: not marked as an included resource or an OperationOutcome
+    about the search (Bundle.entry.search.mode "include" / "outcome"; Bundle.total counts the matches only)."""
+    search = entry.get("search") if isinstance(entry, dict) else None
+    return not (isinstance(search, dict) and search.get("mode") in ("include", "outcome"))
+
+
 # Besides the searched type, what a search's Bundle may carry without search.mode saying so: the OperationOutcome a
 # server adds about the search, and the Medications an order search includes (a server may leave out the mode).
 _ALSO_IN_A_SEARCH = {"MedicationRequest": ("Medication",), "MedicationStatement": ("Medication",)}
@@ -557,8 +564,7 @@ def stray_type(bundle: Mapping[str, Any], searched: str) -> str | None:
     allowed = {searched, "OperationOutcome", *_ALSO_IN_A_SEARCH.get(searched, ())}
     for entry in _list(bundle.get("entry")):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        search = entry.get("search") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or (isinstance(search, dict) and search.get("mode") in ("include", "outcome")):
+        if not isinstance(resource, dict) or not is_match(entry):
             continue
         rtype = resource.get("resourceType")
         if rtype not in allowed:

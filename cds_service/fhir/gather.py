@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cds_service.errors import DataUnavailable, FhirError, FhirNotAllowed
-from cds_service.fhir.client import CALL_BYTES_EXCEEDED, Deadline, FhirClient, QueryOutcome, QueryTiming, entry_resources, next_link, run_parallel
+from cds_service.fhir.client import CALL_BYTES_EXCEEDED, Deadline, FhirClient, QueryOutcome, QueryTiming, entry_resources, is_match, next_link, run_parallel
 from cds_service.limits import MAX_FHIR_BYTES_PER_CALL, MAX_RESOURCES_PER_CALL
 from cds_service.services import HookCall, ServiceDefinition
 from cds_service.settings import Settings
@@ -143,15 +143,10 @@ def _short_of_total(bundle: Mapping[str, Any]) -> str | None:
     if not isinstance(total, int) or isinstance(total, bool) or bundle.get("type") not in (None, "searchset"):
         return None
     entries = bundle.get("entry")
-    matches = sum(1 for e in entries if isinstance(e, dict) and _get_mode(e) not in ("include", "outcome")) if isinstance(entries, list) else 0
+    matches = sum(1 for e in entries if isinstance(e, dict) and is_match(e)) if isinstance(entries, list) else 0
     if total <= matches:
         return None
     return f"its prefetch Bundle says {total} matches but carries {matches}, with no next page"
-
-
-def _get_mode(entry: Mapping[str, Any]) -> Any:
-    search = entry.get("search")
-    return search.get("mode") if isinstance(search, dict) else None
 
 
 def _one_copy_each(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
