@@ -18,7 +18,7 @@ from cds_service.knowledge import Knowledge, Source
 from cds_service.limits import MAX_FINDINGS_PER_TOPIC
 from cds_service.patient import MedicationOrder, PatientSnapshot
 from cds_service.rules.angioedema import check_angioedema
-from cds_service.rules.common import drug_of, product_label
+from cds_service.rules.common import TRANSPLANT_PRODUCTS, drug_of, product_label
 from cds_service.rules.conditions import check_hepatic_impairment, check_infection
 from cds_service.rules.interactions import check_cyp3a4_interactions
 from cds_service.rules.lipids import check_lipids
@@ -89,7 +89,7 @@ def governing_label(snapshot: PatientSnapshot, knowledge: Knowledge, order: Medi
     names Afinitor or Rapamune); a generic order with no known use names its drug's reference label."""
     context = treatment_context(snapshot, knowledge, order)
     drug = drug_of(order)
-    transplant_everolimus = product_label(knowledge, "Zortress") if context.use == "transplant" and drug == "everolimus" else None
+    transplant_everolimus = product_label(knowledge, TRANSPLANT_PRODUCTS[drug]) if context.use == "transplant" and drug == "everolimus" else None
     return context.label or product_label(knowledge, context.product) or transplant_everolimus or knowledge.label_sources[drug]
 
 

@@ -105,6 +105,11 @@ def mtor_product(order: MedicationOrder, knowledge: Knowledge, snapshot: Patient
     return product
 
 
+# Each drug's transplant product (regimens.json: Zortress for everolimus, Rapamune for oral sirolimus): its label governs
+# the drug after a transplant, whatever product was ordered.
+TRANSPLANT_PRODUCTS = {"everolimus": "Zortress", "sirolimus": "Rapamune"}
+
+
 # Products whose own label's statements on a topic are not in the knowledge as verified: the drug-level
 # statements (vaccines.json, ace_inhibitors.json, mtor_drugs.json pregnancy) are Afinitor's and Rapamune's words.
 OWN_STATEMENT_UNVERIFIED = frozenset({"Zortress", "Fyarro"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 from cds_service.findings import Severity, SurgeryTiming
 from cds_service.knowledge import Knowledge
 from cds_service.patient import MedicationOrder, PatientSnapshot, ProcedureEvent
+from cds_service.rules.common import TRANSPLANT_PRODUCTS, drug_of
 from cds_service.rules.treatment_context import TreatmentContext, treatment_context
 
 
@@ -54,7 +55,7 @@ def _judge(
                              label=context.label or window.source, kind=kind, days=abs(days), window=window,
                              mtor=mtor, evidence=(event,), surgery_date=surgery_date, today=today, use=context.use,
                              plausible_uses=context.kinds, assumption=context.assumption)
-    product = "Zortress" if mtor.mtor_drug == "everolimus" else "Rapamune"
+    product = TRANSPLANT_PRODUCTS[drug_of(mtor)]
     if mtor.mtor_drug == "sirolimus" and (context.product == "Fyarro" or "oncology" in context.kinds):
         return None  # Fyarro: no wound-healing interval or warning in the knowledge
     caution = knowledge.wound_healing_cautions.get(product)

@@ -13,10 +13,11 @@ from cds_service.findings import (
     TroughLowFinding,
     TroughMonitoringFinding,
 )
-from cds_service.knowledge import DrugRole, Knowledge
+from cds_service.knowledge import DrugRole, Knowledge, Source
 from cds_service.knowledge.records import TroughLimit, TroughTarget, TroughTiming
 from cds_service.patient import LOWER_BOUNDS, UPPER_BOUNDS, LabResult, MedicationOrder, PatientSnapshot
 from cds_service.rules.common import (
+    TRANSPLANT_PRODUCTS,
     achievable_doses,
     drug_of,
     product_label,
@@ -29,8 +30,6 @@ from cds_service.rules.common import (
 )
 from cds_service.rules.indication import infer_indication
 from cds_service.rules.treatment_context import TSC_LAM_USES, TreatmentContext, regimen_for, treatment_context
-
-TRANSPLANT_PRODUCTS = {"everolimus": "Zortress", "sirolimus": "Rapamune"}  # each drug's transplant label (regimens.json)
 
 
 def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[TroughHighFinding]:
@@ -106,7 +105,7 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
                 proposal=_dose_proposal(mtor, latest, indication.key, knowledge, lower=False) if tsc else None,
                 recheck=trough_timing(knowledge, drug, "dose-change") if context.allows_tsc_lam_rules else None,
                 context=None if context.allows_tsc_lam_rules else context, not_steady_until=not_steady,
-                label=product_label(knowledge, target.product) if target.product not in (None, context.product) else None,
+                label=_other_products_label(knowledge, target, context),
             )
         )
     return findings
@@ -217,11 +216,17 @@ def _context_trough_high(
     upper, limit, target = max(bounds, key=lambda b: b[0])
     if latest.value <= upper or latest.comparator in UPPER_BOUNDS:
         return None
-    # judged by another product's label (Afinitor after a transplant: Zortress's target): the card names that label
-    label = product_label(knowledge, target.product) if target and target.product not in (None, context.product) else None
     return TroughHighFinding(severity=Severity.WARNING, mtor=mtor, evidence=(latest,), source=limit.source,
                              section=limit.section, limit=limit, indication=Indication(None, None), target=target,
-                             context=context, label=label)
+                             context=context, label=_other_products_label(knowledge, target, context))
+
+
+def _other_products_label(knowledge: Knowledge, target: TroughTarget | None, context: TreatmentContext) -> Source | None:
+    """The label of the product whose target judged the level, when it is not the ordered product's (Afinitor after a
+    kidney transplant: Zortress's target): the card names that label. None: the usual governing label."""
+    if target is None or target.product in (None, context.product):
+        return None
+    return product_label(knowledge, target.product)
 
 
 def _candidate_target(
