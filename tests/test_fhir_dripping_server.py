@@ -69,14 +69,21 @@ class _Handler(BaseHTTPRequestHandler):
         return self._drip()
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: the healthy call's 8 parallel connects, arriving while the accept
+    # thread competes with dozens of dripping threads on a loaded CI machine, overflowed it, and Linux dropped the SYN
+    # (retransmitted after 1 s, so a query timed out at the 1 s deadline: CI failure of stop 21)
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @pytest.fixture
 def fhir_server():
     body = load_fixture("fires-cyp3a4-clarithromycin-order-select.json")
     data = body.pop("prefetch")
     by_type = {"Patient": data["patient"], "MedicationRequest": data["medications"]}
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _Handler)
     server.data_for = lambda rest: by_type.get(rest.split("?")[0].split("/")[0], {"resourceType": "Bundle", "type": "searchset", "entry": []})  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     fhir_client._capabilities.clear()
@@ -119,8 +126,9 @@ def test_the_query_threads_are_free_again_after_the_deadline(fhir_server, tmp_pa
     time.sleep(3 * DRIP_S + MARGIN_S)  # each stuck thread gives up at its next byte; a loaded machine schedules late
     response, elapsed = call(fhir_server, "ok", tmp_path)
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
-    assert topics_of(response.get_json())[0] == "cyp3a4-interaction"
-    assert elapsed < 1.0
+    topics = topics_of(response.get_json())
+    assert topics[0] == "cyp3a4-interaction" and "checks-incomplete" not in topics  # every query answered
+    assert elapsed < DEADLINE_S
 
 
 def test_the_integrating_guide_states_that_every_answer_ends_at_the_deadline():
