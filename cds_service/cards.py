@@ -274,6 +274,8 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
         summary = f"hCG not below the non-pregnant cut-off while {doing} {drug}: confirm pregnancy status"
     elif top.outside_ages_years is not None:
         summary = f"Positive pregnancy test at age {int(top.outside_ages_years)} while {doing} {drug}: confirm pregnancy status"
+    elif top.recorded_male:
+        summary = f"Positive hCG for a patient recorded as male while {doing} {drug}: confirm pregnancy status"
     elif unconfirmed:
         summary = f"Possible pregnancy (unconfirmed) on record while {doing} {drug}: confirm pregnancy status"
     else:
@@ -286,6 +288,9 @@ def _pregnancy_card(findings: list[PregnancyFinding], snapshot: PatientSnapshot)
         evidence_line = (f"- Positive test: {_pregnancy_evidence(evidence)}, for a patient aged {int(top.outside_ages_years)}, "
                          "outside the ages this service treats as of reproductive potential (project policy): pregnancy "
                          "is unlikely, and hCG is also a tumour marker.")
+    elif top.recorded_male and top.stale_after_days is None:
+        evidence_line = (f"- Positive test: {_pregnancy_evidence(evidence)}, for a patient whose recorded gender is male: "
+                         "hCG is also a tumour marker, and the record does not say whether this patient can be pregnant.")
     elif unconfirmed and top.stale_after_days is None:
         evidence_line = (f"- Possible pregnancy: {_pregnancy_evidence(evidence)}, recorded as not confirmed (unconfirmed, "
                          "provisional or differential diagnosis).")

@@ -163,6 +163,7 @@ class PregnancyFinding(Finding):
     hcg_cutoff_iu_per_l: float | None = None  # set when the evidence is a quantitative hCG at or above it, uninterpreted
     unconfirmed: bool = False  # that hCG, or a pregnancy Condition recorded as unconfirmed: ask to confirm, never remove
     outside_ages_years: float | None = None  # a test result for a patient outside the reproductive-potential ages: confirm
+    recorded_male: bool = False  # a positive hCG for a patient whose administrative gender is male: confirm
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

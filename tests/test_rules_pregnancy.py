@@ -454,6 +454,36 @@ def test_the_readme_says_a_positive_hcg_outside_the_ages_asks_to_confirm():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert ("a positive hCG for a patient aged under 12 or over 55 (policy) asks to confirm (`warning`, no removal: hCG is "
-            "also a tumour marker);") in readme
+            "also a tumour marker)") in readme
     potential = knowledge().dosing["reproductive_potential"]
     assert (potential["female_min_age_years"], potential["female_max_age_years"]) == (12, 55)
+
+
+def test_a_positive_hcg_for_a_patient_recorded_as_male_asks_to_confirm_and_offers_no_removal(client):
+    """A positive hCG for a man gave the critical "pregnancy on record: remove the order" card (a leftover of the
+    per-use audit): hCG is also a tumour marker (germ cell tumours). Administrative gender is not read as the capacity
+    to be pregnant either way, so it asks to confirm (warning, no removal); a recorded pregnancy status still gives the
+    critical card."""
+    patient = {"resourceType": "Patient", "id": "pt-1", "gender": "male", "birthDate": "1994-03-02"}
+    body = hook_request("order-sign", drafts=[everolimus(draft=True)], observations=[hcg("positive", 3)],
+                        prefetch={"patient": patient})
+    answer = client.post("/cds-services/mtor-safety-order-sign", json=body).get_json()
+    [card] = [c for c in answer["cards"] if c["source"]["topic"]["code"] == "pregnancy"]
+    assert card["indicator"] == "warning" and not card.get("suggestions")
+    assert card["summary"] == "Positive hCG for a patient recorded as male while ordering everolimus: confirm pregnancy status"
+    assert "hCG is also a tumour marker" in card["detail"] and "recorded gender is male" in card["detail"]
+    status = hook_request("order-sign", drafts=[everolimus(draft=True)], prefetch={"patient": patient},
+                          observations=[pregnancy_status(True, days_ago=3)])
+    answer = client.post("/cds-services/mtor-safety-order-sign", json=status).get_json()
+    assert [c["indicator"] for c in answer["cards"] if c["source"]["topic"]["code"] == "pregnancy"] == ["critical"]
+    female = {**patient, "gender": "female"}
+    answer = client.post("/cds-services/mtor-safety-order-sign", json={**body, "prefetch": {**body["prefetch"], "patient": female}}).get_json()
+    assert [c["indicator"] for c in answer["cards"] if c["source"]["topic"]["code"] == "pregnancy"] == ["critical"]
+
+
+def test_the_readme_says_a_positive_hcg_for_a_man_asks_to_confirm():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert ("and so does a positive hCG for a patient recorded as male (a pregnancy status or diagnosis still gives the "
+            "critical card);") in readme

@@ -33,11 +33,15 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
     own_label = own_label_instead(mtor, knowledge, snapshot)  # Zortress, Fyarro: no Afinitor/Rapamune weeks or section
     window = knowledge.lookback[_window_of(evidence)]
     uninterpreted_hcg = isinstance(evidence, LabResult) and evidence.result == "indeterminate"
-    # A positive hCG for a child or a woman past the reproductive-potential ages (dosing.json, policy) is more likely
-    # something else (hCG is also a tumour marker): it asks to confirm, never "remove the order". A diagnosis stands.
-    outside_ages = (isinstance(evidence, LabResult) and evidence.kind == "hcg" and snapshot.gender != "male"
+    # A positive hCG for a child, a woman past the reproductive-potential ages (dosing.json, policy) or a patient
+    # recorded as male is more likely something else (hCG is also a tumour marker): it asks to confirm, never "remove
+    # the order". A pregnancy diagnosis or status stands whoever it is recorded for.
+    hcg_alone = isinstance(evidence, LabResult) and evidence.kind == "hcg"
+    recorded_male = hcg_alone and snapshot.gender == "male"
+    outside_ages = (hcg_alone and snapshot.gender != "male"
                     and within_reproductive_ages(knowledge, "female", snapshot.age_years) is False)
-    unconfirmed = uninterpreted_hcg or outside_ages or (isinstance(evidence, ConditionRecord) and evidence.is_unconfirmed)
+    unconfirmed = (uninterpreted_hcg or outside_ages or recorded_male
+                   or (isinstance(evidence, ConditionRecord) and evidence.is_unconfirmed))
     return [
         PregnancyFinding(
             severity=Severity.INFO if not current else Severity.WARNING if unconfirmed else Severity.CRITICAL,
@@ -50,6 +54,7 @@ def check_pregnancy(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Pre
             hcg_cutoff_iu_per_l=knowledge.quantitative_hcg.negative_below_iu_per_l if uninterpreted_hcg else None,
             unconfirmed=unconfirmed,
             outside_ages_years=snapshot.age_years if outside_ages else None,
+            recorded_male=recorded_male,
         )
     ]
 
