@@ -133,6 +133,8 @@ def read_json_body() -> Any:
         raise BadRequest("the body could not be read (malformed chunked encoding, or cut short)") from None
     if len(body) > limit:
         raise PayloadTooLarge(too_large)
+    if request.content_length is not None and len(body) < request.content_length:  # the server stopped reading it
+        raise BadRequest("the body is shorter than its Content-Length (cut short, or not sent in time)")
     try:
         # RFC 8259 §8.1: senders must not add a byte order mark, receivers may ignore one; some Windows stacks add it
         return orjson.loads(body[3:] if body.startswith(codecs.BOM_UTF8) else body)

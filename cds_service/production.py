@@ -18,6 +18,8 @@ in the ConfigMap):
     GUNICORN_GRACEFUL_TIMEOUT seconds in-flight requests get to finish on shutdown (default: 25)
     GUNICORN_KEEPALIVE        seconds an idle keep-alive connection is kept open (default: 75)
     GUNICORN_MAX_REQUESTS     requests before a worker is recycled, 0 = never (default: 2000)
+    GUNICORN_REQUEST_ARRIVAL_TIMEOUT  seconds a sync worker waits for a whole request (head and body) to
+                              arrive before it stops reading that connection (default: 10)
     GUNICORN_LOG_LEVEL        gunicorn's own log level (default: CDS_LOG_LEVEL, else info)
     PROMETHEUS_MULTIPROC_DIR  where worker processes keep their metrics (default with more than one
                               worker: a new private directory, mkdtemp under /dev/shm, mode 0700,
@@ -34,8 +36,11 @@ import gc
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -272,8 +277,59 @@ def _answer_in_json(worker: Any, gunicorn_handle_error: Callable[..., None], req
         worker.log.debug("Failed to send error message.")
 
 
+DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S = 10
+_ARRIVAL_CHECK_S = 0.5  # how often the watch looks: a connection is cut at most this late
+
+
+class _ArrivalWatch:
+    """Stops reading a connection whose request has not fully arrived in time (nginx's client_header_timeout and
+    client_body_timeout, for a sync worker with no proxy in front): a client that sends its head or body byte by byte
+    would otherwise hold the worker, which serves no one else meanwhile, until gunicorn kills it after
+    GUNICORN_TIMEOUT. Shutting the reading side ends the wait at once: gunicorn drops a head cut short, and the app
+    answers a body cut short with 400. The answer is still written, so a request that arrived in time and is being
+    answered loses nothing. One thread per worker process, started after the fork; it looks twice a second."""
+
+    def __init__(self, seconds: float, log: Any) -> None:
+        self._seconds, self._log = seconds, log
+        self._current: tuple[socket.socket, float] | None = None  # (connection, monotonic deadline); replaced whole
+        threading.Thread(target=self._run, name="arrival-watch", daemon=True).start()
+
+    def watch(self, connection: socket.socket) -> None:
+        self._current = (connection, time.monotonic() + self._seconds)
+
+    def clear(self) -> None:
+        self._current = None
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_ARRIVAL_CHECK_S)
+            current = self._current
+            if current is None or time.monotonic() < current[1]:
+                continue
+            self._current = None
+            try:
+                # A connection closed meanwhile has no descriptor any more (fileno -1): never another connection's.
+                current[0].shutdown(socket.SHUT_RD)
+            except OSError:
+                continue
+            self._log.warning("A request did not arrive within %s s: stopped reading its connection", self._seconds)
+
+
 class JsonErrorSyncWorker(SyncWorker):
-    """gunicorn's sync worker, answering the requests it refuses itself with an OperationOutcome."""
+    """gunicorn's sync worker, answering the requests it refuses itself with an OperationOutcome, and reading no
+    request for longer than GUNICORN_REQUEST_ARRIVAL_TIMEOUT (_ArrivalWatch)."""
+
+    def init_process(self) -> None:
+        seconds = _env_int(os.environ, "GUNICORN_REQUEST_ARRIVAL_TIMEOUT", DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S)
+        self._arrival = _ArrivalWatch(seconds, self.log)  # in the worker, after the fork: threads do not survive one
+        super().init_process()
+
+    def handle(self, listener, client, addr) -> None:
+        self._arrival.watch(client)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._arrival.clear()
 
     def handle_error(self, req, client, addr, exc) -> None:
         _answer_in_json(self, super().handle_error, req, client, addr, exc)

@@ -214,3 +214,49 @@ def test_serve_production_without_an_address_listens_where_the_environment_says(
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def _slow_connection(base: str, head: bytes):
+    """A connection that sends `head` and then nothing more, as a slow or malicious client does."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def test_a_request_that_does_not_arrive_in_time_frees_its_sync_worker(tmp_path):
+    """Clients sending their request byte by byte held every sync worker until gunicorn killed it (30 s) when nothing
+    buffered in front (the container run on its own). The worker stops reading after GUNICORN_REQUEST_ARRIVAL_TIMEOUT:
+    a head cut short is dropped, a body cut short is answered 400, and /healthz is served again."""
+    settings = {"CDS_REQUIRE_JWT": "false", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3", "WEB_CONCURRENCY": "2",
+                "GUNICORN_REQUEST_ARRIVAL_TIMEOUT": "2"}
+    with running_server(tmp_path, settings, lambda base: get(f"{base}/healthz")[0] == 200) as (base, _):
+        body_head = (b"POST /cds-services/mtor-safety-patient-view HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 500\r\n\r\n{\"hook\"")
+        slow = [_slow_connection(base, b"GET /healthz HTTP/1.1\r\nHo"), _slow_connection(base, body_head)]
+        try:
+            time.sleep(0.5)
+            started = time.monotonic()
+            with pytest.raises(OSError):  # both workers are held by the slow clients
+                urllib.request.urlopen(f"{base}/healthz", timeout=0.8)
+            assert get(f"{base}/healthz")[0] == 200  # within 5 s: the watch stopped reading both slow connections
+            assert time.monotonic() - started < 5
+            assert slow[0].recv(1000) == b""  # the head cut short: closed without an answer
+            answer = slow[1].recv(4000)
+            assert answer.startswith(b"HTTP/1.1 400") and b"cut short, or not sent in time" in answer
+        finally:
+            for sock in slow:
+                sock.close()
+    assert "A request did not arrive within 2 s" in (tmp_path / "server.log").read_text()
+
+
+def test_the_deploy_readme_states_the_request_arrival_timeout():
+    from tests.test_deploy import readme_table
+
+    rows = readme_table("| variable | default | meaning |")
+    assert rows["`GUNICORN_REQUEST_ARRIVAL_TIMEOUT`"] == [
+        f"{production.DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S} s",
+        "a sync worker stops reading a request (head and body) that has not fully arrived by then: without a proxy in "
+        "front, slow clients hold a worker this long, not until `GUNICORN_TIMEOUT`"]
