@@ -156,13 +156,14 @@ def render_cards(findings: Sequence[Finding], snapshot: PatientSnapshot) -> list
 
 
 def _interaction_card(findings: list[InteractionFinding | LevelRaiserFinding], snapshot: PatientSnapshot) -> CardText:
-    """CYP3A4/P-gp perpetrators and cannabidiol: what each does to the mTOR level, what to do, one citation."""
+    """CYP3A4/P-gp perpetrators and cannabidiol: what each does to the mTOR level, what to do, each one's citation."""
     top, today = findings[0], snapshot.today
     lines: list[str] = []
     for f in findings:
         lines += _level_raiser_lines(f, today) if isinstance(f, LevelRaiserFinding) else _cyp3a_lines(f, today)
-    source, section = _interaction_citation(top)
-    lines.append(f"\nSource: {_cite(source, section)}")
+    # Each fact's own source: a card listing cannabidiol (a study) and carbamazepine (the label's advice) cites both
+    citations = dict.fromkeys(_interaction_citation(f) for f in findings)
+    lines.append(f"\nSource: {'; '.join(_cite(source, section) for source, section in citations)}")
     suggestions = _removal_suggestions(
         [f.evidence[0] for f in findings if f.evidence[0].is_draft]
         + [_mtor(f) for f in findings if _mtor(f).is_draft and not f.evidence[0].is_draft]
@@ -227,7 +228,7 @@ def _level_raiser_lines(f: LevelRaiserFinding, today: date) -> list[str]:
 
 
 def _interaction_citation(top: InteractionFinding | LevelRaiserFinding) -> tuple[Source, str]:
-    """The card's one citation: the label (or study) whose words the card quotes, else the governing label."""
+    """A finding's citation: the label (or study) whose words the card quotes, else the governing label."""
     if isinstance(top, LevelRaiserFinding):
         return top.source, top.section
     if top.advice:

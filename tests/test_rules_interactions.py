@@ -310,6 +310,22 @@ def test_cannabidiol_with_sirolimus_cites_rapamune_and_rechecks_7_to_14_days_aft
     assert finding.trough_recheck.due == NOW_DAY + timedelta(days=5)
 
 
+def test_a_card_with_cannabidiol_and_carbamazepine_cites_the_study_and_the_label_each():
+    """Found by a whole-response audit: a TSC-seizures child on everolimus with cannabidiol and carbamazepine drafts got
+    one card citing only the study on cannabidiol, so the label's strong-inducer advice ("double the daily everolimus
+    dose") read as the journal's; with a high trough the order flipped and the cannabidiol advice cited Afinitor §2.12."""
+    seizures = [condition("http://snomed.info/sct", "7199000", "Tuberous sclerosis syndrome"),
+                condition("http://snomed.info/sct", "84757009", "Epilepsy")]
+    carbamazepine = med("carbamazepine 200 MG Oral Tablet", rxnorm="197499", draft=True)
+    snapshot = snapshot_of(hook="order-sign", medications=[everolimus()], conditions=seizures,
+                           drafts=[med(**EPIDIOLEX, draft=True), carbamazepine])
+    findings = check_cyp3a4_interactions(snapshot, knowledge())
+    [card] = render_cards(findings, snapshot)
+    cited = card.detail.split("\nSource: ")[1]
+    assert "Pediatr Neurol 2020" in cited and "(Novartis)" in cited and "§2.12" in cited
+    assert "double the daily everolimus dose" in card.detail
+
+
 def test_cbd_recorded_as_a_medication_statement_counts():
     cbd = {"resourceType": "MedicationStatement", "id": "ms-cbd", "status": "active",
            "subject": {"reference": "Patient/pt-1"}, "medicationCodeableConcept": {"text": "CBD oil 25 mg"}}

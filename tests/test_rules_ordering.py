@@ -166,3 +166,17 @@ def test_contraception_card_never_cites_afinitor_for_a_zortress_order():
     zortress = mtor_order("MedicationRequest/zor", "everolimus 0.75 MG Oral Tablet [Zortress]", "977440", draft=True, dose=0.75)
     assert check_contraception(record_snapshot([zortress]), knowledge()) == []
     assert check_contraception(record_snapshot([mtor_order(draft=True)]), knowledge())
+
+
+def test_a_draft_beside_a_current_order_of_the_drug_is_a_titration_not_a_start():
+    """Found by a whole-response audit: a LAM patient on Rapamune 2 mg with a trough of 17 ng/mL, whose trough card
+    proposes 1 mg, got a dose-check card on the draft 1 mg order ("below the label dose (~2.0 mg/day): review the
+    order"): the label's starting dose (Rapamune §2.3, 2 mg) was held against a trough-guided titration."""
+    from snapshots import ICD10CM, condition_record
+
+    lam = [condition_record("J84.81", ICD10CM)]
+    current = mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0)
+    titrated = mtor_order("MedicationRequest/new", "sirolimus 1 MG Oral Tablet [Rapamune]", "351989", dose=1.0, draft=True)
+    assert check_dose(record_snapshot([current, titrated], (), lam), K) == []
+    [start] = check_dose(record_snapshot([titrated], (), lam), K)  # the same draft as a start is still checked
+    assert start.severity is Severity.INFO and start.expected_mg == 2

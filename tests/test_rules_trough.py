@@ -3,6 +3,7 @@ low troughs and due troughs of the clinical depth (from plain records)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -23,6 +24,7 @@ from snapshots import (
     level,
     mtor_order,
     observation,
+    order,
     record_snapshot,
     ref,
     sirolimus,
@@ -316,6 +318,25 @@ def test_zortress_kidney_below_3_is_a_low_card_without_a_dose():
     assert finding.proposal is None and finding.context is not None
     [card] = render_cards([finding], snap)
     assert "below the Zortress target of 3-8 ng/mL" in card.summary
+
+
+def test_zortress_kidney_low_level_after_a_new_interacting_drug_gets_no_afinitor_recheck_date():
+    """Found by a whole-response audit: a Zortress kidney patient, stable for 90 days, with a fluconazole draft got a
+    trough-low card saying "drawn before steady state: recheck on or after <today + 14 days>": Afinitor's TSC
+    interval (monitoring.json, ~2 weeks, tsc-sega/tsc-seizures) applied to a transplant use, whose label sets none here.
+    A high transplant level never carried one."""
+    stable = mtor_order("MedicationRequest/zor", "everolimus 0.75 MG Oral Tablet [Zortress]", "977440", dose=0.75,
+                        authored=NOW - _td(days=90))
+    fluconazole = dataclasses.replace(order("fluconazole 200 MG Oral Tablet", draft=True), authored_on=NOW)
+    snap = record_snapshot([stable, fluconazole], [drug_level(2.1, days_ago=2)], [KIDNEY_TX])
+    [finding] = check_trough_low(snap, knowledge())
+    assert finding.not_steady_until is None and finding.context is not None
+    [card] = render_cards([finding], snap)
+    assert "steady state" not in card.detail and "below the Zortress target of 3-8 ng/mL" in card.summary
+    recent = mtor_order("MedicationRequest/zor", "everolimus 0.75 MG Oral Tablet [Zortress]", "977440", dose=0.75,
+                        authored=NOW - _td(days=3))
+    [finding] = check_trough_low(record_snapshot([recent], [drug_level(2.1, days_ago=1)], [KIDNEY_TX]), knowledge())
+    assert finding.not_steady_until is None
 
 
 def test_zortress_liver_target_unverified_gives_info_without_a_number():

@@ -42,11 +42,14 @@ def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
 def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseCheckFinding]:
     """An ordered dose that does not fit the indication's label dose (BSA-based for TSC-SEGA and seizures)."""
     findings = []
+    taken = {m.mtor_drug for m in snapshot.mtor_orders if not m.is_draft}
     for mtor in snapshot.mtor_orders:
         ordered = mtor.daily_dose_mg
         if not mtor.is_draft or ordered is None:
             continue
         drug = drug_of(mtor)
+        if drug in taken:
+            continue  # a draft beside a current order of the drug is a titration or renewal, not a start
         if not treatment_context(snapshot, knowledge, mtor).allows_tsc_lam_rules:
             continue  # transplant/oncology: the TSC/LAM starting doses do not apply (Zortress 0.75 mg BID is a label start)
         indication = infer_indication(snapshot, knowledge, drug)

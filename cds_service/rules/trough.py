@@ -95,7 +95,9 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
             continue  # "> 3 ng/mL" may be 10: not known to be below the target
         if _is_stale(snapshot, knowledge, latest):
             continue  # an old low level says nothing about today; trough-monitoring asks for a new one
-        steady_from = _steady_state_from(snapshot, knowledge, mtor)
+        # The steady-state intervals (monitoring.json trough_timing) are the TSC/LAM labels' (Afinitor ~2 weeks, Rapamune
+        # 7-14 days): never a recheck date for a transplant use, whose label sets none here (as for a high transplant level)
+        steady_from = _steady_state_from(snapshot, knowledge, mtor) if context.allows_tsc_lam_rules else None
         not_steady = steady_from if steady_from and latest.effective and latest.effective.date() < steady_from else None
         tsc = context.allows_tsc_lam_rules and not not_steady
         findings.append(
