@@ -53,6 +53,24 @@ def test_no_contraception_card_for_a_current_order_or_a_woman_of_70():
     assert check_contraception(record_snapshot([mtor_order(draft=True)], birth=date(1956, 5, 1)), K) == []
 
 
+def test_no_contraception_card_for_a_dose_change_of_a_drug_already_taken():
+    """Found by a whole-response audit: a woman of 30 on Afinitor whose dose was being changed got "confirm pregnancy
+    status before starting"; the reminder is for a start (a different mTOR drug is one)."""
+    current = mtor_order("MedicationRequest/evero", dose=10.0)
+    change = mtor_order("MedicationRequest/new", dose=5.0, draft=True)
+    assert check_contraception(record_snapshot([current, change], birth=date(1996, 5, 1)), K) == []
+    sirolimus = mtor_order("MedicationRequest/rapa", "sirolimus 2 MG Oral Tablet [Rapamune]", "404432", dose=2.0, draft=True)
+    [switch] = check_contraception(record_snapshot([current, sirolimus], birth=date(1996, 5, 1)), K)
+    assert switch.weeks == 12
+
+
+def test_the_readme_says_the_contraception_card_is_for_a_start():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "as a start (not a dose change or renewal beside a current order of the same drug)" in readme
+
+
 def test_pregnancy_card_supersedes_contraception():
     hcg = LabResult("Observation/hcg", "hcg", NOW - timedelta(days=2), "hCG", result="positive")
     topics = [f.topic for f in evaluate(record_snapshot([mtor_order(draft=True)], [hcg, *RECENT_LIPIDS], birth=date(1996, 5, 1)), K)]

@@ -23,9 +23,10 @@ def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
     if age is None or not within_reproductive_ages(knowledge, snapshot.gender, age):
         return []  # the knowledge defines reproductive potential by sex and age; outside it, no card
     findings = []
+    taken = {m.mtor_drug for m in snapshot.mtor_orders if not m.is_draft}
     for mtor in snapshot.mtor_orders:
-        if not mtor.is_draft:
-            continue
+        if not mtor.is_draft or drug_of(mtor) in taken:
+            continue  # a draft beside a current order of the drug is a dose change or renewal: counselled at the start
         if treatment_context(snapshot, knowledge, mtor).product in PRODUCTS_WITHOUT_OWN_ADVICE:
             continue  # the advice on file cites Afinitor/Rapamune: never another product's label on the card
         advice = next(
