@@ -398,9 +398,10 @@ class _Reader:
         if resource.get("status") == "registered" or not _has_result(resource):
             return None  # no result yet, or none (dataAbsentReason): it must never stand as the newest of its kind
         kind, analyte = match
-        effective = _datetime(
+        effective = _datetime(  # a Period with only its end (a collection ended then) is dated by its end
             resource.get("effectiveDateTime")
             or _get(resource, "effectivePeriod", "start")
+            or _get(resource, "effectivePeriod", "end")
             or resource.get("effectiveInstant")
             or resource.get("issued")
         )
