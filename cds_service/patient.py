@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
@@ -129,6 +130,11 @@ class ConditionRecord:
 NEVER_SURGERY = "never"
 
 
+def _birthday(born: date, year: int) -> date:
+    """The birthday in a year; 1 March for 29 February in a common year."""
+    return born.replace(year=year) if (born.month, born.day) != (2, 29) or calendar.isleap(year) else date(year, 3, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcedureEvent:
     """A planned or performed procedure from ServiceRequest, Procedure or Appointment."""
@@ -173,9 +179,14 @@ class PatientSnapshot:
 
     @property
     def age_years(self) -> float | None:
+        """Age by the calendar: the years completed (18 on the 18th birthday; born on 29 February, a year older on
+        1 March in a common year), plus the part of the current year of age gone by."""
         if self.birth_date is None:
             return None
-        return (self.today - self.birth_date).days / 365.25
+        born, today = self.birth_date, self.today
+        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        last, following = _birthday(born, born.year + years), _birthday(born, born.year + years + 1)
+        return years + (today - last).days / (following - last).days
 
     def active_conditions(self, kind: str) -> tuple[ConditionRecord, ...]:
         found = self._active_conditions.get(kind)

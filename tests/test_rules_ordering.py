@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+import dataclasses
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -121,6 +122,28 @@ def test_a_sega_order_for_an_infant_under_the_labels_one_year_is_not_given_a_bsa
     assert finding.below_label_age and finding.expected_mg is None
     [card] = render_cards([finding], snapshot)
     assert "8 months" in card.summary and "patients 1 year and older" in card.summary
+
+
+@pytest.mark.parametrize(("birth", "below"), [
+    (date(2008, 11, 23), False),  # the 18th birthday (NOW is 2026-11-23): 6574 days, under 18 x 365.25 before the audit
+    (date(2008, 11, 24), True),  # one day short of 18
+])
+def test_age_is_counted_by_the_calendar_an_adult_on_the_18th_birthday(birth, below):
+    """Dates audit: age was days / 365.25, so on an 18th birthday after 4 leap days the patient read as 17 and the
+    TSC-AML order got the 'dose is for adults' card."""
+    snapshot = record_snapshot([mtor_order(draft=True, dose=10)], [], [TSC_RECORD, AML_RECORD], birth=birth)
+    assert [f.below_label_age for f in check_dose(snapshot, K)] == ([True] if below else [])
+
+
+@pytest.mark.parametrize(("birth", "today", "age"), [
+    (date(2025, 11, 23), date(2026, 11, 23), 1),  # a first birthday: 365 days, under 365.25 before the audit
+    (date(2008, 2, 29), date(2026, 2, 28), 17),  # born on a leap day: a year older on 1 March in a common year
+    (date(2008, 2, 29), date(2026, 3, 1), 18),
+    (date(2008, 2, 29), date(2028, 2, 29), 20),
+])
+def test_age_in_whole_years_on_and_around_birthdays(birth, today, age):
+    snapshot = dataclasses.replace(record_snapshot(birth=birth), now=datetime.combine(today, NOW.timetz()))
+    assert int(snapshot.age_years) == age
 
 
 def test_child_under_the_label_age_gets_the_infection_note_even_when_the_dose_fits():

@@ -157,6 +157,15 @@ def test_positive_hcg_within_30_days_by_result_code_fires():
     assert finding.evidence[0].ref == ref(test)
 
 
+def test_positive_hcg_dated_by_the_end_of_its_effective_period_fires():
+    """Dates audit: an Observation dated by an effectivePeriod with only its end (R4 effective[x]) and no issued read
+    as undated, so a positive hCG two days ago was never the newest result and gave no card."""
+    test = hcg("positive", days_ago=2)
+    test["effectivePeriod"] = {"end": test.pop("effectiveDateTime")}
+    [finding] = pregnancy(observations=[test])
+    assert finding.severity is Severity.CRITICAL and finding.evidence[0].ref == ref(test)
+
+
 def test_positive_hcg_older_than_30_days_gives_only_an_info_recheck():
     # lookback.json hcg-test 30 days (policy): stale evidence never drives the critical card
     [finding] = pregnancy(observations=[hcg("positive", days_ago=31)])

@@ -426,11 +426,23 @@ def test_the_known_gaps_the_readme_states_are_still_gaps():
     from cds_service.fhir.read import _datetime
 
     assert _datetime("2026-10").isoformat() == "2026-10-01T00:00:00+00:00"
-    assert "a ServiceRequest dated only by `occurrenceTiming` has no date" in readme
-    timed = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE,
-                            occurrenceTiming={"event": ["2026-11-26"]})
-    [event] = snapshot_of(hook="patient-view", medications=[everolimus()], service_requests=[timed]).procedures
+    assert "a ServiceRequest dated only by `occurrencePeriod.end` has no date" in readme
+    by_a_day = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE,
+                               occurrencePeriod={"end": "2026-11-26"})
+    [event] = snapshot_of(hook="patient-view", medications=[everolimus()], service_requests=[by_a_day]).procedures
     assert event.when is None and event.is_surgery
+
+
+@pytest.mark.parametrize("timing", [
+    {"event": ["2026-11-30", "2026-11-26"]},  # events in any order: the earliest
+    {"repeat": {"boundsPeriod": {"start": "2026-11-26"}}},
+])
+def test_surgery_dated_only_by_occurrence_timing_warns(timing):
+    """Dates audit: a ServiceRequest dated by occurrenceTiming (an R4 occurrence[x] choice) had no date, and surgery
+    in 3 days gave no hold card."""
+    timed = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE, occurrenceTiming=timing)
+    [finding] = surgery(service_requests=[timed])
+    assert finding.kind == "planned" and finding.days == 3
 
 
 def test_recent_surgery_not_known_to_be_major_says_the_interval_as_a_condition():

@@ -398,9 +398,10 @@ class _Reader:
         if resource.get("status") == "registered" or not _has_result(resource):
             return None  # no result yet, or none (dataAbsentReason): it must never stand as the newest of its kind
         kind, analyte = match
-        effective = _datetime(
+        effective = _datetime(  # a Period with only its end (a collection ended then) is dated by its end
             resource.get("effectiveDateTime")
             or _get(resource, "effectivePeriod", "start")
+            or _get(resource, "effectivePeriod", "end")
             or resource.get("effectiveInstant")
             or resource.get("issued")
         )
@@ -570,7 +571,8 @@ class _Reader:
         what = self._codings(resource.get("code")) if rtype in ("ServiceRequest", "Procedure") else []
         what_codes = _system_codes(what)
         if rtype == "ServiceRequest":
-            when = resource.get("occurrenceDateTime") or _get(resource, "occurrencePeriod", "start")
+            when = (resource.get("occurrenceDateTime") or _get(resource, "occurrencePeriod", "start")
+                    or _timing_start(resource.get("occurrenceTiming")))
             concepts = [resource.get("code"), *(resource.get("category") or ())]
             texts = [t for c in concepts for t in _texts(c)]
         elif rtype == "Procedure":
@@ -706,6 +708,16 @@ def _earliest_start(periods: Any) -> str | None:
     starts = [p["start"] for p in periods if isinstance(p, dict) and isinstance(p.get("start"), str)] if isinstance(periods, list) else []
     dated = [(when, start) for start in starts if (when := _datetime(start)) is not None]
     return min(dated)[1] if dated else None
+
+
+def _timing_start(timing: Any) -> str | None:
+    """When a Timing begins, as written: its earliest event, else the start of its repeat.boundsPeriod."""
+    if not isinstance(timing, dict):
+        return None
+    events = timing.get("event")
+    earliest = _earliest_start([{"start": e} for e in events]) if isinstance(events, list) else None
+    bounds_start = _get(timing, "repeat", "boundsPeriod", "start")
+    return earliest or (bounds_start if isinstance(bounds_start, str) else None)
 
 
 def _has_result(observation: Mapping[str, Any]) -> bool:
