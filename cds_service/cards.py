@@ -528,9 +528,13 @@ def _evidence_date(evidence: ConditionRecord | LabResult) -> date | None:
     return when.date() if when else None
 
 
+_SENTENCE_END = re.compile(r"(?<!\bSt)\.\s+(?=[A-Z])")  # a full stop before a capital, not "St. John's wort"
+
+
 def _first_clause(text: str) -> str:
-    """The first instruction of a label sentence, lower-cased for use after a colon."""
-    clause = text.strip().split(";")[0].split(": ")[0].rstrip(".")  # not ". ": "St. John's wort"
+    """The first instruction of a label sentence, lower-cased for use after a colon: "Avoid strong CYP3A4 inducers if an
+    alternative exists. If one is required, double ..." gives its first sentence, never a summary cut mid-sentence."""
+    clause = _SENTENCE_END.split(text.strip().split(";")[0].split(": ")[0])[0].rstrip(".")
     return clause[:1].lower() + clause[1:]
 
 

@@ -383,3 +383,19 @@ def test_signing_the_discontinuation_of_an_inhibitor_gives_no_card():
     clarithromycin = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari")
     discontinued = med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", id="mr-clari", status="cancelled")
     assert interactions(everolimus(), clarithromycin, drafts=[discontinued]) == []
+
+
+def test_the_summary_is_the_advices_first_sentence_never_cut_mid_sentence():
+    """Found by a whole-response audit: carbamazepine with everolimus for TSC seizures gave the 138-character summary
+    "... avoid strong CYP3A4 inducers if an alternative exists. If one is required, double the daily everolimus dose,…"
+    cut mid-sentence. The summary takes the advice's first sentence; the detail keeps the whole advice."""
+    seizures = [condition("http://snomed.info/sct", "7199000", "Tuberous sclerosis syndrome"),
+                condition("http://snomed.info/sct", "84757009", "Epilepsy")]
+    carbamazepine = med("carbamazepine 200 MG Oral Tablet", rxnorm="197499", draft=True)
+    snapshot = snapshot_of(hook="order-sign", medications=[everolimus()], conditions=seizures, drafts=[carbamazepine])
+    [card] = render_cards(check_cyp3a4_interactions(snapshot, knowledge()), snapshot)
+    assert card.summary.endswith(": avoid strong CYP3A4 inducers if an alternative exists"), card.summary
+    assert "double the daily everolimus dose" in card.detail
+    from cds_service.cards import _first_clause
+
+    assert _first_clause("Avoid St. John's wort: it may decrease everolimus exposure.") == "avoid St. John's wort"
