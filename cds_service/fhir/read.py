@@ -96,7 +96,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         order = reader.safely(reader.medication_order, resource, is_draft=False, selected=False)
         if order and _do_not_perform(order.resource):
             continue  # a request that the drug not be given ("do not give MMR"): a prohibition, not a medication
-        if order and order.status in ("active", "on-hold"):
+        if order and order.status in ("active", "on-hold") and not (order.mtor_drug is None and _course_ended(resource, now)):
             medications[order.ref] = order
         elif order and order.mtor_drug and order.status in ("completed", "stopped"):
             history.append(order)  # an earlier mTOR order: its dose tells a dose change from a renewal
@@ -972,6 +972,18 @@ def _datetime(value: Any, keep_offset: bool = False) -> datetime | None:
     if not isinstance(value, str) or len(value) < 4:
         return None
     return _parse_datetime(value, keep_offset)
+
+
+def _course_ended(request: Mapping[str, Any], now: datetime) -> bool:
+    """An order whose every dosage line is bounded (timing.repeat.boundsPeriod.end) by a day now past: a course that
+    ended (a 14-day clarithromycin course), left "active" by an EHR that does not complete orders, not a drug taken
+    now (as for a MedicationStatement whose effectivePeriod.end has passed). Never used for the mTOR inhibitor itself:
+    an mTOR order with stale bounds still counts, so its cards are not lost."""
+    lines = request.get("dosageInstruction")
+    if not isinstance(lines, list) or not lines:
+        return False
+    ends = [_end_of(_get(line, "timing", "repeat", "boundsPeriod", "end")) if isinstance(line, dict) else None for line in lines]
+    return all(end is not None and end <= now for end in ends)
 
 
 def _end_of(value: Any) -> datetime | None:
