@@ -631,10 +631,10 @@ def _surgery_plan_suggestions(findings: list[SurgeryTiming], snapshot: PatientSn
         if not (event.is_draft and event.ref.startswith("Appointment/")) or f.kind != "planned":
             continue
         mtor = _mtor(f)
-        when = f.surgery_date.isoformat()
+        when = _human(f.surgery_date)
         if f.window is not None and f.last_dose and f.earliest_restart:
-            plan = (f"last dose {'now' if f.hold_is_due else f.last_dose.isoformat()}, restart no earlier than "
-                    f"{f.earliest_restart.isoformat()} once the wound has healed")
+            plan = (f"last dose {'now' if f.hold_is_due else _human(f.last_dose)}, restart no earlier than "
+                    f"{_human(f.earliest_restart)} once the wound has healed")
         else:
             plan = f"the {f.caution.product if f.caution else ''} label warns of impaired wound healing and sets no interval"
         task: dict[str, Any] = {
@@ -765,7 +765,7 @@ def _context_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     if context.assumption:
         lines.append(f"- {context.assumption}")
     if top.not_steady_until:
-        lines.append(f"- Drawn before steady state on the current regimen: recheck on or after {top.not_steady_until.isoformat()}.")
+        lines.append(f"- Drawn before steady state on the current regimen: recheck on or after {_human(top.not_steady_until)}.")
     if not (isinstance(top, TroughHighFinding) and top.stale):
         lines.append("- Adjust the dose by the transplant protocol (this label gives no dose formula); no dose is computed here.")
     lines.append(f"\nSource: {_cite(top.source, top.section)}.")
@@ -779,7 +779,7 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     level = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {_lab_date(lab)}"
     until = top.not_steady_until
     if until is not None:
-        when = "now" if until <= today else f"from {until.isoformat()}"
+        when = "now" if until <= today else f"from {_human(until)}"
         summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
         reason = "It was drawn before steady state on the current dose or interacting drugs, so it gives no new dose."
     else:
@@ -803,10 +803,10 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
     drug, mtor, due, latest = top.drug, _mtor(top), top.due_date, top.latest
     after = _days_after_text(top.timing)
     if due > snapshot.today:
-        event = "starting" if top.event == "start" else f"{top.event} ({top.event_date.isoformat()})"
-        summary = f"Plan a trough level of {drug} around {due.isoformat()}, {after} after {event}"
+        event = "starting" if top.event == "start" else f"{top.event} ({_human(top.event_date)})"
+        summary = f"Plan a trough level of {drug} around {_human(due)}, {after} after {event}"
     else:
-        summary = f"{_cap(drug)} trough due now: none since {top.event} on {top.event_date.isoformat()}"
+        summary = f"{_cap(drug)} trough due now: none since {top.event} on {_human(top.event_date)}"
     last = f"the last trough was on {_lab_date(latest)}" if latest else "no trough is on record"
     asks = f"the label asks for a trough {after} later"
     section = top.section
@@ -816,7 +816,7 @@ def _trough_monitoring_card(findings: list[TroughMonitoringFinding], snapshot: P
         if top.start_timing.source == top.source:
             section = f"{top.start_timing.section}; {top.section}"
     lines = [f"- {md_text(mtor.text)} ({_order_state(mtor)}); {last}.",
-             f"- {_cap(top.event)} on {top.event_date.isoformat()}: {asks}.",
+             f"- {_cap(top.event)} on {_human(top.event_date)}: {asks}.",
              f"- Use: {_indication_text(top.indication)}.",
              f"\nSource: {_cite(top.source, section)}."]
     order_date = max(due, snapshot.today)
@@ -1009,10 +1009,10 @@ def _trough_order_suggestion(
         "note": [{"text": "Trough: draw just before the next dose."}],
     }).model_dump(mode="json", exclude_none=True)
     return {
-        "label": f"Order a trough level of {drug} for {when.isoformat()}",
+        "label": f"Order a trough level of {drug} for {_human(when)}",
         "uuid": _new_uuid(),
         "isRecommended": True,
-        "actions": [{"type": "create", "description": f"Order a trough level of {drug} ({test.display}) for {when.isoformat()}", "resource": resource}],
+        "actions": [{"type": "create", "description": f"Order a trough level of {drug} ({test.display}) for {_human(when)}", "resource": resource}],
     }
 
 
@@ -1099,7 +1099,7 @@ def _as_reported(lab: LabResult, amount: str) -> str:
 
 
 def _lab_date(lab: LabResult) -> str:
-    return lab.effective.date().isoformat() if lab.effective else "date unknown"
+    return _human(lab.effective.date()) if lab.effective else "date unknown"
 
 
 def _mtor(finding: Finding) -> MedicationOrder:
@@ -1182,10 +1182,10 @@ def _order_state(order: MedicationOrder) -> str:
 def _describe(evidence: LabResult | ConditionRecord) -> str:
     """A lab result or condition in human terms (name, result, date); its resource id stays out of the text."""
     if isinstance(evidence, LabResult):
-        when = evidence.effective.date().isoformat() if evidence.effective else "date unknown"
+        when = _human(evidence.effective.date()) if evidence.effective else "date unknown"
         what = {"positive": "positive", "pregnant": "pregnant"}.get(evidence.result or "", evidence.result or "")
         return f"**{md_text(evidence.text)}**: {md_text(what)} on {when}"
-    when = evidence.asserted.date().isoformat() if evidence.asserted else "date unknown"
+    when = _human(evidence.asserted.date()) if evidence.asserted else "date unknown"
     return f"active condition **{md_text(evidence.text)}** since {when}"
 
 

@@ -111,7 +111,7 @@ def test_booking_offers_a_task_for_the_prescriber_with_selection_behavior(client
     assert task.status == "requested" and task.intent == "order"
     assert task.owner.reference == "Practitioner/dr-ng" and task.focus.reference == ref(prescribed)
     assert task.reasonReference.reference == ref(booked)
-    assert "last dose 2026-11-27, restart no earlier than 2026-12-19" in task.description
+    assert "last dose 27 Nov 2026, restart no earlier than 19 Dec 2026" in task.description
 
 
 def test_a_hold_that_should_already_have_started_reads_now(client):
