@@ -30,7 +30,7 @@ class AppState:
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         knowledge = load_knowledge()
-        store = CardStore.from_url(settings.database_url)
+        store = CardStore.from_url(settings.database_url, retention_days=settings.card_retention_days)
         try:
             store.migrate()
         except Exception as exc:  # a database outage must not stop hook answers; /readyz reports it

@@ -48,6 +48,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _base_url(text: str) -> str:
     return text.strip().rstrip("/")
 
@@ -112,6 +119,8 @@ class Settings:
         "workers (unset: a SQLite file in the working directory).")
     suppress_overridden_hours: float = _setting(
         float, 0.0, "Hours to suppress an identical card after a clinician overrode it with a reason (0: off).")
+    card_retention_days: int = _setting(
+        _non_negative_int, 365, "Days an issued card and its feedback are kept in the store, then deleted (0: kept for ever).")
     jwt_clock_skew_s: int = _setting(int, 60, "Clock skew, in seconds, allowed for the JWT `exp`, `iat` and `nbf`.")
     jwt_max_lifetime_s: int = _setting(
         _positive_int, 300, "Longest JWT lifetime accepted, in seconds (`exp` - `iat`; EHRs mint 5-minute tokens).")
@@ -160,6 +169,8 @@ class Settings:
             problems.append("CDS_PUBLIC_BASE_URL: must be an absolute http(s) URL")
         if self.require_jwt and self.trusted_issuers and not os.path.isfile(self.trusted_issuers):
             problems.append(f"CDS_TRUSTED_ISSUERS: no file at {self.trusted_issuers!r}")
+        if self.card_retention_days and self.suppress_overridden_hours > self.card_retention_days * 24:
+            problems.append("CDS_SUPPRESS_OVERRIDDEN_HOURS: longer than CDS_CARD_RETENTION_DAYS keeps the feedback it needs")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append("CDS_LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR")
         if problems:

@@ -428,3 +428,62 @@ def test_a_nul_character_in_caller_text_loses_no_card_and_is_no_500(store):
     assert store.overridden_recently(dataclasses.replace(nul_card, uuid="nul-2"), T0) is False
     store.record_feedback(SERVICE, EHR, [overridden("nul-1")])
     assert store.overridden_recently(dataclasses.replace(nul_card, uuid="nul-2"), T0) is True
+
+
+def card_uuids(store: CardStore) -> set[str]:
+    with store.engine.connect() as connection:
+        return set(connection.scalars(sa.select(issued_card.c.uuid)))
+
+
+def test_cards_older_than_the_cutoff_are_deleted_with_their_feedback_in_batches(store, monkeypatch):
+    monkeypatch.setattr(card_store_module, "PURGE_BATCH", 2)  # several transactions
+    old = [card(f"old-{i}", issued_at=T0 - timedelta(days=400 + i)) for i in range(5)]
+    store.record_cards([*old, card("new", issued_at=T0)])
+    store.flush()
+    store.record_feedback(SERVICE, EHR, [accepted("old-0"), accepted("new")])
+    assert store.purge_older_than(T0 - timedelta(days=365)) == 5
+    assert card_uuids(store) == {"new"} and outcomes(store) == {"new": "accepted"}
+    assert store.purge_older_than(T0 - timedelta(days=365)) == 0
+
+
+def test_the_writer_deletes_cards_past_the_retention_once_an_interval(empty_database_url):
+    """CDS_CARD_RETENTION_DAYS: an issued card is a record about a patient (by salted hash); it is not kept for ever."""
+    store = CardStore.from_url(empty_database_url, retention_days=30)
+    store.migrate()
+    try:
+        now = datetime.now(timezone.utc)
+        store.record_cards([card("ancient", issued_at=now - timedelta(days=31)), card("recent", issued_at=now - timedelta(days=29))])
+        store.flush()
+        deadline = time.monotonic() + 5
+        while card_uuids(store) != {"recent"} and time.monotonic() < deadline:  # the purge follows the write
+            time.sleep(0.02)
+        assert card_uuids(store) == {"recent"}  # the writer's first write also purged
+        store.record_cards([card("ancient-2", issued_at=now - timedelta(days=40))])
+        store.flush()
+        time.sleep(0.2)
+        assert card_uuids(store) == {"recent", "ancient-2"}  # not again before PURGE_INTERVAL_S
+    finally:
+        store.close()
+    keep = CardStore.from_url(empty_database_url)  # 0: kept for ever
+    try:
+        keep.record_cards([card("ancient-3", issued_at=now - timedelta(days=4000))])
+        keep.flush()
+        assert "ancient-3" in card_uuids(keep)
+    finally:
+        keep.close()
+
+
+def test_the_retention_default_and_its_documentation():
+    from pathlib import Path
+
+    from cds_service.settings import Settings, SettingsError
+
+    assert Settings().card_retention_days == 365 and Settings.from_env({"CDS_CARD_RETENTION_DAYS": "0"}).card_retention_days == 0
+    with pytest.raises(SettingsError, match="CDS_CARD_RETENTION_DAYS"):
+        Settings.from_env({"CDS_CARD_RETENTION_DAYS": "-1"})
+    with pytest.raises(SettingsError, match="CDS_SUPPRESS_OVERRIDDEN_HOURS"):
+        Settings.from_env({"CDS_CARD_RETENTION_DAYS": "1", "CDS_SUPPRESS_OVERRIDDEN_HOURS": "25"})
+    docs = " ".join((Path(__file__).resolve().parent.parent / "docs" / "feedback.md").read_text(encoding="utf-8").split())
+    assert "kept for `CDS_CARD_RETENTION_DAYS` (365 days by default; 0 keeps them for ever)" in docs
+    assert f"at most once an hour, in transactions of at most {card_store_module.PURGE_BATCH:,} cards" in docs
+    assert card_store_module.PURGE_INTERVAL_S == 3600

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from alembic import command
@@ -48,6 +48,10 @@ WRITE_DELAY_S = 0.1
 UNKNOWN_CARD_WAIT_S = 0.25
 EXIT_FLUSH_TIMEOUT_S = 5.0  # a process leaving waits at most this long for its queued cards (gunicorn's graceful 25 s)
 _WRITE_NOW: tuple[list[CardRecord], bool] = ([], False)  # queued by flush(): write what is gathered without waiting out the delay
+# Retention (CDS_CARD_RETENTION_DAYS): the writer deletes cards older than that, with their feedback, at most this
+# often per process, in transactions of at most PURGE_BATCH cards (a long delete would hold up the cards being written).
+PURGE_INTERVAL_S = 3600.0
+PURGE_BATCH = 5000
 _MIGRATION_LOCK_ID = 0x6D746F72  # "mtor": serialises migrate() across workers on PostgreSQL
 
 
@@ -112,8 +116,10 @@ def _error_name(exc: BaseException) -> str:
 class CardStore:
     """Issued cards and feedback in SQLite or PostgreSQL, through SQLAlchemy."""
 
-    def __init__(self, engine: sa.engine.Engine):
+    def __init__(self, engine: sa.engine.Engine, retention_days: int = 0):
         self.engine = engine
+        self.retention_days = retention_days  # 0: kept for ever
+        self._next_purge = 0.0  # monotonic; the writer's first write also purges
         # Each batch: the records and whether they were suppressed (held back, never sent to the EHR).
         self._queue: queue.Queue[tuple[list[CardRecord], bool] | None] = queue.Queue(maxsize=QUEUE_BATCHES)
         self._pending = 0  # batches queued or being written; guarded by _drained
@@ -122,7 +128,7 @@ class CardStore:
         self._counters = {"cards_written": 0, "cards_dropped": 0, "cards_failed": 0}
 
     @classmethod
-    def from_url(cls, url: str | None) -> CardStore:
+    def from_url(cls, url: str | None, retention_days: int = 0) -> CardStore:
         """A store on CDS_DATABASE_URL; unset means a SQLite file in the working directory."""
         url_text = (url or "").strip() or DEFAULT_DATABASE_URL
         # psycopg 3 is the driver installed; accept the plain forms that ops people write.
@@ -141,7 +147,7 @@ class CardStore:
             )
         else:
             raise ValueError(f"CDS_DATABASE_URL must be a sqlite or postgresql URL, not {backend!r}")
-        return cls(engine)
+        return cls(engine, retention_days)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration. Safe to run from several workers at once."""
@@ -252,6 +258,34 @@ class CardStore:
                 for batch in batches:
                     if batch is not None:
                         self._finish_batch()
+            self._purge_now_and_then()
+
+    def purge_older_than(self, cutoff: datetime) -> int:
+        """Delete the cards issued before `cutoff` and the feedback on them; the number of cards deleted."""
+        older = sa.select(issued_card.c.uuid).where(issued_card.c.issued_at < cutoff).limit(PURGE_BATCH)
+        deleted = 0
+        while True:
+            with self.engine.begin() as connection:
+                uuids = [row.uuid for row in connection.execute(older)]
+                if not uuids:
+                    return deleted
+                connection.execute(sa.delete(card_feedback).where(card_feedback.c.card_uuid.in_(uuids)))
+                connection.execute(sa.delete(issued_card).where(issued_card.c.uuid.in_(uuids)))
+            deleted += len(uuids)
+            if len(uuids) < PURGE_BATCH:
+                return deleted
+
+    def _purge_now_and_then(self) -> None:
+        if not self.retention_days or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+        try:
+            deleted = self.purge_older_than(datetime.now(timezone.utc) - timedelta(days=self.retention_days))
+        except Exception as exc:  # the next interval tries again; writing cards matters more
+            log.error("card store could not delete old cards: %s", _error_name(exc))
+            return
+        if deleted:
+            log.info("card store deleted %d card(s) older than %d days, with their feedback", deleted, self.retention_days)
 
     def _finish_batch(self) -> None:
         with self._drained:
