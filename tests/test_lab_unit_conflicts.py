@@ -73,3 +73,22 @@ def test_the_readme_says_unread_latest_lipids_and_hcg_are_named():
     assert ("A latest lipid result whose unit cannot be converted to mg/dL, and a recent hCG that reads neither positive nor "
             "negative (no interpretation flag, no reference range, a unit with no sourced cut-off such as \"1500 mU/mL\"), are "
             "named there too") in readme
+
+
+def test_results_dated_more_than_a_day_ahead_are_named_not_silently_left_out():
+    """Dates audit: a positive hCG dated 3 days ahead (a date entered wrongly) was never the newest result and gave no
+    card of any kind; it is now named on the checks-incomplete card. Within a day ahead it counts as a result."""
+    from snapshots import hcg
+
+    snapshot = snapshot_of(medications=[everolimus()], observations=[hcg("positive", -3)])
+    assert "a result dated more than a day ahead (hCG): not used; check its date" in snapshot.unavailable
+    two = snapshot_of(medications=[everolimus()], observations=[hcg("positive", -3), _hcg(3, "mIU/mL", days_ago=-5)])
+    assert "2 results dated more than a day ahead (hCG): not used; check their dates" in two.unavailable
+    assert not any("ahead" in item for item in snapshot_of(medications=[everolimus()], observations=[hcg("positive", 0)]).unavailable)
+
+
+def test_the_readme_says_results_dated_ahead_are_named():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert "So are results dated more than a day ahead, which are never taken as the newest (a date entered wrongly)." in readme

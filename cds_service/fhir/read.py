@@ -25,6 +25,7 @@ from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CAL
 from cds_service.patient import (
     LOWER_BOUNDS,
     NEVER_SURGERY,
+    RESULT_CLOCK_SKEW,
     UPPER_BOUNDS,
     ConditionRecord,
     LabResult,
@@ -179,7 +180,18 @@ def _unread_latest_results(snapshot: PatientSnapshot, knowledge: Knowledge) -> l
         written = f" ({hcg.value_as_written})" if hcg.value_as_written else ""
         said.append(f"the latest hCG result{written}: neither positive nor negative could be read (no interpretation, "
                     "reference range or known unit): pregnancy was not checked against it")
+    # A result dated more than a day ahead is a data error, never the newest result (RESULT_CLOCK_SKEW): said, so that a
+    # positive hCG or a high level entered with a wrong date is not silently left out.
+    ahead = [lab for lab in snapshot.labs if lab.effective and lab.effective > snapshot.now + RESULT_CLOCK_SKEW]
+    if ahead:
+        names = ", ".join(dict.fromkeys(_FUTURE_RESULT_NAMES.get(lab.kind, lab.kind) for lab in ahead))
+        said.append(f"a result dated more than a day ahead ({names}): not used; check its date" if len(ahead) == 1 else
+                    f"{len(ahead)} results dated more than a day ahead ({names}): not used; check their dates")
     return said
+
+
+_FUTURE_RESULT_NAMES = {"drug-level": "trough level", "pregnancy-status": "pregnancy status", "hcg": "hCG", "lipid": "lipids",
+                        "height": "height", "weight": "weight"}
 
 
 def _bounded(medications: list[MedicationOrder]) -> list[MedicationOrder]:
