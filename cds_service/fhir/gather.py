@@ -357,10 +357,8 @@ def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: H
     wanted = set()
     for appointment in proposed_appointments(call):
         for reference in appointment.get("basedOn") or ():
-            text = reference.get("reference") if isinstance(reference, dict) else None
-            parts = text.rstrip("/").split("/") if isinstance(text, str) else []
-            if len(parts) >= 2 and parts[-2] == "ServiceRequest" and parts[-1] and f"ServiceRequest/{parts[-1]}" not in have:
-                wanted.add(f"ServiceRequest/{parts[-1]}")
+            if (order := reference_to(reference, "ServiceRequest")) and order not in have:
+                wanted.add(order)
     if wanted and client:
         results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
         found = [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
@@ -371,15 +369,21 @@ def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: H
 
 def medication_reference(resource: Mapping[str, Any]) -> str | None:
     """"Medication/id" for a medicationReference to another resource (not a contained one), else None."""
-    reference = resource.get("medicationReference")
-    reference = reference.get("reference") if isinstance(reference, dict) else None
-    if not isinstance(reference, str) or reference.startswith("#"):
+    return reference_to(resource.get("medicationReference"), "Medication")
+
+
+def reference_to(reference: Any, resource_type: str) -> str | None:
+    """"Type/id" for a Reference to a resource of that type, relative or absolute, and version-specific too
+    (".../ServiceRequest/1/_history/2", FHIR R4 references: that resource); None for a contained one ("#x") or any
+    other form."""
+    text = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(text, str) or text.startswith("#"):
         return None
-    parts = reference.rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":  # a version-specific reference (FHIR R4 references): that Medication
+    parts = text.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2] == "Medication" and parts[-1]:
-        return f"Medication/{parts[-1]}"
+    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
+        return f"{resource_type}/{parts[-1]}"
     return None
 
 
