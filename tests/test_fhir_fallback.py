@@ -405,7 +405,7 @@ def test_a_batch_response_of_search_bundles_in_prefetch_is_not_read_as_no_medica
     request["prefetch"]["medications"] = batch_response_of(request["prefetch"]["medications"])
     response = call_hook(request)
     assert response.status_code == 412
-    assert "its prefetch Bundle holds Bundle resources, not the MedicationRequest" in response.get_json()["issue"][0]["diagnostics"]
+    assert "its prefetch Bundle holds Bundles, not the MedicationRequest resources" in response.get_json()["issue"][0]["diagnostics"]
 
 
 def test_a_batch_response_of_search_bundles_in_prefetch_is_fetched_from_the_server(call_hook, fhir):

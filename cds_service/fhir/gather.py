@@ -17,18 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cds_service.errors import DataUnavailable, FhirError, FhirNotAllowed
-from cds_service.fhir.client import (
-    CALL_BYTES_EXCEEDED,
-    Deadline,
-    FhirClient,
-    QueryOutcome,
-    QueryTiming,
-    entry_resources,
-    is_match,
-    next_link,
-    run_parallel,
-    stray_type,
-)
+from cds_service.fhir.client import CALL_BYTES_EXCEEDED, Deadline, FhirClient, QueryOutcome, QueryTiming, entry_resources, is_match, next_link, run_parallel
 from cds_service.limits import MAX_FHIR_BYTES_PER_CALL, MAX_RESOURCES_PER_CALL
 from cds_service.services import HookCall, ServiceDefinition
 from cds_service.settings import Settings
@@ -74,7 +63,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         if present and value is None:
             by_key[key] = []  # the EHR says: no data
         elif (present and isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry", []), list)
-              and not _stray_in_prefetch(value, template)):
+              and not _holds_bundles(value, template)):
             by_key[key] = entry_resources(value)
             malformed += len(value.get("entry") or ()) - len(by_key[key])
             if next_link(value):
@@ -293,18 +282,19 @@ def _read_type(template: str) -> str | None:
     return None if len(path) > 1 else path[0].split("/", 1)[0]
 
 
-def _stray_in_prefetch(bundle: Mapping[str, Any], template: str) -> str | None:
-    """The type of a prefetched search Bundle's entry that its template's search does not return (a batch-response
-    whose entries are the search Bundles themselves, another query's resources), or None: such a Bundle is not that
-    key's data, and read as it is it would say "none of these" (no medications: no interaction card)."""
-    searched, is_search = template.split("?", 1)[0], "?" in template
-    return stray_type(bundle, searched) if is_search else None
+def _holds_bundles(bundle: Mapping[str, Any], template: str) -> bool:
+    """Whether a prefetched search Bundle's entries are Bundles (a batch-response passed on whole, its entry the search's
+    own Bundle): such a Bundle is not that key's data, and read as it is it would say "none of these" (no medications: no
+    interaction card). A stray resource of another type among the matches is skipped by the reader, as it always was."""
+    if "?" not in template or template.startswith("Bundle?"):
+        return False
+    return any(isinstance(resource, dict) and resource.get("resourceType") == "Bundle" for resource in entry_resources(bundle))
 
 
 def _outcome_text(value: Any, template: str) -> str:
     """A failed prefetch, said with the EHR's own OperationOutcome diagnostics (short, for the 412 and card)."""
-    if isinstance(value, dict) and value.get("resourceType") == "Bundle" and (stray := _stray_in_prefetch(value, template)):
-        return f"its prefetch Bundle holds {stray} resources, not the {template.split('?', 1)[0]} its template searches for"
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _holds_bundles(value, template):
+        return f"its prefetch Bundle holds Bundles, not the {template.split('?', 1)[0]} resources its template searches for"
     if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
         return "its prefetch is not the FHIR Bundle or resource its template asks for"
     issue = value.get("issue")
