@@ -157,6 +157,28 @@ def test_a_revoked_order_read_from_the_server_is_not_surgery(app):
     assert cards_of(app.test_client().post(SERVICE, json=body)) == []
 
 
+def test_appointment_based_on_a_version_specific_reference_to_its_surgical_order_fires(client):
+    """Found by the FHIR-path audit: basedOn "ServiceRequest/x/_history/2" (a version-specific reference, FHIR R4) was
+    not read as that order, so the surgery being booked got no card (the same order's plain reference fires)."""
+    order = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE)
+    booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": f"{FHIR}/{ref(order)}/_history/2"}])
+    del booked["serviceType"]
+    card = surgery_card(book(client, booked, service_requests=[order]))
+    assert "**Left partial nephrectomy** is being booked for **5 Dec**" in card["detail"]
+
+
+@responses.activate
+def test_the_surgical_order_of_a_version_specific_reference_is_read_when_not_prefetched(app):
+    order = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE)
+    responses.get(f"{FHIR}/{ref(order)}", json=order)
+    booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": f"{ref(order)}/_history/2"}])
+    body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
+    body["fhirServer"] = FHIR
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+                                 "subject": "mtor-cds"}
+    assert topics_of({"cards": cards_of(app.test_client().post(SERVICE, json=body))}) == ["surgery-timing"]
+
+
 def test_an_order_that_cannot_be_read_is_said_not_read_as_an_all_clear(client):
     booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": "ServiceRequest/elsewhere"}])
     del booked["serviceType"]

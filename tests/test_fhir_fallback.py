@@ -391,6 +391,32 @@ def test_a_prefetch_that_is_not_the_bundle_its_search_asks_for_is_not_read_as_no
     assert "not the FHIR Bundle or resource its template asks for" in response.get_json()["issue"][0]["diagnostics"]
 
 
+def batch_response_of(searchset: dict) -> dict:
+    """A prefetch value as an EHR that prefetches with one batch may pass it on: the batch-response, whose entry holds
+    the search's Bundle."""
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": [{"resource": searchset, "response": {"status": "200 OK"}}]}
+
+
+def test_a_batch_response_of_search_bundles_in_prefetch_is_not_read_as_no_medications(call_hook):
+    """Found by the FHIR-path audit: a medications prefetch holding a batch-response (its entry the MedicationRequest
+    searchset) was read as a Bundle of no MedicationRequests: the clarithromycin with everolimus got no card at all and
+    no checks-incomplete. Without a FHIR server to ask, the call cannot be answered (412), and says why."""
+    request = hook_request("order-select", medications=[everolimus()], drafts=[med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", draft=True)])
+    request["prefetch"]["medications"] = batch_response_of(request["prefetch"]["medications"])
+    response = call_hook(request)
+    assert response.status_code == 412
+    assert "its prefetch Bundle holds Bundles, not the MedicationRequest resources" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_a_batch_response_of_search_bundles_in_prefetch_is_fetched_from_the_server(call_hook, fhir):
+    request = with_server(hook_request("order-select", medications=[everolimus()],
+                                       drafts=[med("clarithromycin 500 MG Oral Tablet", rxnorm="197517", draft=True)]))
+    fhir.serve("MedicationRequest", request["prefetch"]["medications"])
+    request["prefetch"]["medications"] = batch_response_of(request["prefetch"]["medications"])
+    assert core_topics(ok(call_hook(request))) == ["cyp3a4-interaction"]
+    assert fhir.paths == ["MedicationRequest"]
+
+
 def test_a_patient_prefetch_of_another_type_is_not_the_patient(call_hook):
     request = hook_request("patient-view", medications=[everolimus()])
     request["prefetch"]["patient"] = {"resourceType": "Practitioner", "id": "dr-lee"}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from cds_assertions import assert_valid_cds_response
-from conftest import FIXTURE_NOW
+from conftest import FIXTURE_NOW, load_fixture
 from snapshots import (
     NOW,
     core_topics,
@@ -250,3 +252,22 @@ def test_hook_sent_to_the_wrong_service_is_a_400(client):
 
 def test_unknown_service_is_a_404(client):
     assert client.post("/cds-services/nope", json=hook_request("patient-view")).status_code == 404
+
+
+def test_a_renewal_whose_prior_prescription_is_version_specific_is_still_a_renewal(call_hook):
+    """Found by the FHIR-path audit: priorPrescription ".../MedicationRequest/x/_history/3" (FHIR R4 allows a
+    version-specific reference) was read as "_history/3", so the renewal was matched by date instead, to an August 5 mg
+    order between: a same-dose renewal read as a dose change, 'drawn before steady state, recheck' instead of the
+    label's dose for a trough above range."""
+    request = load_fixture("fires-trough-high-renewal-same-dose-patient-view.json")
+    entries = request["prefetch"]["medications"]["entry"]
+    august = copy.deepcopy(next(e for e in entries if e["resource"]["status"] == "completed"))
+    august["resource"].update(id="mr-eve-5-august", authoredOn="2026-08-01")
+    august["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = 5
+    entries.append(august)
+    request["prefetch"]["medications"]["total"] += 1
+    expected = [c["summary"] for c in call_hook(request).get_json()["cards"]]
+    assert "reduce to" in expected[0]  # the plain reference: a renewal of the June 10 mg order, at steady state
+    prior = next(e["resource"]["priorPrescription"] for e in entries if e["resource"].get("priorPrescription"))
+    prior["reference"] = f"https://ehr.example.org/fhir/{prior['reference']}/_history/3"
+    assert [c["summary"] for c in call_hook(request).get_json()["cards"]] == expected

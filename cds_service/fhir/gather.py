@@ -62,7 +62,8 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         present, value = key in call.prefetch, call.prefetch.get(key)
         if present and value is None:
             by_key[key] = []  # the EHR says: no data
-        elif present and isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry", []), list):
+        elif (present and isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry", []), list)
+              and not _holds_bundles(value, template)):
             by_key[key] = entry_resources(value)
             malformed += len(value.get("entry") or ()) - len(by_key[key])
             if next_link(value):
@@ -77,7 +78,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
         elif client:
             queries[key] = _query(template, call.context)
         else:
-            failed_prefetch = _outcome_text(value) if present else ""
+            failed_prefetch = _outcome_text(value, template) if present else ""
             reasons[key] = f"{failed_prefetch or 'not prefetched'}; {no_server}"
     drafts = draft_orders(call)
     # Several queries to send: the server's CapabilityStatement is worth asking (once per worker process) for batch
@@ -281,8 +282,19 @@ def _read_type(template: str) -> str | None:
     return None if len(path) > 1 else path[0].split("/", 1)[0]
 
 
-def _outcome_text(value: Any) -> str:
+def _holds_bundles(bundle: Mapping[str, Any], template: str) -> bool:
+    """Whether a prefetched search Bundle's entries are Bundles (a batch-response passed on whole, its entry the search's
+    own Bundle): such a Bundle is not that key's data, and read as it is it would say "none of these" (no medications: no
+    interaction card). A stray resource of another type among the matches is skipped by the reader, as it always was."""
+    if "?" not in template or template.startswith("Bundle?"):
+        return False
+    return any(isinstance(resource, dict) and resource.get("resourceType") == "Bundle" for resource in entry_resources(bundle))
+
+
+def _outcome_text(value: Any, template: str) -> str:
     """A failed prefetch, said with the EHR's own OperationOutcome diagnostics (short, for the 412 and card)."""
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle" and _holds_bundles(value, template):
+        return f"its prefetch Bundle holds Bundles, not the {template.split('?', 1)[0]} resources its template searches for"
     if not isinstance(value, dict) or value.get("resourceType") != "OperationOutcome":
         return "its prefetch is not the FHIR Bundle or resource its template asks for"
     issue = value.get("issue")
@@ -335,10 +347,8 @@ def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: H
     wanted = set()
     for appointment in proposed_appointments(call):
         for reference in appointment.get("basedOn") or ():
-            text = reference.get("reference") if isinstance(reference, dict) else None
-            parts = text.rstrip("/").split("/") if isinstance(text, str) else []
-            if len(parts) >= 2 and parts[-2] == "ServiceRequest" and parts[-1] and f"ServiceRequest/{parts[-1]}" not in have:
-                wanted.add(f"ServiceRequest/{parts[-1]}")
+            if (order := reference_to(reference, "ServiceRequest")) and order not in have:
+                wanted.add(order)
     if wanted and client:
         results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
         found = [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
@@ -349,15 +359,21 @@ def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: H
 
 def medication_reference(resource: Mapping[str, Any]) -> str | None:
     """"Medication/id" for a medicationReference to another resource (not a contained one), else None."""
-    reference = resource.get("medicationReference")
-    reference = reference.get("reference") if isinstance(reference, dict) else None
-    if not isinstance(reference, str) or reference.startswith("#"):
+    return reference_to(resource.get("medicationReference"), "Medication")
+
+
+def reference_to(reference: Any, resource_type: str) -> str | None:
+    """"Type/id" for a Reference to a resource of that type, relative or absolute, and version-specific too
+    (".../ServiceRequest/1/_history/2", FHIR R4 references: that resource); None for a contained one ("#x") or any
+    other form."""
+    text = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(text, str) or text.startswith("#"):
         return None
-    parts = reference.rstrip("/").split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":  # a version-specific reference (FHIR R4 references): that Medication
+    parts = text.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
-    if len(parts) >= 2 and parts[-2] == "Medication" and parts[-1]:
-        return f"Medication/{parts[-1]}"
+    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
+        return f"{resource_type}/{parts[-1]}"
     return None
 
 

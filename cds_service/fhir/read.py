@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeGuard
 
-from cds_service.fhir.gather import GatheredData, medication_reference, proposed_appointments
+from cds_service.fhir.gather import GatheredData, medication_reference, proposed_appointments, reference_to
 from cds_service.knowledge import DrugRole, Knowledge, normalize_text
 from cds_service.knowledge.loader import CVX, LOINC, RXNORM, VACCINATION_WORDS, contains_phrase
 from cds_service.limits import MAX_MEDICATIONS_PER_CALL, MAX_MTOR_ORDERS_PER_CALL
@@ -315,7 +315,7 @@ class _Reader:
             doses_per_day=doses_per_day,
             frequency_unknown=frequency_unknown,
             product_rxnorm=self._mtor_product_code(codings),
-            prior_prescription=_reference(resource.get("priorPrescription")),
+            prior_prescription=reference_to(resource.get("priorPrescription"), "MedicationRequest"),
             resource=resource,
         )
 
@@ -769,13 +769,7 @@ def _first(value: Any) -> dict:
 
 def _references(references: Any, resource_type: str) -> list[str]:
     """Relative references ("ServiceRequest/1") of this type in a list of Reference objects."""
-    found = []
-    for reference in references if isinstance(references, list) else ():
-        text = reference.get("reference") if isinstance(reference, dict) else None
-        parts = text.rstrip("/").split("/") if isinstance(text, str) else []
-        if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
-            found.append(f"{resource_type}/{parts[-1]}")
-    return found
+    return [found for reference in (references if isinstance(references, list) else ()) if (found := reference_to(reference, resource_type))]
 
 
 def _codings(concept: Any) -> list[dict]:
@@ -1042,9 +1036,3 @@ def _parse_datetime(value: str, keep_offset: bool) -> datetime | None:
 def _date(value: Any) -> date | None:
     parsed = _datetime(value)
     return parsed.date() if parsed else None
-
-
-def _reference(value: Any) -> str | None:
-    """A Reference's relative reference ("MedicationRequest/123"), when it has one."""
-    reference = value.get("reference") if isinstance(value, dict) else None
-    return "/".join(reference.split("/")[-2:]) if isinstance(reference, str) and "/" in reference else None
