@@ -422,3 +422,33 @@ def test_a_patient_prefetch_of_another_type_is_not_the_patient(call_hook):
     request["prefetch"]["patient"] = {"resourceType": "Practitioner", "id": "dr-lee"}
     body = ok(call_hook(request))
     assert "checks-incomplete" in core_topics(body)
+
+
+def test_the_ended_order_a_renewal_renews_is_read_from_the_server(call_hook, fhir):
+    """Found by the FHIR-path audit: the medications search returns active orders only, so a routine renewal whose prior
+    10 mg order has completed read as a new start, and a trough of 18 ng/mL drawn after it got 'drawn before steady
+    state: recheck' instead of the label's dose. The order named by priorPrescription is read when the data lacks it."""
+    from conftest import load_fixture
+
+    request = load_fixture("fires-trough-high-renewal-same-dose-patient-view.json")
+    expected = [c["summary"] for c in ok(call_hook(request))["cards"]]
+    assert "reduce to" in expected[0]
+    medications = request["prefetch"]["medications"]
+    [june] = [e["resource"] for e in medications["entry"] if e["resource"]["status"] == "completed"]
+    medications["entry"] = [e for e in medications["entry"] if e["resource"] is not june]
+    medications["total"] = len(medications["entry"])
+    without_server = [c["summary"] for c in ok(call_hook(request))["cards"]]
+    assert "reduce to" not in without_server[0]  # no server: read as a start, as before
+    fhir.serve(f"MedicationRequest/{june['id']}", june)
+    assert [c["summary"] for c in ok(call_hook(with_server(request)))["cards"]] == expected
+    assert fhir.paths == [f"MedicationRequest/{june['id']}"]
+
+
+def test_the_readme_says_the_renewed_order_is_read():
+    from pathlib import Path
+
+    from cds_service.fhir.gather import MAX_PRIOR_READS
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert (f"The order a renewal renews (`priorPrescription`), when the data lacks it, is read from the FHIR server (at most "
+            f"{MAX_PRIOR_READS} per call; kept only if it has ended") in readme

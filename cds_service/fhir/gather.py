@@ -120,6 +120,7 @@ def gather(call: HookCall, service: ServiceDefinition, settings: Settings) -> Ga
             + "; ".join(f"{k} ({reasons.get(k, 'not available')})" for k in missing_required),
             fhir_timings=timings,
         )
+    _read_ended_prior_prescriptions(by_key, drafts, client)
     medications, unresolved, unresolved_drafts = _resolve_medication_references(by_key, drafts, client)
     if unresolved:
         timings = [*timings, *(QueryTiming("Medication", QueryOutcome.UNRESOLVED, 0.0) for _ in range(unresolved))]
@@ -355,6 +356,30 @@ def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: H
         by_key.setdefault("serviceRequests", []).extend(found)
         wanted -= {f"ServiceRequest/{r.get('id')}" for r in found}
     return len(wanted)
+
+
+MAX_PRIOR_READS = 4  # priorPrescription reads per call: the orders being renewed, drafts first
+
+
+def _read_ended_prior_prescriptions(by_key: dict[str, list[dict[str, Any]]], drafts: list[tuple[str, dict[str, Any]]],
+                                    client: FhirClient | None) -> None:
+    """Read the orders that drafts and current orders renew (priorPrescription) when the data lacks them: the medications
+    search returns active orders only, and a renewal whose prior order has ended would read as a new start (a trough
+    drawn days after a routine renewal taken for one drawn before steady state). Only an ended prior is kept (an active
+    one would be in the search); one that cannot be read leaves the renewal as it was."""
+    if client is None:
+        return
+    have = {f"MedicationRequest/{r.get('id')}" for r in by_key.get("medications", ())} | {ref for ref, _ in drafts}
+    renewing = [r for _, r in drafts if r.get("resourceType") == "MedicationRequest"] + list(by_key.get("medications", ()))
+    wanted = [ref for r in renewing if (ref := reference_to(r.get("priorPrescription"), "MedicationRequest")) and ref not in have]
+    wanted = list(dict.fromkeys(wanted))[:MAX_PRIOR_READS]
+    if not wanted:
+        return
+    results = run_parallel({ref: partial(client.read, ref) for ref in wanted}, client.deadline)
+    ended = [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == "MedicationRequest"
+             and r.get("status") not in ("active", "on-hold", "draft")]
+    if ended:
+        by_key.setdefault("medications", []).extend(ended)
 
 
 def medication_reference(resource: Mapping[str, Any]) -> str | None:
