@@ -17,16 +17,22 @@ from cds_service.rules.treatment_context import treatment_context
 PRODUCTS_WITHOUT_OWN_ADVICE = frozenset({"Zortress", "Fyarro"})
 
 
+def _drugs_taken(snapshot: PatientSnapshot) -> set[str | None]:
+    """The mTOR drugs of the current (not draft) orders: a draft of one of them is a dose change or renewal, not a start,
+    so the checks made when a drug is started (contraception advice, the label's starting dose) do not apply to it."""
+    return {m.mtor_drug for m in snapshot.mtor_orders if not m.is_draft}
+
+
 def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[ContraceptionFinding]:
     """An mTOR inhibitor ordered for a patient of reproductive potential: the label's contraception advice."""
     age = snapshot.age_years
     if age is None or not within_reproductive_ages(knowledge, snapshot.gender, age):
         return []  # the knowledge defines reproductive potential by sex and age; outside it, no card
     findings = []
-    taken = {m.mtor_drug for m in snapshot.mtor_orders if not m.is_draft}
+    taken = _drugs_taken(snapshot)
     for mtor in snapshot.mtor_orders:
         if not mtor.is_draft or drug_of(mtor) in taken:
-            continue  # a draft beside a current order of the drug is a dose change or renewal: counselled at the start
+            continue  # a dose change or renewal: counselled at the start
         if treatment_context(snapshot, knowledge, mtor).product in PRODUCTS_WITHOUT_OWN_ADVICE:
             continue  # the advice on file cites Afinitor/Rapamune: never another product's label on the card
         advice = next(
@@ -43,14 +49,14 @@ def check_contraception(snapshot: PatientSnapshot, knowledge: Knowledge) -> list
 def check_dose(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[DoseCheckFinding]:
     """An ordered dose that does not fit the indication's label dose (BSA-based for TSC-SEGA and seizures)."""
     findings = []
-    taken = {m.mtor_drug for m in snapshot.mtor_orders if not m.is_draft}
+    taken = _drugs_taken(snapshot)
     for mtor in snapshot.mtor_orders:
         ordered = mtor.daily_dose_mg
         if not mtor.is_draft or ordered is None:
             continue
         drug = drug_of(mtor)
         if drug in taken:
-            continue  # a draft beside a current order of the drug is a titration or renewal, not a start
+            continue  # a titration or renewal, not a start
         if not treatment_context(snapshot, knowledge, mtor).allows_tsc_lam_rules:
             continue  # transplant/oncology: the TSC/LAM starting doses do not apply (Zortress 0.75 mg BID is a label start)
         indication = infer_indication(snapshot, knowledge, drug)
