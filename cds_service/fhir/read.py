@@ -97,7 +97,7 @@ def build_snapshot(data: GatheredData, call: HookCall, knowledge: Knowledge, now
         order = reader.safely(reader.medication_order, resource, is_draft=False, selected=False)
         if order and _do_not_perform(order.resource):
             continue  # a request that the drug not be given ("do not give MMR"): a prohibition, not a medication
-        if order and order.status in ("active", "on-hold") and not (order.mtor_drug is None and _course_ended(resource, now)):
+        if order and order.status in ("active", "on-hold") and not (_course_ended(resource, now) and order.mtor_drug is None):
             medications[order.ref] = order
         elif order and order.mtor_drug and order.status in ("completed", "stopped"):
             history.append(order)  # an earlier mTOR order: its dose tells a dose change from a renewal
@@ -988,8 +988,11 @@ def _course_ended(request: Mapping[str, Any], now: datetime) -> bool:
     lines = request.get("dosageInstruction")
     if not isinstance(lines, list) or not lines:
         return False
-    ends = [_end_of(_get(line, "timing", "repeat", "boundsPeriod", "end")) if isinstance(line, dict) else None for line in lines]
-    return all(end is not None and end <= now for end in ends)
+    for line in lines:  # most orders have no bounds: the first line without an end settles it
+        end = _end_of(_get(line, "timing", "repeat", "boundsPeriod", "end"))
+        if end is None or end > now:
+            return False
+    return True
 
 
 def _end_of(value: Any) -> datetime | None:
