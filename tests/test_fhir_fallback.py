@@ -452,3 +452,14 @@ def test_the_readme_says_the_renewed_order_is_read():
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split())
     assert (f"The order a renewal renews (`priorPrescription`), when the data lacks it, is read from the FHIR server (at most "
             f"{MAX_PRIOR_READS} per call; kept only if it has ended") in readme
+
+
+@pytest.mark.parametrize("entry", [5, 1.5, True, None, "x", {"a": 1}])
+def test_a_prefetch_bundle_whose_entry_is_not_a_list_is_a_failed_prefetch_not_a_500(call_hook, entry):
+    """Found by the fuzz test in CI: the nested-Bundle check iterated `entry` whatever it was, and `"entry": 5` gave a
+    500. Such a Bundle is not the search's data: with no server it is named on the checks-incomplete card."""
+    request = hook_request("patient-view", medications=[everolimus()])
+    request["prefetch"]["conditions"] = {"resourceType": "Bundle", "type": "searchset", "entry": entry}
+    response = call_hook(request)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert "checks-incomplete" in core_topics(response.get_json())

@@ -287,10 +287,11 @@ def _holds_bundles(bundle: Mapping[str, Any], template: str) -> bool:
     """Whether a prefetched search Bundle's entries are Bundles (a batch-response passed on whole, its entry the search's
     own Bundle): such a Bundle is not that key's data, and read as it is it would say "none of these" (no medications: no
     interaction card). A stray resource of another type among the matches is skipped by the reader, as it always was."""
-    if "?" not in template:
+    entries = bundle.get("entry")
+    if "?" not in template or not isinstance(entries, list):
         return False
     return any(isinstance(entry, dict) and isinstance(resource := entry.get("resource"), dict) and resource.get("resourceType") == "Bundle"
-               for entry in bundle.get("entry") or ())
+               for entry in entries)
 
 
 def _outcome_text(value: Any, template: str) -> str:
