@@ -777,11 +777,20 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     assert lab.value is not None
     drug, mtor = top.drug, _mtor(top)
     level = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {_lab_date(lab)}"
-    until = top.not_steady_until
-    if until is not None:
+    until, cause = top.not_steady_until, top.not_steady_after
+    if until is not None and cause is not None and cause.is_draft:  # an interacting drug being ordered, not started yet
+        when = "now" if until <= today else f"from {_human(until)}"
+        summary = f"{level} is {where}; a new interacting drug will change it: recheck {when}"
+        reason = (f"**{md_text(cause.text)}** is being ordered now and will change the {drug} level once it is taken, so "
+                  "this level gives no new dose; the interaction card says what the label advises for the combination.")
+    elif until is not None:
         when = "now" if until <= today else f"from {_human(until)}"
         summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
-        reason = "It was drawn before steady state on the current dose or interacting drugs, so it gives no new dose."
+        started = (f"the current dose, started or changed on {_human(cause.authored_on.date())}"
+                   if cause is not None and cause.ref == mtor.ref and cause.authored_on else
+                   f"**{md_text(cause.text)}**, started on {_human(cause.authored_on.date())}"
+                   if cause is not None and cause.authored_on else "the current dose or interacting drugs")
+        reason = f"It was drawn before steady state on {started}, so it gives no new dose."
     else:
         when = "now"
         summary = f"{level} is {where} but is too old to dose by: recheck now"

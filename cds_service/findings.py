@@ -238,6 +238,7 @@ class TroughHighFinding(Finding):
     context: TreatmentContext | None = None  # set when a transplant or oncology use is plausible (no TSC wording)
     target_unverified: bool = False  # the governing label's target was not read in a primary source: no number shown
     not_steady_until: date | None = None  # the level was drawn before steady state: no new dose; recheck from then
+    not_steady_after: MedicationOrder | None = None  # what sets that date: the mTOR order's change, or an interacting drug
     stale: bool = False  # older than the trough look-back window: no new dose, recheck
 
 
@@ -250,6 +251,7 @@ class TroughLowFinding(Finding):
     recheck: TroughTiming | None = None
     context: TreatmentContext | None = None  # set for a transplant use (Zortress kidney target)
     not_steady_until: date | None = None  # drawn before steady state: no new dose; recheck from then
+    not_steady_after: MedicationOrder | None = None  # what sets that date: the mTOR order's change, or an interacting drug
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -557,3 +557,26 @@ def test_a_low_level_of_afinitor_after_a_kidney_transplant_is_judged_by_zortress
     assert finding.target.product == "Zortress" and finding.label is not None and finding.label.label.startswith("Zortress")
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert "Zortress kidney transplant (and other everolimus after a kidney transplant, judged by the same target): below 3-8 ng/mL" in readme
+
+
+def test_a_recheck_card_names_what_sets_steady_state_and_a_draft_interacting_drug_is_not_yet_taken():
+    """Found by the whole-response audit: with a clarithromycin draft, a high trough on a dose stable for months said
+    "drawn before steady state on the current dose or interacting drugs": neither had changed, and the drug had not
+    started. The card names the draft being ordered; a real change names its date."""
+    stable = mtor_order(authored=NOW - _td(days=200))
+    draft = mtor_order("MedicationRequest/clari", "clarithromycin 500 MG Oral Tablet", "197517", dose=None, draft=True, authored=NOW)
+    snap = record_snapshot([stable, draft], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD])
+    [finding] = check_trough_high(snap, knowledge())
+    assert finding.not_steady_after is not None and finding.not_steady_after.ref == "MedicationRequest/clari"
+    [card] = render_cards([finding], snap)
+    assert "a new interacting drug will change it: recheck from" in card.summary and "drawn before steady state" not in card.summary
+    assert "**clarithromycin 500 MG Oral Tablet** is being ordered now" in card.detail
+    changed = mtor_order(authored=NOW - _td(days=5))
+    snap = record_snapshot([changed], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD])
+    [card] = render_cards(check_trough_high(snap, knowledge()), snap)
+    day = (NOW - _td(days=5)).date()
+    assert f"drawn before steady state on the current dose, started or changed on {day.day} {day:%b %Y}" in card.detail
+    started = mtor_order("MedicationRequest/clari", "clarithromycin 500 MG Oral Tablet", "197517", dose=None, authored=NOW - _td(days=3))
+    snap = record_snapshot([stable, started], [drug_level(20, days_ago=1)], [TSC_RECORD, SEGA_RECORD])
+    [card] = render_cards(check_trough_high(snap, knowledge()), snap)
+    assert "on **clarithromycin 500 MG Oral Tablet**, started on" in card.detail

@@ -56,8 +56,8 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
             continue
         indication = infer_indication(snapshot, knowledge, drug)
         proposal, assumed_display, target = None, None, trough_target(knowledge, drug, indication.key)
-        steady_from, stale = _steady_state_from(snapshot, knowledge, mtor), _is_stale(snapshot, knowledge, latest)
-        not_steady = steady_from if steady_from and latest.effective and latest.effective.date() < steady_from else None
+        unsteady, stale = _drawn_before_steady_state(snapshot, knowledge, mtor, latest), _is_stale(snapshot, knowledge, latest)
+        not_steady = unsteady[0] if unsteady else None
         if stale:
             severity = Severity.INFO  # an old level does not describe today: ask for a recheck, nothing more
         if latest.value is not None and indication.dosing != "fixed" and not (not_steady or stale or context.implied_only):
@@ -72,7 +72,7 @@ def check_trough_high(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[T
                 severity=severity, mtor=mtor, evidence=(latest,), source=limit.source, section=limit.section,
                 limit=limit, indication=indication, target=target, proposal=proposal, assumed_indication=assumed_display,
                 recheck=trough_timing(knowledge, drug, "dose-change"), not_steady_until=not_steady, stale=stale,
-                context=context if context.implied_only else None,
+                not_steady_after=unsteady[1] if unsteady else None, context=context if context.implied_only else None,
             )
         )
     return findings
@@ -97,8 +97,8 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
             continue  # an old low level says nothing about today; trough-monitoring asks for a new one
         # The steady-state intervals (monitoring.json trough_timing) are the TSC/LAM labels' (Afinitor ~2 weeks, Rapamune
         # 7-14 days): never a recheck date for a transplant use, whose label sets none here (as for a high transplant level)
-        steady_from = _steady_state_from(snapshot, knowledge, mtor) if context.allows_tsc_lam_rules else None
-        not_steady = steady_from if steady_from and latest.effective and latest.effective.date() < steady_from else None
+        unsteady = _drawn_before_steady_state(snapshot, knowledge, mtor, latest) if context.allows_tsc_lam_rules else None
+        not_steady = unsteady[0] if unsteady else None
         tsc = context.allows_tsc_lam_rules and not not_steady
         findings.append(
             TroughLowFinding(
@@ -107,6 +107,7 @@ def check_trough_low(snapshot: PatientSnapshot, knowledge: Knowledge) -> list[Tr
                 proposal=_dose_proposal(mtor, latest, indication.key, knowledge, lower=False) if tsc else None,
                 recheck=trough_timing(knowledge, drug, "dose-change") if context.allows_tsc_lam_rules else None,
                 context=None if context.allows_tsc_lam_rules else context, not_steady_until=not_steady,
+                not_steady_after=unsteady[1] if unsteady else None,
                 label=_other_products_label(knowledge, target, context),
             )
         )
@@ -257,23 +258,32 @@ def _verified_target(knowledge: Knowledge, context: TreatmentContext, drug: str)
     return target if verified else None
 
 
-def _steady_state_from(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder) -> date | None:
-    """The first day a trough reflects the current regimen: the label's interval (monitoring.json trough_timing
-    dose-change / interacting-drug-change) after the last start or dose change of this drug (a renewal at the same
-    daily dose is not a change) or the last start of an interacting drug. None when no such event is dated."""
+def _drawn_before_steady_state(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder,
+                               level: LabResult) -> tuple[date, MedicationOrder] | None:
+    """When the level was drawn before it could reflect the current regimen: the first day a trough does, and the
+    order that sets it (the mTOR order for its start or dose change, else the interacting drug, perhaps a draft)."""
+    found = _steady_state_from(snapshot, knowledge, mtor)
+    return found if found and level.effective and level.effective.date() < found[0] else None
+
+
+def _steady_state_from(snapshot: PatientSnapshot, knowledge: Knowledge, mtor: MedicationOrder) -> tuple[date, MedicationOrder] | None:
+    """The first day a trough reflects the current regimen, and the order that sets it: the label's interval
+    (monitoring.json trough_timing dose-change / interacting-drug-change) after the last start or dose change of this
+    drug (a renewal at the same daily dose is not a change) or the last start of an interacting drug. None when no such
+    event is dated."""
     drug = drug_of(mtor)
-    events: list[date] = []
+    events: list[tuple[date, MedicationOrder]] = []
     change = trough_timing(knowledge, drug, "dose-change")
     started = _regimen_started(snapshot, mtor)
     if change and started:
-        events.append(started + timedelta(days=change.days_after))
+        events.append((started + timedelta(days=change.days_after), mtor))
     interacting = trough_timing(knowledge, drug, "interacting-drug-change") or change
     if interacting:
         events += [
-            o.authored_on.date() + timedelta(days=interacting.days_after)
+            (o.authored_on.date() + timedelta(days=interacting.days_after), o)
             for o in snapshot.medications if o.concepts_with(DrugRole.CYP3A_PERPETRATOR) and o.authored_on
         ]
-    return max(events) if events else None
+    return max(events, key=lambda event: event[0]) if events else None
 
 
 def _regimen_started(snapshot: PatientSnapshot, mtor: MedicationOrder) -> date | None:
