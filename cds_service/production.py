@@ -19,7 +19,7 @@ in the ConfigMap):
     GUNICORN_KEEPALIVE        seconds an idle keep-alive connection is kept open (default: 75)
     GUNICORN_MAX_REQUESTS     requests before a worker is recycled, 0 = never (default: 2000)
     GUNICORN_REQUEST_ARRIVAL_TIMEOUT  seconds a sync worker waits for a whole request (head and body) to
-                              arrive before it stops reading that connection (default: 10)
+                              arrive before it stops reading that connection (default: 10; 0: no limit)
     GUNICORN_LOG_LEVEL        gunicorn's own log level (default: CDS_LOG_LEVEL, else info)
     PROMETHEUS_MULTIPROC_DIR  where worker processes keep their metrics (default with more than one
                               worker: a new private directory, mkdtemp under /dev/shm, mode 0700,
@@ -150,6 +150,7 @@ def gunicorn_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
     # jitter keeps all workers from restarting at the same moment.
     settings["max_requests"] = _env_int(env, "GUNICORN_MAX_REQUESTS", 2000)
     settings["max_requests_jitter"] = max(0, settings["max_requests"] // 10)
+    request_arrival_timeout_s(env)  # read by each sync worker (_ArrivalWatch); a bad value stops the start here, once
 
     # Import the app once in the master, then fork: workers share its memory (copy-on-write) and a
     # broken app fails at start rather than in every worker. The app must therefore open database
@@ -278,6 +279,14 @@ def _answer_in_json(worker: Any, gunicorn_handle_error: Callable[..., None], req
 
 
 DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S = 10
+
+
+def request_arrival_timeout_s(environ: Mapping[str, str]) -> int:
+    """GUNICORN_REQUEST_ARRIVAL_TIMEOUT: seconds, 0 for no limit (a proxy in front reads requests instead)."""
+    seconds = _env_int(environ, "GUNICORN_REQUEST_ARRIVAL_TIMEOUT", DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S)
+    if seconds < 0:
+        raise ValueError("GUNICORN_REQUEST_ARRIVAL_TIMEOUT must be 0 (no limit) or a number of seconds")
+    return seconds
 _ARRIVAL_CHECK_S = 0.5  # how often the watch looks: a connection is cut at most this late
 
 
@@ -320,11 +329,14 @@ class JsonErrorSyncWorker(SyncWorker):
     request for longer than GUNICORN_REQUEST_ARRIVAL_TIMEOUT (_ArrivalWatch)."""
 
     def init_process(self) -> None:
-        seconds = _env_int(os.environ, "GUNICORN_REQUEST_ARRIVAL_TIMEOUT", DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S)
-        self._arrival = _ArrivalWatch(seconds, self.log)  # in the worker, after the fork: threads do not survive one
+        seconds = request_arrival_timeout_s(os.environ)
+        # in the worker, after the fork: threads do not survive one
+        self._arrival = _ArrivalWatch(seconds, self.log) if seconds else None
         super().init_process()
 
     def handle(self, listener, client, addr) -> None:
+        if self._arrival is None:
+            return super().handle(listener, client, addr)
         self._arrival.watch(client)
         try:
             super().handle(listener, client, addr)

@@ -261,4 +261,27 @@ def test_the_deploy_readme_states_the_request_arrival_timeout():
     assert rows["`GUNICORN_REQUEST_ARRIVAL_TIMEOUT`"] == [
         f"{production.DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S} s",
         "a sync worker stops reading a request (head and body) that has not fully arrived by then: without a proxy in "
-        "front, slow clients hold a worker this long, not until `GUNICORN_TIMEOUT`"]
+        "front, slow clients hold a worker this long, not until `GUNICORN_TIMEOUT` (0: no limit)"]
+
+
+def test_the_request_arrival_timeout_is_read_once_at_start_and_0_means_no_limit():
+    """0 cut every request at once (a trap for an operator who meant "off"): it is now no limit, and a negative or
+    unreadable value stops the start like any other bad GUNICORN_* value instead of failing every worker's boot."""
+    assert production.request_arrival_timeout_s({}) == production.DEFAULT_REQUEST_ARRIVAL_TIMEOUT_S == 10
+    assert production.request_arrival_timeout_s({"GUNICORN_REQUEST_ARRIVAL_TIMEOUT": "0"}) == 0
+    for bad in ("-1", "soon"):
+        with pytest.raises(ValueError):
+            production.gunicorn_settings({"GUNICORN_REQUEST_ARRIVAL_TIMEOUT": bad})
+
+
+def test_with_no_arrival_limit_a_slow_request_is_still_answered(tmp_path):
+    settings = {"CDS_REQUIRE_JWT": "false", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cards.sqlite3", "WEB_CONCURRENCY": "1",
+                "GUNICORN_REQUEST_ARRIVAL_TIMEOUT": "0"}
+    with running_server(tmp_path, settings, lambda base: get(f"{base}/healthz")[0] == 200) as (base, _):
+        slow = _slow_connection(base, b"GET /healthz HTTP/1.1\r\nHo")
+        try:
+            time.sleep(1.5)  # three of the watch's looks, had it been started
+            slow.sendall(b"st: x\r\n\r\n")
+            assert slow.recv(200).startswith(b"HTTP/1.1 200")
+        finally:
+            slow.close()
