@@ -133,15 +133,21 @@ def test_appointment_based_on_a_prefetched_surgical_order_fires(client):
     assert "**Left partial nephrectomy** is being booked for **5 Dec**" in card["detail"]
 
 
+def booking_with_server(booked: dict) -> dict:
+    """An appointment-book call whose FHIR server (mocked with `responses`) may be asked for what is not prefetched."""
+    body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
+    body["fhirServer"] = FHIR
+    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
+                                 "subject": "mtor-cds"}
+    return body
+
+
 @responses.activate
 def test_the_surgical_order_an_appointment_is_based_on_is_read_when_not_prefetched(app):
     order = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE)
     responses.get(f"{FHIR}/{ref(order)}", json=order)
     booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": ref(order)}])
-    body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
-    body["fhirServer"] = FHIR
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
-                                 "subject": "mtor-cds"}
+    body = booking_with_server(booked)
     assert topics_of({"cards": cards_of(app.test_client().post(SERVICE, json=body))}) == ["surgery-timing"]
 
 
@@ -150,10 +156,7 @@ def test_a_revoked_order_read_from_the_server_is_not_surgery(app):
     order = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE, status="revoked")
     responses.get(f"{FHIR}/{ref(order)}", json=order)
     booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": ref(order)}])
-    body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
-    body["fhirServer"] = FHIR
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
-                                 "subject": "mtor-cds"}
+    body = booking_with_server(booked)
     assert cards_of(app.test_client().post(SERVICE, json=body)) == []
 
 
@@ -172,10 +175,7 @@ def test_the_surgical_order_of_a_version_specific_reference_is_read_when_not_pre
     order = service_request("Left partial nephrectomy", None, category=SURGICAL_PROCEDURE)
     responses.get(f"{FHIR}/{ref(order)}", json=order)
     booked = appointment("Theatre slot", 12, status="proposed", basedOn=[{"reference": f"{ref(order)}/_history/2"}])
-    body = hook_request("appointment-book", medications=[everolimus()], booking=[booked])
-    body["fhirServer"] = FHIR
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.read",
-                                 "subject": "mtor-cds"}
+    body = booking_with_server(booked)
     assert topics_of({"cards": cards_of(app.test_client().post(SERVICE, json=body))}) == ["surgery-timing"]
 
 
