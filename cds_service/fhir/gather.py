@@ -353,11 +353,17 @@ def _read_booked_surgery_orders(by_key: dict[str, list[dict[str, Any]]], call: H
             if (order := reference_to(reference, "ServiceRequest")) and order not in have:
                 wanted.add(order)
     if wanted and client:
-        results = run_parallel({ref: partial(client.read, ref) for ref in sorted(wanted)}, client.deadline)
-        found = [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
+        found = _read_each(client, sorted(wanted), "ServiceRequest")
         by_key.setdefault("serviceRequests", []).extend(found)
         wanted -= {f"ServiceRequest/{r.get('id')}" for r in found}
     return len(wanted)
+
+
+def _read_each(client: FhirClient, refs: list[str], resource_type: str) -> list[dict[str, Any]]:
+    """Read each "Type/id" at once, within the call's deadline: those that came back as that type (a failed read, or
+    another type, is left out)."""
+    results = run_parallel({ref: partial(client.read, ref) for ref in refs}, client.deadline)
+    return [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == resource_type]
 
 
 MAX_PRIOR_READS = 4  # priorPrescription reads per call: the orders being renewed, drafts first
@@ -377,9 +383,7 @@ def _read_ended_prior_prescriptions(by_key: dict[str, list[dict[str, Any]]], dra
     wanted = list(dict.fromkeys(wanted))[:MAX_PRIOR_READS]
     if not wanted:
         return
-    results = run_parallel({ref: partial(client.read, ref) for ref in wanted}, client.deadline)
-    ended = [r for r in results.values() if isinstance(r, dict) and r.get("resourceType") == "MedicationRequest"
-             and r.get("status") not in ("active", "on-hold", "draft")]
+    ended = [r for r in _read_each(client, wanted, "MedicationRequest") if r.get("status") not in ("active", "on-hold", "draft")]
     if ended:
         by_key.setdefault("medications", []).extend(ended)
 
