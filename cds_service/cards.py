@@ -778,19 +778,15 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     drug, mtor = top.drug, _mtor(top)
     level = f"{_cap(drug)} trough {_ng_per_ml(lab)} on {_lab_date(lab)}"
     until, cause = top.not_steady_until, top.not_steady_after
-    if until is not None and cause is not None and cause.is_draft:  # an interacting drug being ordered, not started yet
+    if until is not None:
         when = "now" if until <= today else f"from {_human(until)}"
-        summary = f"{level} is {where}; a new interacting drug will change it: recheck {when}"
-        reason = (f"**{md_text(cause.text)}** is being ordered now and will change the {drug} level once it is taken, so "
-                  "this level gives no new dose; the interaction card says what the label advises for the combination.")
-    elif until is not None:
-        when = "now" if until <= today else f"from {_human(until)}"
-        summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
-        started = (f"the current dose, started or changed on {_human(cause.authored_on.date())}"
-                   if cause is not None and cause.ref == mtor.ref and cause.authored_on else
-                   f"**{md_text(cause.text)}**, started on {_human(cause.authored_on.date())}"
-                   if cause is not None and cause.authored_on else "the current dose or interacting drugs")
-        reason = f"It was drawn before steady state on {started}, so it gives no new dose."
+        if cause is not None and cause.is_draft:  # an interacting drug being ordered, not started yet
+            summary = f"{level} is {where}; a new interacting drug will change it: recheck {when}"
+            reason = (f"**{md_text(cause.text)}** is being ordered now and will change the {drug} level once it is taken, "
+                      "so this level gives no new dose; the interaction card says what the label advises for the combination.")
+        else:
+            summary = f"{level} is {where} but was drawn before steady state: recheck {when}"
+            reason = f"It was drawn before steady state on {_regimen_change(cause, mtor)}, so it gives no new dose."
     else:
         when = "now"
         summary = f"{level} is {where} but is too old to dose by: recheck now"
@@ -798,6 +794,16 @@ def _recheck_trough_card(top: TroughHighFinding | TroughLowFinding, lab: LabResu
     lines = [f"- {level}; order: {md_text(mtor.text)}.", f"- {reason}", f"- Recheck the trough {when}, just before a dose.",
              f"\nSource: {_cite(top.source, top.section)}."]
     return CardText(_summary(summary, 1), "\n".join(lines))
+
+
+def _regimen_change(cause: MedicationOrder | None, mtor: MedicationOrder) -> str:
+    """What a trough drawn too early was drawn too soon after: the mTOR order's start or dose change, or an
+    interacting drug's start (the finding's not_steady_after), with its date."""
+    if cause is None or cause.authored_on is None:
+        return "the current dose or interacting drugs"
+    if cause.ref == mtor.ref:
+        return f"the current dose, started or changed on {_human(cause.authored_on.date())}"
+    return f"**{md_text(cause.text)}**, started on {_human(cause.authored_on.date())}"
 
 
 def _target_range(finding: TroughHighFinding) -> str:
